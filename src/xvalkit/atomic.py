@@ -1,0 +1,54 @@
+"""Atomic file writes: write a temporary file beside the target, fsync, then rename over it.
+
+A crash or Ctrl-C at any moment leaves either the old file or the new one, never half of one.
+Temporary names are '.<name>.<random>.tmp<ext>' (hidden, with '.tmp' inside) so that readers
+never mistake them for results, while writers that insist on an extension (h5py, numpy) still see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to `target`, else removed.
+
+    `suffix` keeps an extension that a writer insists on (h5py, openpyxl, numpy's savez).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_with(target: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Atomically write `target` with `write(handle)` on a binary handle."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        write(handle)
+
+
+def write_bytes(target: str | Path, data: bytes) -> None:
+    write_with(target, lambda handle: handle.write(data))
+
+
+def write_text(target: str | Path, text: str) -> None:
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_pickle(target: str | Path, obj: Any) -> None:
+    write_with(target, lambda handle: pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL))

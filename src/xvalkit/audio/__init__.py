@@ -1,0 +1,1 @@
+"""The audio front end: reading audio, features for `xval preprocess`, `xval augment`."""

@@ -1,0 +1,122 @@
+"""The `xval` command line. Each command is thin: it parses options and calls the library.
+
+Nothing heavy is imported at module level: `xval --help` stays fast, and `xval run` can choose the
+GPU (CUDA_VISIBLE_DEVICES) before TensorFlow or torch is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import XvalError
+
+app = typer.Typer(
+    name="xval",
+    help="Grouped k-fold cross-validation of many model variants, with a comparison spreadsheet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", help="A config.ini overriding the defaults key by key.")
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit with `code`."""
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="The experiment module, e.g. experiments/exp1.py")],
+    first: Annotated[Optional[int], typer.Argument(help="First instance to run (default: all).")] = None,
+    last: Annotated[Optional[int], typer.Argument(help="Last instance to run (default: FIRST).")] = None,
+    gpu_positional: Annotated[
+        Optional[int], typer.Argument(metavar="[GPU]", help="GPU ID, as the original scripts took it.")
+    ] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="GPU to train on (overrides gpu_ID).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
+    overwrite: Annotated[
+        Optional[bool],
+        typer.Option("--overwrite/--no-overwrite", help="Redo finished folds (default: the module's overwrite_results)."),
+    ] = None,
+    debug: Annotated[
+        Optional[bool],
+        typer.Option("--debug/--no-debug", help="Stop at the first error with its traceback (default: debug_mode)."),
+    ] = None,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train instances FIRST to LAST of an experiment with grouped k-fold cross-validation.
+
+    `xval run experiments/exp1.py 3 7 --gpu 1` runs instances 3 to 7 on GPU 1; `xval run exp1.py`
+    runs them all. Finished folds are kept and skipped on a rerun unless --overwrite is given.
+    """
+    from .devices import choose_device_early
+    from .experiment import load_experiment
+    from .runner import RunOptions, run_experiment
+
+    if gpu is not None and gpu_positional is not None and gpu != gpu_positional:
+        fail(f"GPU given twice: positional {gpu_positional} and --gpu {gpu}; give one")
+    gpu = gpu if gpu is not None else gpu_positional
+    if gpu is not None and gpu < 0:
+        fail(f"--gpu {gpu}: a GPU ID is a number >= 0; use --cpu for the CPU")
+    # Choose the device before the experiment module (or a models module) can import a framework.
+    if gpu is not None or cpu:
+        choose_device_early(gpu=gpu, cpu=cpu)
+    exp = load_experiment(experiment, config_file=config)
+    if gpu is None and not cpu:
+        choose_device_early(gpu=exp.gpu_ID, cpu=False)
+    options = RunOptions(
+        first=first,
+        last=last,
+        overwrite=exp.overwrite_results if overwrite is None else overwrite,
+        debug=exp.debug_mode if debug is None else debug,
+        num_folds=folds,
+    )
+    _set_debug(options.debug)
+    summary = run_experiment(exp, options, console=console)
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+# --- preprocess command (issue 3) goes here ---
+
+
+# --- augment command (issue 4) goes here ---
+
+
+_DEBUG = False
+
+
+def _set_debug(value: bool) -> None:
+    global _DEBUG
+    _DEBUG = value
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one red line and exit status 2; Ctrl-C exits 130."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except XvalError as exc:
+        if _DEBUG or os.environ.get("XVAL_DEBUG"):
+            traceback.print_exc()
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished folds are saved; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

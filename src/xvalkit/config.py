@@ -1,0 +1,94 @@
+"""config.ini: the defaults of xvalkit, layered key by key.
+
+The packaged copy (always present) < ./config.ini (if any) < --config FILE (if given).
+Values are Python literals (`0.001`, `"adam"`, `True`, `(3, 3)`); a bare word is kept as a string,
+so `data_folder = data` and `data_folder = "data"` mean the same.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import XvalError
+
+PACKAGED_CONFIG = Path(__file__).with_name("config.ini")
+SECTIONS = ("paths", "training", "features", "augmentation")
+
+
+def parse_value(text: str) -> Any:
+    """Parse one config value as a Python literal; fall back to the bare string."""
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+@dataclass
+class Config:
+    """The merged configuration: one dict of parsed values per section."""
+
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.sections.get(name, {}))
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return self.section("training")
+
+    @property
+    def data_folder(self) -> Path:
+        return Path(str(self.sections["paths"]["data_folder"])).expanduser()
+
+    def to_ini(self) -> str:
+        """The merged configuration as ini text (saved with each experiment's code snapshot)."""
+        lines = [f"# merged from: {', '.join(str(f) for f in self.files)}"]
+        for name, values in self.sections.items():
+            lines.append(f"\n[{name}]")
+            lines += [f"{key} = {value!r}" for key, value in values.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _read_ini(path: Path) -> dict[str, dict[str, Any]]:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    parser.optionxform = str  # keep the case of keys
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise XvalError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise XvalError(f"{path}: not a valid ini file: {first_line}") from None
+    return {name: {k: parse_value(v) for k, v in parser[name].items()} for name in parser.sections()}
+
+
+def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Config:
+    """Load the packaged defaults, then ./config.ini, then `extra`; later files win key by key."""
+    files = [PACKAGED_CONFIG]
+    local = (cwd or Path.cwd()) / "config.ini"
+    if local.is_file() and local.resolve() != PACKAGED_CONFIG.resolve():
+        files.append(local)
+    if extra is not None:
+        extra = Path(extra)
+        if not extra.is_file():
+            raise XvalError(f"--config {extra}: no such file")
+        files.append(extra)
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for path in files:
+        for name, values in _read_ini(path).items():
+            if name not in merged:
+                raise XvalError(
+                    f"{path}: unknown section [{name}]; the sections are {', '.join(SECTIONS)}"
+                )
+            merged[name].update(values)
+    return Config(sections=merged, files=files)
