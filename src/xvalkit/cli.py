@@ -31,6 +31,14 @@ ConfigOption = Annotated[
 ]
 
 
+@app.callback()
+def _root() -> None:
+    """Grouped k-fold cross-validation of many model variants, with a comparison spreadsheet.
+
+    Typical use: `xval run experiments/exp1.py 3 7 --gpu 1`.
+    """
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit with `code`."""
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)

@@ -1,0 +1,132 @@
+"""The Keras (TensorFlow backend) trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import atomic
+from ..devices import import_keras, keras_device
+from ..models import build_model
+from . import TrainJob, TrainOutput
+
+LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
+METRICS = {"classification": "accuracy", "regression": "mae"}
+
+
+def make_optimizer(keras, name: str, learning_rate: float):
+    classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    return classes[name](learning_rate=learning_rate)
+
+
+def _batches(keras, data, batch_size: int, shuffle: bool, seed: int):
+    """A keras.utils.PyDataset reading batches straight from the per-item arrays."""
+
+    class ItemBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(data))
+            self.on_epoch_end()
+
+        def __len__(self):
+            return int(np.ceil(len(data) / batch_size))
+
+        def __getitem__(self, i):
+            return data.batch(self.order[i * batch_size:(i + 1) * batch_size])
+
+        def on_epoch_end(self):
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+    return ItemBatches()
+
+
+def device_name() -> str:
+    import_keras()
+    return keras_device()
+
+
+def _build(keras, model_fn, input_shape, outputs: int, task_type: str, params: dict):
+    model = build_model(model_fn, input_shape, outputs, task_type, params)
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"model function {model_fn.__name__} returned a {type(model).__name__}, not a keras.Model "
+            "(set framework=\"torch\" for a torch model)"
+        )
+    return model
+
+
+def check_model(model_fn, input_shape, outputs: int, task_type: str, params: dict) -> None:
+    """Build the model once and run one datapoint through it (raises if it cannot be built)."""
+    keras = import_keras()
+    keras.backend.clear_session()
+    model = _build(keras, model_fn, input_shape, outputs, task_type, params)
+    out = model(np.zeros((1,) + tuple(input_shape), dtype=np.float32))
+    if tuple(out.shape) != (1, outputs):
+        raise ValueError(f"the model outputs shape {tuple(out.shape)[1:]}, expected ({outputs},)")
+
+
+def build(job: TrainJob):
+    """Build and compile the instance's model for this fold's input shape."""
+    keras = import_keras()
+    p = job.params
+    model = _build(keras, job.model_fn, job.data.input_shape, job.data.num_outputs, job.task_type, p)
+    model.compile(
+        optimizer=make_optimizer(keras, p["optimizer"], p["learning_rate"]),
+        loss=LOSSES[job.task_type],
+        metrics=[METRICS[job.task_type]],
+    )
+    return model
+
+
+class _EpochReporter:
+    """Forward (epoch, logs) to the runner after each epoch (live progress)."""
+
+    def __new__(cls, keras, callback):
+        class Reporter(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                callback(epoch + 1, dict(logs or {}))
+
+        return Reporter()
+
+
+def fit_predict(job: TrainJob) -> TrainOutput:
+    keras = import_keras()
+    keras.utils.set_random_seed(job.seed)
+    keras.backend.clear_session()
+    p = job.params
+    model = build(job)
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor=p["save_best_model_metric"], mode=p["save_best_model_mode"],
+            patience=p["patience"], restore_best_weights=True,
+        )
+    ]
+    if p.get("tensorboard") and job.log_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(job.log_dir), write_graph=False))
+    if job.on_epoch is not None:
+        callbacks.append(_EpochReporter(keras, job.on_epoch))
+    data, batch_size = job.data, p["batch_size"]
+    if job.generator:
+        train = _batches(keras, data.train, batch_size, shuffle=True, seed=job.seed)
+        val = _batches(keras, data.val, batch_size, shuffle=False, seed=job.seed)
+        history = model.fit(train, validation_data=val, epochs=p["num_epochs"],
+                            callbacks=callbacks, verbose=p["verbose"])
+        predictions = {
+            name: model.predict(_batches(keras, s, batch_size, False, job.seed), verbose=0)
+            for name, s in data.sets().items()
+        }
+    else:
+        x_train, y_train = data.train.arrays()
+        history = model.fit(x_train, y_train, validation_data=data.val.arrays(), epochs=p["num_epochs"],
+                            batch_size=batch_size, shuffle=True, callbacks=callbacks, verbose=p["verbose"])
+        predictions = {
+            name: model.predict(s.arrays()[0], batch_size=batch_size, verbose=0)
+            for name, s in data.sets().items()
+        }
+    with atomic.atomic_path(job.model_path, suffix=".hdf5") as tmp:
+        model.save(tmp)
+    hist = {k: [float(v) for v in values] for k, values in history.history.items()}
+    early = callbacks[0]
+    best_epoch = (early.best_epoch + 1) if early.best_weights is not None else len(hist["loss"])
+    return TrainOutput(hist, predictions, len(hist["loss"]), best_epoch, keras_device())
