@@ -6,8 +6,8 @@ GPU (CUDA_VISIBLE_DEVICES) before TensorFlow or torch is imported.
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, highlight=False)
+_DEBUG = False  # set by `xval run` from --debug / debug_mode: show tracebacks of user errors too
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", help="A config.ini overriding the defaults key by key.")
@@ -45,7 +46,26 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def user_errors(command):
+    """Turn a user error into one red line and exit status 2, Ctrl-C into exit status 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except XvalError as exc:
+            if _DEBUG or os.environ.get("XVAL_DEBUG"):
+                traceback.print_exc()
+            fail(str(exc))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: finished folds are saved; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
 @app.command()
+@user_errors
 def run(
     experiment: Annotated[Path, typer.Argument(help="The experiment module, e.g. experiments/exp1.py")],
     first: Annotated[Optional[int], typer.Argument(help="First instance to run (default: all).")] = None,
@@ -104,26 +124,14 @@ def run(
 # --- augment command (issue 4) goes here ---
 
 
-_DEBUG = False
-
-
 def _set_debug(value: bool) -> None:
     global _DEBUG
     _DEBUG = value
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one red line and exit status 2; Ctrl-C exits 130."""
-    try:
-        app(args=argv, standalone_mode=True)
-    except XvalError as exc:
-        if _DEBUG or os.environ.get("XVAL_DEBUG"):
-            traceback.print_exc()
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished folds are saved; rerun the same command to resume")
-        sys.exit(130)
+    """Entry point of the `xval` script."""
+    app(args=argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""Fold guarantees, property-based: partition, disjointness, determinism, sizes."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xvalkit.errors import XvalError
+from xvalkit.folds import plan_folds
+
+
+@st.composite
+def fold_cases(draw):
+    n = draw(st.integers(min_value=3, max_value=30))
+    items = [f"item{i:02d}" for i in draw(st.permutations(range(n)))]
+    k = draw(st.integers(min_value=2, max_value=max(2, n // 2)))
+    val = draw(st.sampled_from([0.05, 0.1, 0.2]))
+    seed = draw(st.integers(min_value=0, max_value=2**31))
+    classes = draw(st.integers(min_value=1, max_value=4))
+    labels = None
+    if draw(st.booleans()):
+        rng = np.random.default_rng(seed)
+        labels = {item: rng.integers(0, classes, size=int(rng.integers(1, 6))) for item in items}
+    return items, k, val, seed, labels
+
+
+@settings(max_examples=150, deadline=None)
+@given(fold_cases())
+def test_k_folds_partition_items_and_sets_are_disjoint(case):
+    items, k, val, seed, labels = case
+    try:
+        folds = plan_folds(items, k, validation_split=val, seed=seed, labels=labels)
+    except XvalError as exc:  # only when too few items remain for validation + train
+        assert "too few" in str(exc)
+        return
+    assert len(folds) == k
+    tests = [item for f in folds for item in f.test]
+    assert sorted(tests) == sorted(items)  # every item tested exactly once
+    for f in folds:
+        train, valid, test = set(f.train), set(f.val), set(f.test)
+        assert train and valid and test
+        assert not (train & valid or train & test or valid & test)
+        assert train | valid | test == set(items)
+        assert len(valid) == max(1, round(val * len(items)))
+    # deterministic, whatever the order the items come in
+    again = plan_folds(list(reversed(items)), k, validation_split=val, seed=seed, labels=labels)
+    assert again == folds
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(3, 40), st.integers(0, 1000))
+def test_single_split_by_fractions(n, seed):
+    items = [str(i) for i in range(n)]
+    try:
+        (fold,) = plan_folds(items, 1, validation_split=0.2, test_split=0.2, seed=seed)
+    except XvalError as exc:
+        assert "none to train on" in str(exc) and n < 5
+        return
+    assert len(fold.test) == max(1, round(0.2 * n)) and len(fold.val) == max(1, round(0.2 * n))
+    assert sorted(fold.train + fold.val + fold.test) == sorted(items)
+
+
+def test_seed_changes_the_plan():
+    items = [f"spk{i}" for i in range(12)]
+    assert plan_folds(items, 3, seed=1) != plan_folds(items, 3, seed=2)
+
+
+def test_stratification_balances_classes():
+    # 12 items, each holding one class only: each test fold should get one item of each class.
+    items = [f"s{i:02d}" for i in range(12)]
+    labels = {item: np.full(10, i % 3) for i, item in enumerate(items)}
+    for fold in plan_folds(items, 4, validation_split=0.1, seed=0, labels=labels):
+        assert sorted(int(labels[i][0]) for i in fold.test) == [0, 1, 2]
+
+
+def test_more_folds_than_items_is_a_clear_error():
+    with pytest.raises(XvalError, match="num_folds = 9 but the dataset has only 8 foldable items"):
+        plan_folds([str(i) for i in range(8)], 9)

@@ -1,0 +1,309 @@
+"""`xval run` for real: Keras training on the demo data, every artifact, resume, debug mode, errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xvalkit.cli import app
+from xvalkit.experiment import load_experiment
+
+from .conftest import instance, write_experiment
+
+runner = CliRunner()
+
+
+def xval(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def exp_folder(path: Path) -> Path:
+    return path.parent / "results" / "demo" / "experiment_1"
+
+
+def load_results(folder: Path, run: int) -> dict:
+    with open(folder / "results" / f"results_demo_exp1_run{run}.pkl", "rb") as handle:
+        return pickle.load(handle)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_folder):
+    """2 instances x 3 folds, run once for the tests of this module that only read."""
+    tmp = tmp_path_factory.mktemp("finished")
+    config = tmp / "c.ini"
+    config.write_text(f"[paths]\ndata_folder = {data_folder}\n")
+    path = write_experiment(tmp, {
+        1: instance("reg 0.001", "EXAMPLE_model", "cnn", 'regularization_lambda="0.001"'),
+        2: instance("reg 0.01", "EXAMPLE_model", "cnn", "regularization_lambda=0.01", "learning_rate=0.003",
+                    "validation_split=0.25"),
+    })
+    result = xval("run", path, "--cpu", "--config", config)
+    assert result.exit_code == 0, result.output
+    return path, exp_folder(path), result.output
+
+
+def test_run_writes_every_artifact(finished):
+    path, folder, output = finished
+    assert (folder / "experiment_1_description.txt").read_text().strip() == "test experiment"
+    code = folder / "code"
+    assert (code / path.name).read_text() == path.read_text()
+    assert "[training]" in (code / "config.ini").read_text()
+    assert '"device": "CPU"' in (code / "provenance.json").read_text()
+    models = sorted(p.name for p in (folder / "models").iterdir())
+    assert models == [f"demo_exp1_run{r}_fold{f}.hdf5" for r in (1, 2) for f in (1, 2, 3)]
+    assert (folder / "tensorboard" / "run1" / "fold1").is_dir()
+    assert not list(folder.rglob(".*.tmp*")), "temporary files left behind"
+    assert "done 1, 2" in output and "failed none" in output
+
+
+def test_results_dict_layout(finished):
+    _, folder, _ = finished
+    r = load_results(folder, 1)
+    assert {"parameters", "folds", "summary"} <= set(r)
+    assert r["parameters"]["regularization_lambda"] == 0.001  # quoted number became a float
+    assert sorted(r["folds"]) == [1, 2, 3]
+    for index, fold in r["folds"].items():
+        for s in ("train", "val", "test"):
+            for m in ("loss", "acc", "f1", "precision", "recall"):
+                assert np.isfinite(fold[f"{s}_{m}"])
+        assert set(fold["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+        assert len(fold["history"]["loss"]) == fold["epochs"]
+        assert fold["seed"] == r["parameters"]["seed"] + index
+        assert fold["device"] == "CPU" and fold["duration_s"] > 0
+        train, val, test = map(set, (fold["train_items"], fold["val_items"], fold["test_items"]))
+        assert not (train & val or train & test or val & test)
+    tested = sorted(i for f in r["folds"].values() for i in f["test_items"])
+    assert tested == [f"spk{i:02d}" for i in range(1, 9)]  # a partition of the speakers
+    accs = [f["test_acc"] for f in r["folds"].values()]
+    assert r["summary"]["test"]["mean_acc"] == pytest.approx(np.mean(accs))
+    assert r["summary"]["test"]["std_acc"] == pytest.approx(np.std(accs, ddof=1))
+
+
+def test_overrides_take_effect(finished):
+    _, folder, _ = finished
+    r1, r2 = load_results(folder, 1), load_results(folder, 2)
+    # split override: validation_split=0.25 of 8 speakers -> 2 validation items, default 0.2 -> 2 as well
+    # (round(1.6)); both are saved and used as planned:
+    assert all(len(f["val_items"]) == 2 for f in r2["folds"].values())
+    assert r2["parameters"]["learning_rate"] == 0.003 and r1["parameters"]["learning_rate"] == 0.001
+
+
+def test_optimizer_l2_and_split_overrides_reach_keras(tmp_path, data_folder):
+    """Each kind of override the original scripts silently dropped must reach the model."""
+    from xvalkit.data import load_dataset
+    from xvalkit.fold_data import FoldData
+    from xvalkit.runner import RunOptions, plan_instances
+    from xvalkit.trainers import TrainJob
+    from xvalkit.trainers.keras import build
+
+    config = tmp_path / "c.ini"
+    config.write_text(f"[paths]\ndata_folder = {data_folder}\n")
+    path = write_experiment(tmp_path, {
+        1: instance("a", "EXAMPLE_model", "cnn", "learning_rate=0.0123", "regularization_lambda=0.042",
+                    'optimizer="sgd"', "validation_split=0.4"),
+    })
+    exp = load_experiment(path, config_file=config)
+    dataset = load_dataset(exp.config.data_folder, "demo")
+    (inst,) = plan_instances(exp, RunOptions(), dataset)
+    assert all(len(f.val) == round(0.4 * 8) for f in inst.folds)  # split override used by the plan
+    data = FoldData(dataset, inst.folds[0], "classification", "conv", "standard")
+    model = build(TrainJob(inst.params, "classification", data, exp.model_function("keras", "EXAMPLE_model", ""),
+                           0, tmp_path / "m.hdf5"))
+    assert type(model.optimizer).__name__ == "SGD"
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0123)
+    l2 = [layer.kernel_regularizer.l2 for layer in model.layers if getattr(layer, "kernel_regularizer", None)]
+    assert l2 and all(v == pytest.approx(0.042) for v in l2)
+
+
+def test_spreadsheet_read_back(finished):
+    from openpyxl import load_workbook
+
+    _, folder, _ = finished
+    ws = load_workbook(folder / "demo_exp1_results.xlsx")["summary"]
+    header = [c.value for c in ws[1]]
+    rows = list(ws.iter_rows(min_row=2, values_only=True))
+    assert len(rows) == 2 and [r[0] for r in rows] == [1, 2]
+    assert header[:3] == ["ID", "comment_1", "comment_2"]
+    for title, higher in (("test acc (mean)", True), ("test loss (mean)", False), ("test acc (std)", False)):
+        col = header.index(title)
+        values = [r[col] for r in rows]
+        best = max(values) if higher else min(values)
+        filled = [ws.cell(row=i + 2, column=col + 1).fill.fgColor.rgb.endswith("C6EFCE") for i in range(2)]
+        assert filled == [v == best for v in values], title
+    import pandas as pd
+
+    table = pd.read_csv(folder / "results.csv")
+    assert len(table) == 6 and {"ID", "fold", "test_acc", "param_learning_rate"} <= set(table.columns)
+
+
+def test_saved_model_reloads_and_predicts_the_same(finished, data_folder):
+    import keras
+
+    from xvalkit.data import load_dataset
+    from xvalkit.fold_data import FoldData
+    from xvalkit.folds import Fold
+
+    _, folder, _ = finished
+    r = load_results(folder, 1)
+    fold = r["folds"][2]
+    model = keras.models.load_model(folder / "models" / "demo_exp1_run1_fold2.hdf5", compile=False)
+    plan = Fold(2, tuple(fold["train_items"]), tuple(fold["val_items"]), tuple(fold["test_items"]))
+    data = FoldData(load_dataset(data_folder, "demo"), plan, "classification", "conv", "standard")
+    predictions = model.predict(data.test.arrays()[0], verbose=0)
+    np.testing.assert_allclose(predictions, fold["test_pred"], rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_skips_finished_instances(finished):
+    path, folder, _ = finished
+    config = path.parent / "c.ini"
+    before = (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_mtime_ns
+    result = xval("run", path, "1", "--cpu", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "all 3 folds already done, skipped" in result.output
+    assert (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_mtime_ns == before
+
+
+def test_changed_parameters_refuse_to_resume(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("a")}, num_folds=2)
+    assert xval("run", path, "--cpu", "--config", config_file).exit_code == 0
+    write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "dropout=0.5")}, num_folds=2)
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 2
+    assert "instance 1: parameters changed since its saved folds were trained (dropout: 0.2 -> 0.5)" in result.output
+    assert xval("run", path, "--cpu", "--overwrite", "--config", config_file).exit_code == 0
+    assert load_results(exp_folder(path), 1)["parameters"]["dropout"] == 0.5
+
+
+def test_generator_mode_and_regression(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("g", "EXAMPLE_model", "cnn", 'save_best_model_metric="val_mae"')},
+                            dataset="demo_pitch", task_type="regression", generator=True, num_folds=2)
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    r = pickle.loads((path.parent / "results/demo_pitch/experiment_1/results/results_demo_pitch_exp1_run1.pkl").read_bytes())
+    fold = r["folds"][1]
+    assert set(fold["history"]) == {"loss", "mae", "val_loss", "val_mae"}
+    assert fold["test_rmse"] == pytest.approx(np.sqrt(fold["test_loss"]))
+    assert np.isfinite(fold["test_r2"])
+
+
+FLAKY_MODELS = '''
+calls = 0
+
+def Flaky_model(input_shape, num_outputs, task_type, *, width: int = 4):
+    """Builds once (the check before training), then fails: a failure during training."""
+    global calls
+    calls += 1
+    if calls > 1:
+        raise RuntimeError("flaky model exploded")
+    import keras
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_outputs, activation="softmax")(x))
+'''
+
+
+def test_failing_instance_is_recorded_and_the_run_goes_on(tmp_path, config_file):
+    (tmp_path / "flaky.py").write_text(FLAKY_MODELS)
+    path = write_experiment(tmp_path, {1: instance("flaky", "Flaky_model", "none"),
+                                       2: instance("ok", "MLP_model", "none", "hidden_sizes=(8,)")},
+                            models="flaky.py", global_parameters=["num_epochs=2"], num_folds=2)
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 1
+    assert "instance 1 failed: RuntimeError: flaky model exploded" in result.output
+    assert "done 2" in result.output and "failed 1" in result.output
+    folder = exp_folder(path)
+    assert "flaky model exploded" in (folder / "results" / "error_demo_exp1_run1.txt").read_text()
+    from openpyxl import load_workbook
+
+    ws = load_workbook(folder / "demo_exp1_results.xlsx")["summary"]
+    header = [c.value for c in ws[1]]
+    statuses = {row[0]: row[header.index("status")] for row in ws.iter_rows(min_row=2, values_only=True)}
+    assert statuses == {1: "failed", 2: "done"}
+
+
+def test_debug_mode_stops_at_the_first_error_with_traceback(tmp_path, config_file):
+    (tmp_path / "flaky.py").write_text(FLAKY_MODELS)
+    path = write_experiment(tmp_path, {1: instance("flaky", "Flaky_model", "none"),
+                                       2: instance("ok", "MLP_model", "none")},
+                            models="flaky.py", global_parameters=["num_epochs=2"], num_folds=2, debug_mode=True)
+    proc = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--config", str(config_file)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr and "flaky model exploded" in proc.stderr
+    assert not (exp_folder(path) / "results" / "results_demo_exp1_run2.pkl").exists()
+
+
+def test_kill_9_mid_run_then_resume(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=4")}, num_folds=4)
+    results = exp_folder(path) / "results" / "results_demo_exp1_run1.pkl"
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--config", str(config_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not results.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    saved = pickle.loads(results.read_bytes())
+    assert 1 <= len(saved["folds"]) < 4, "the run should have been killed after its first fold"
+    kept = {k: v["duration_s"] for k, v in saved["folds"].items()}
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    final = pickle.loads(results.read_bytes())
+    assert sorted(final["folds"]) == [1, 2, 3, 4]
+    assert {k: final["folds"][k]["duration_s"] for k in kept} == kept  # finished folds were not redone
+    assert not list(exp_folder(path).rglob(".*.tmp*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "nope.py"], "nope.py: no such experiment file"),
+    (["run", "{exp}", "5"], "no instance between 5 and 5; the instances are 1-2"),
+    (["run", "{exp}", "2", "1"], "the last instance comes before the first"),
+    (["run", "{exp}", "--folds", "20"], "num_folds = 20 but the dataset has only 8 foldable items"),
+    (["run", "{exp}", "--gpu", "-1"], "a GPU ID is a number >= 0"),
+])
+def test_cli_errors_are_one_line(tmp_path, config_file, args, message):
+    path = write_experiment(tmp_path, {1: instance("a"), 2: instance("b")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "xvalkit.cli", *[a.format(exp=path) for a in args], "--config", str(config_file)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()  # nothing trained, nothing written
+
+
+def test_injection_in_an_instance_runs_nothing(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn",
+                                                                     'dropout=__import__("os").system("touch pwned")')})
+    proc = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--config", str(config_file)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "instance 2: the value of 'dropout'" in proc.stderr and "never code" in proc.stderr
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "results").exists()
+
+
+def test_gpu_choice_masks_devices_before_the_framework_import(tmp_path):
+    code = (
+        "from xvalkit.devices import choose_device_early, keras_device, import_keras\n"
+        "import os, sys\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "choose_device_early(gpu=3, cpu=False)\n"
+        "print(os.environ['CUDA_VISIBLE_DEVICES'])\n"
+        "import_keras(); print(keras_device())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "CPU"]  # GPU 3 exposed as the only device; none here, so the CPU
