@@ -92,8 +92,8 @@ class _EpochReporter:
 
 def fit_predict(job: TrainJob) -> TrainOutput:
     keras = import_keras()
+    keras.backend.clear_session()  # before seeding: clearing the session resets Keras' seed state
     keras.utils.set_random_seed(job.seed)
-    keras.backend.clear_session()
     p = job.params
     model = build(job)
     callbacks = [
