@@ -258,6 +258,8 @@ def test_bad_config_values(corpus, tmp_path, capsys):
     for text, message in [("colour = 1", "unknown key 'colour'"),
                           ("snr_min_db = 40", "snr_min_db = 40.0 is above snr_max_db"),
                           ("stretch_quality = best", "stretch_quality = 'best'"),
+                          ("eq_max_peaks = 1.5", "expected a whole number"),
+                          ("snr_max_db = True", "expected a number"),
                           ('noise_file = "nowhere.wav"', "no such file")]:
         (tmp_path / "bad.ini").write_text(f"[augmentation]\n{text}\n")
         status, err = xval(capsys, "augment", corpus, tmp_path / "out", 1, "--config", tmp_path / "bad.ini")

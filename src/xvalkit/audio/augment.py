@@ -85,9 +85,11 @@ class AugmentSpec:
                 value = (value,) if isinstance(value, str) else tuple(value)
             elif isinstance(default, str):
                 value = str(value)
-            elif isinstance(default, (int, float)) and not isinstance(value, bool):
-                if not isinstance(value, (int, float)):
+            elif isinstance(default, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise XvalError(f"config [augmentation] {key} = {value!r}: expected a number")
+                if isinstance(default, int) and value != int(value):
+                    raise XvalError(f"config [augmentation] {key} = {value!r}: expected a whole number")
                 value = type(default)(value)
             values[key] = value
         spec = cls(**values)
