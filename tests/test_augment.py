@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,7 @@ def test_outputs_names_structure_and_log(corpus, tmp_path, capsys):
 def test_seeded_runs_identical_across_jobs(corpus, tmp_path, capsys):
     runs = {}
     for name, jobs, seed in [("a", 1, 11), ("b", 2, 11), ("c", 1, 12)]:
+        time.sleep(1.1 if name == "b" else 0)  # a later second: catches timestamps in the files
         status, err = xval(capsys, "augment", corpus, tmp_path / name, 2, "--seed", seed, "--jobs", jobs)
         assert status == 0, err
         runs[name] = tree(tmp_path / name)
@@ -259,6 +261,7 @@ def test_bad_config_values(corpus, tmp_path, capsys):
                           ("snr_min_db = 40", "snr_min_db = 40.0 is above snr_max_db"),
                           ("stretch_quality = best", "stretch_quality = 'best'"),
                           ("eq_max_peaks = 1.5", "expected a whole number"),
+                          ("peak_dbfs = 0.5", "must be <= 0"),
                           ("snr_max_db = True", "expected a number"),
                           ('noise_file = "nowhere.wav"', "no such file")]:
         (tmp_path / "bad.ini").write_text(f"[augmentation]\n{text}\n")

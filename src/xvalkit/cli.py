@@ -109,7 +109,8 @@ def augment(
     """Write N randomly augmented versions of every audio file under IN to OUT.
 
     Reads wav, flac, ogg and mp3; stereo is mixed to mono and the sample rate kept. For IN/sub/x.wav
-    it writes OUT/sub/x_aug1.wav ... x_augN.wav and OUT/sub/x_orig.wav (the original, peak-normalised),
+    it writes OUT/sub/x_aug1.wav ... x_augN.wav and OUT/sub/x_orig.wav (the original, peak-normalised;
+    24-bit wavs),
     so labels and foldable items in the names survive. Each version applies a random non-empty subset
     of noise, EQ, reverb and time stretch, in random order, then peak normalisation; the ranges are in
     config.ini [augmentation]. OUT/augment_log.json records every value drawn and the seed.

@@ -115,6 +115,8 @@ class AugmentSpec:
             raise XvalError(f"{where}: reverb room sizes must lie in [0, 1]")
         if not 0 <= self.reverb_min_wet <= self.reverb_max_wet <= 1:
             raise XvalError(f"{where}: reverb wet levels must lie in [0, 1]")
+        if self.peak_dbfs > 0:
+            raise XvalError(f"{where} peak_dbfs = {self.peak_dbfs}: must be <= 0 (a peak above full scale clips)")
         if self.eq_max_peaks < 0:
             raise XvalError(f"{where} eq_max_peaks = {self.eq_max_peaks}: must be >= 0")
         if self.stretch_quality not in STRETCH_QUALITY:

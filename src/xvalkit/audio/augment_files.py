@@ -27,6 +27,10 @@ from .augment import AugmentSpec, augment, impulse_response_files, peak_normaliz
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
 
 LOG_NAME = "augment_log.json"
+# 24-bit PCM, not float: libsndfile stamps float wavs with the time of writing (PEAK chunk), which
+# would break bit-identical reruns; outputs peak at <= 0 dBFS, so nothing clips, and 24 bits is
+# 144 dB of range.
+SUBTYPE = "PCM_24"
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,12 @@ def augment_file(task: FileTask) -> dict[str, Any]:
         return {"file": task.relative, "error": str(exc)}
     names = task.output_names()
     paths = task.output_paths()
-    write_wav(paths[0], peak_normalize(audio, task.spec.peak_dbfs), sr)
+    write_wav(paths[0], peak_normalize(audio, task.spec.peak_dbfs), sr, SUBTYPE)
     outputs = {names[0]: {"transforms": [], "seconds": audio.size / sr}}
     # one child seed per version, so version k does not depend on N
     for name, path, child in zip(names[1:], paths[1:], file_seed(task.seed, task.relative).spawn(task.n)):
         augmented, record = augment(audio, sr, np.random.default_rng(child), task.spec)
-        write_wav(path, augmented, sr)
+        write_wav(path, augmented, sr, SUBTYPE)
         outputs[name] = {"transforms": record, "seconds": augmented.size / sr}
     return {"file": task.relative, "sample_rate": sr, "seconds": audio.size / sr, "outputs": outputs}
 
