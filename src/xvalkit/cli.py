@@ -122,6 +122,46 @@ def run(
 
 
 # --- augment command (issue 4) goes here ---
+@app.command()
+def augment(
+    in_dir: Annotated[Path, typer.Argument(metavar="IN", help="Folder of audio files (searched recursively).")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder, outside IN.")],
+    n: Annotated[int, typer.Argument(metavar="N", help="Augmented versions per file (>= 1).")],
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", help="Seed: the same seed gives bit-identical outputs (default: random, logged).")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files processed in parallel (worker processes).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write N randomly augmented versions of every audio file under IN to OUT.
+
+    Reads wav, flac, ogg and mp3; stereo is mixed to mono and the sample rate kept. For IN/sub/x.wav
+    it writes OUT/sub/x_aug1.wav ... x_augN.wav and OUT/sub/x_orig.wav (the original, peak-normalised;
+    24-bit wavs),
+    so labels and foldable items in the names survive. Each version applies a random non-empty subset
+    of noise, EQ, reverb and time stretch, in random order, then peak normalisation; the ranges are in
+    config.ini [augmentation]. OUT/augment_log.json records every value drawn and the seed.
+
+    Unreadable files are skipped with a warning; the exit status is then 1 (2 for a usage error).
+    """
+    from .audio.augment import AugmentSpec
+    from .audio.augment_files import run_augment
+    from .config import load_config
+
+    spec = AugmentSpec.from_config(load_config(config).section("augmentation"))
+    summary = run_augment(in_dir, out_dir, n, spec, seed=seed, jobs=jobs, overwrite=overwrite, console=console)
+    speed = summary.seconds_out / summary.wall_seconds if summary.wall_seconds else 0.0
+    line = (
+        f"augmented {summary.files} files into {summary.outputs} outputs in {out_dir} "
+        f"({summary.seconds_out:.1f} s of augmented audio in {summary.wall_seconds:.1f} s, {speed:.0f} audio-s/s; "
+        f"seed {summary.seed})"
+    )
+    if summary.skipped:
+        line += f"; [yellow]{len(summary.skipped)} unreadable file(s) skipped[/]"
+    console.print(line, soft_wrap=True)
+    raise typer.Exit(0 if summary.ok else 1)
+
 
 
 def _set_debug(value: bool) -> None:
