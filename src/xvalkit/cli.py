@@ -123,6 +123,7 @@ def run(
 
 # --- augment command (issue 4) goes here ---
 @app.command()
+@user_errors
 def augment(
     in_dir: Annotated[Path, typer.Argument(metavar="IN", help="Folder of audio files (searched recursively).")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder, outside IN.")],
@@ -161,7 +162,6 @@ def augment(
         line += f"; [yellow]{len(summary.skipped)} unreadable file(s) skipped[/]"
     console.print(line, soft_wrap=True)
     raise typer.Exit(0 if summary.ok else 1)
-
 
 
 def _set_debug(value: bool) -> None:
