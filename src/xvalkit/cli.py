@@ -121,7 +121,7 @@ def run(
 # --- preprocess command (issue 3) goes here ---
 
 
-# --- augment command (issue 4) goes here ---
+# --- augment command (issue 4) ---
 @app.command()
 @user_errors
 def augment(
@@ -162,6 +162,12 @@ def augment(
         line += f"; [yellow]{len(summary.skipped)} unreadable file(s) skipped[/]"
     console.print(line, soft_wrap=True)
     raise typer.Exit(0 if summary.ok else 1)
+
+
+# --- report command (issue 6) goes here ---
+
+
+# --- plan and status commands (issue 7) go here ---
 
 
 def _set_debug(value: bool) -> None:
