@@ -64,17 +64,38 @@ def user_errors(command):
     return wrapper
 
 
+def parse_gpus(text: str) -> list[int]:
+    """'1' -> [1]; '0,1,3' -> [0, 1, 3]."""
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(f"--gpu {text}: expected GPU IDs like 1 or 0,1,3")
+    if not gpus or any(g < 0 for g in gpus):
+        fail(f"--gpu {text}: a GPU ID is a number >= 0; use --cpu for the CPU")
+    if len(set(gpus)) != len(gpus):
+        fail(f"--gpu {text}: a GPU is listed twice; use --jobs-per-gpu to run several jobs on one GPU")
+    return gpus
+
+
+FirstArg = Annotated[Optional[int], typer.Argument(help="First instance (default: all).")]
+LastArg = Annotated[Optional[int], typer.Argument(help="Last instance (default: FIRST).")]
+
+
 @app.command()
 @user_errors
 def run(
     experiment: Annotated[Path, typer.Argument(help="The experiment module, e.g. experiments/exp1.py")],
-    first: Annotated[Optional[int], typer.Argument(help="First instance to run (default: all).")] = None,
-    last: Annotated[Optional[int], typer.Argument(help="Last instance to run (default: FIRST).")] = None,
+    first: FirstArg = None,
+    last: LastArg = None,
     gpu_positional: Annotated[
         Optional[int], typer.Argument(metavar="[GPU]", help="GPU ID, as the original scripts took it.")
     ] = None,
-    gpu: Annotated[Optional[int], typer.Option("--gpu", help="GPU to train on (overrides gpu_ID).")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU(s) to train on: 1, or 0,1,3 for one job per GPU at a time (overrides gpu_ID).")] = None,
+    jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs (folds) run at once on each listed GPU.")] = 1,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
+    cpu_workers: Annotated[int, typer.Option("--cpu-workers", min=1, help="Folds trained at once on the CPU, each with its share of the cores.")] = 1,
+    backend: Annotated[str, typer.Option("--backend", help="local, or ray (the optional extra: pip install -e \".[ray]\").")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a new local cluster).")] = None,
     overwrite: Annotated[
         Optional[bool],
         typer.Option("--overwrite/--no-overwrite", help="Redo finished folds (default: the module's overwrite_results)."),
@@ -84,34 +105,46 @@ def run(
         typer.Option("--debug/--no-debug", help="Stop at the first error with its traceback (default: debug_mode)."),
     ] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no live progress.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Train instances FIRST to LAST of an experiment with grouped k-fold cross-validation.
 
     `xval run experiments/exp1.py 3 7 --gpu 1` runs instances 3 to 7 on GPU 1; `xval run exp1.py`
-    runs them all. Finished folds are kept and skipped on a rerun unless --overwrite is given.
+    runs them all. Finished folds are kept and skipped on a rerun (so an interrupted run resumes)
+    unless --overwrite is given. Each fold's epochs are logged in <experiment folder>/logs/.
     """
-    from .devices import choose_device_early
+    from .devices import choose_device_early, keep_this_process_off_gpus
     from .experiment import load_experiment
     from .runner import RunOptions, run_experiment
 
-    if gpu is not None and gpu_positional is not None and gpu != gpu_positional:
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend}: expected local or ray")
+    gpus = parse_gpus(gpu) if gpu is not None else None
+    if gpus is not None and gpu_positional is not None and gpus != [gpu_positional]:
         fail(f"GPU given twice: positional {gpu_positional} and --gpu {gpu}; give one")
-    gpu = gpu if gpu is not None else gpu_positional
-    if gpu is not None and gpu < 0:
-        fail(f"--gpu {gpu}: a GPU ID is a number >= 0; use --cpu for the CPU")
-    # Choose the device before the experiment module (or a models module) can import a framework.
-    if gpu is not None or cpu:
-        choose_device_early(gpu=gpu, cpu=cpu)
-    exp = load_experiment(experiment, config_file=config)
-    if gpu is None and not cpu:
-        choose_device_early(gpu=exp.gpu_ID, cpu=False)
+    if gpus is None and gpu_positional is not None:
+        gpus = parse_gpus(str(gpu_positional))
+    if cpu and gpus:
+        fail("--cpu and a GPU were both given; choose one")
+    if cpu_workers > 1 and gpus:
+        fail("--cpu-workers is for CPU training; with GPUs use --jobs-per-gpu")
+    if address and backend != "ray":
+        fail("--address is for --backend ray")
+    exp = load_experiment(experiment, config_file=config)  # plain data: imports no framework
+    if gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
+        gpus = [exp.gpu_ID]
+    workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
+    if workers:
+        keep_this_process_off_gpus()  # the workers own the devices
+    else:
+        choose_device_early(gpu=gpus[0] if gpus else None, cpu=cpu)
     options = RunOptions(
-        first=first,
-        last=last,
+        first=first, last=last,
         overwrite=exp.overwrite_results if overwrite is None else overwrite,
         debug=exp.debug_mode if debug is None else debug,
-        num_folds=folds,
+        num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
+        cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
     )
     _set_debug(options.debug)
     summary = run_experiment(exp, options, console=console)
@@ -167,7 +200,46 @@ def augment(
 # --- report command (issue 6) goes here ---
 
 
-# --- plan and status commands (issue 7) go here ---
+# --- plan and status commands (issue 7) ---
+@app.command()
+@user_errors
+def plan(
+    experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    first: FirstArg = None,
+    last: LastArg = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU(s) the run would use, e.g. 0,1.")] = None,
+    jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1)] = 1,
+    cpu_workers: Annotated[int, typer.Option("--cpu-workers", min=1)] = 1,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate an experiment fully and show what `xval run` would do, without training.
+
+    Checks every parameter, architecture (each model is built once), the dataset and the folds;
+    prints the parameters that differ between instances, the folds to train and those already
+    done, and the devices the jobs would go to.
+    """
+    from .devices import keep_this_process_off_gpus
+    from .experiment import load_experiment
+    from .status import print_plan
+
+    keep_this_process_off_gpus()
+    exp = load_experiment(experiment, config_file=config)
+    gpus = parse_gpus(gpu) if gpu else None
+    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers)
+
+
+@app.command()
+@user_errors
+def status(
+    experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    config: ConfigOption = None,
+) -> None:
+    """Done, failed (with the error's last line), running and pending folds, per instance."""
+    from .experiment import load_experiment
+    from .status import print_status
+
+    print_status(load_experiment(experiment, config_file=config))
 
 
 def _set_debug(value: bool) -> None:

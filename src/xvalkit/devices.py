@@ -21,6 +21,16 @@ class DeviceChoice:
 
 
 _choice = DeviceChoice(gpu=None, cpu=False)
+_parent_off_gpus = False
+
+
+def keep_this_process_off_gpus() -> None:
+    """For a parent whose workers own the GPUs: its framework (model checks) uses only the CPU.
+
+    The environment is left alone, so that workers (and a local Ray cluster) still see the GPUs.
+    """
+    global _parent_off_gpus
+    _parent_off_gpus = True
 
 
 def choose_device_early(gpu: int | None, cpu: bool) -> DeviceChoice:
@@ -74,6 +84,13 @@ def import_keras():
             import tensorflow  # noqa: F401
     import keras
 
+    if _parent_off_gpus:
+        import tensorflow as tf
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # already initialised: nothing was placed on a GPU by us yet
+            pass
     # Keras warns through absl that .h5 is a legacy format at every save: .hdf5 is our format.
     logging.getLogger("absl").setLevel(logging.ERROR)
     return keras
@@ -83,7 +100,7 @@ def keras_device() -> str:
     """'GPU 1 (name)' or 'CPU', for the results; warns once if a requested GPU is not visible."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = tf.config.get_visible_devices("GPU")
     if gpus and not _choice.cpu:
         details = tf.config.experimental.get_device_details(gpus[0])
         physical = _choice.gpu if _choice.gpu is not None else 0
@@ -95,7 +112,7 @@ def torch_device() -> tuple[str, str]:
     """(torch device string, description) for the chosen device."""
     import torch
 
-    if torch.cuda.is_available() and not _choice.cpu:
+    if torch.cuda.is_available() and not _choice.cpu and not _parent_off_gpus:
         physical = _choice.gpu if _choice.gpu is not None else 0
         return "cuda:0", f"GPU {physical} ({torch.cuda.get_device_name(0)})"
     return "cpu", "CPU"

@@ -1,13 +1,14 @@
 """`xval run`: validate everything, then train instances x folds and fill the experiment folder.
 
 Order of work, so that no bad input wastes a minute of training: parameters of every selected
-instance -> dataset -> fold plans -> resume consistency -> a trial build of every model -> train.
+instance -> dataset -> fold plans -> resume consistency -> a trial build of every model -> jobs
+(one per unfinished fold) -> an executor (this process, local workers or Ray). This process is the
+only one that writes the instance pickles, the errors and the report; jobs write their own fold
+records, so folds can run in parallel anywhere.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +18,15 @@ from . import report
 from .data import Dataset, load_dataset
 from .devices import current_choice
 from .errors import XvalError
+from .executors import plan_slots
 from .experiment import Experiment
-from .fold_data import FoldData, model_input_shape, num_outputs
+from .fold_data import model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_folds
-from .metrics import compute, summarize
+from .jobs import FoldJob
+from .progress import ProgressView
 from .snapshot import provenance, write_snapshot
 from .store import ExperimentStore
-from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
+from .trainers import trainer_for
 
 
 @dataclass
@@ -33,6 +36,12 @@ class RunOptions:
     overwrite: bool = False
     debug: bool = False
     num_folds: int | None = None
+    gpus: list[int] | None = None  # None: the device chosen early (one GPU or the CPU)
+    jobs_per_gpu: int = 1
+    cpu_workers: int = 1
+    backend: str = "local"  # or "ray"
+    address: str | None = None
+    quiet: bool = False
 
 
 @dataclass
@@ -40,6 +49,7 @@ class RunSummary:
     done: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    abandoned: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -60,17 +70,12 @@ class Instance:
         return {f.index: f.as_dict() for f in self.folds}
 
 
-def _labels(dataset: Dataset, task_type: str):
-    if task_type != "classification":
-        return None
-    from .fold_data import targets_for
-
-    return {item: targets_for(task_type, y, dataset.name) for item, y in dataset.targets.items()}
-
-
 def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset) -> list[Instance]:
     num_folds = options.num_folds or exp.num_folds
-    labels = _labels(dataset, exp.task_type)
+    labels = None
+    if exp.task_type == "classification":
+        labels = {item: targets_for(exp.task_type, y, f"dataset '{dataset.name}', item '{item}'")
+                  for item, y in dataset.targets.items()}
     plans: dict[tuple, list[Fold]] = {}
     instances = []
     for run in exp.select(options.first, options.last):
@@ -84,23 +89,22 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset) -> li
 
 def check_resumable(store: ExperimentStore, instance: Instance) -> None:
     """Refuse to mix folds trained under different parameters or fold plans."""
-    saved = store.load_instance(instance.id)
-    if saved is None or not saved["folds"]:
-        return
-    changed = [k for k in sorted(set(saved["parameters"]) | set(instance.params))
-               if saved["parameters"].get(k, "<unset>") != instance.params.get(k, "<unset>")]
-    if changed:
-        first = changed[0]
-        raise XvalError(
-            f"{instance.where}: parameters changed since its saved folds were trained "
-            f"({first}: {saved['parameters'].get(first, '<unset>')!r} -> {instance.params.get(first, '<unset>')!r}"
-            f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); rerun with --overwrite to redo it"
-        )
-    if saved["fold_plan"] != instance.fold_plan:
-        raise XvalError(
-            f"{instance.where}: the folds differ from those of its saved results (num_folds or the dataset's "
-            "items changed); rerun with --overwrite to redo it"
-        )
+    for index, saved in store.load_folds(instance.id).items():
+        old, new = saved["parameters"], instance.params
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+        if changed:
+            first = changed[0]
+            raise XvalError(
+                f"{instance.where}: parameters changed since its saved folds were trained "
+                f"({first}: {old.get(first, '<unset>')!r} -> {new.get(first, '<unset>')!r}"
+                f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); rerun with --overwrite to redo it"
+            )
+        plan = instance.fold_plan.get(index)
+        if plan is None or any(saved["record"][key] != items for key, items in plan.items()):
+            raise XvalError(
+                f"{instance.where}: the folds differ from those of its saved results (num_folds or the "
+                "dataset's items changed); rerun with --overwrite to redo it"
+            )
 
 
 def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -> None:
@@ -120,46 +124,8 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             ) from exc
 
 
-def train_fold(exp: Experiment, store: ExperimentStore, dataset: Dataset, inst: Instance, fold: Fold) -> dict:
-    p = inst.params
-    start = time.perf_counter()
-    data = FoldData(dataset, fold, exp.task_type, p["reshaping_type"], p["normalization"])
-    seed = int(p["seed"]) + fold.index
-    job = TrainJob(
-        params=p, task_type=exp.task_type, data=data,
-        model_fn=exp.model_function(p["framework"], p["architecture"], inst.where), seed=seed,
-        model_path=store.model_path(inst.id, fold.index, MODEL_EXTENSIONS[p["framework"]]),
-        log_dir=store.tensorboard_dir(inst.id, fold.index), generator=exp.generator,
-    )
-    out = trainer_for(p["framework"]).fit_predict(job)
-    record: dict[str, Any] = {}
-    for set_name, set_data in data.sets().items():
-        values = compute(exp.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
-        for metric, value in values.items():
-            record[f"{set_name}_{metric}"] = value
-    record.update(fold.as_dict())
-    record.update(
-        history=out.history, epochs=out.epochs, best_epoch=out.best_epoch, seed=seed, device=out.device,
-        test_true=data.test.y, test_pred=out.predictions["test"],
-        normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
-        model_file=job.model_path.name, duration_s=time.perf_counter() - start,
-    )
-    return record
-
-
-def new_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
-    return {
-        "instance": inst.id, "parameters": inst.params, "task_type": exp.task_type, "dataset": exp.dataset,
-        "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "folds": {}, "summary": {},
-    }
-
-
-def _main_metric(task_type: str) -> tuple[str, str]:
-    return ("acc", "accuracy") if task_type == "classification" else ("rmse", "RMSE")
-
-
-def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
-    console = console or Console(stderr=True, highlight=False)
+def prepare(exp: Experiment, options: RunOptions):
+    """Everything `xval run` and `xval plan` check before training: (dataset, instances, store)."""
     dataset = load_dataset(exp.config.data_folder, exp.dataset)
     instances = plan_instances(exp, options, dataset)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
@@ -167,68 +133,148 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         for inst in instances:
             check_resumable(store, inst)
     check_models(exp, instances, dataset)
+    return dataset, instances, store
+
+
+def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
+    """An instance's results dict, less its folds and summary (rebuilt from the fold files)."""
+    return {"instance": inst.id, "parameters": inst.params, "task_type": exp.task_type, "dataset": exp.dataset,
+            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan}
+
+
+def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
+    return [
+        FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), params=inst.params,
+                task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
+                store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
+                models_path=str(exp.models_path) if exp.models_path else None)
+        for fold in inst.folds
+    ]
+
+
+def make_executor(options: RunOptions, device: str):
+    if options.backend == "ray":
+        from .executors.ray import RayExecutor
+
+        gpus_per_job = (1.0 / options.jobs_per_gpu) if options.gpus else 0.0
+        return RayExecutor(options.address, gpus_per_job)
+    slots = plan_slots(options.gpus, options.jobs_per_gpu, options.cpu_workers)
+    if len(slots) == 1 and (not options.gpus or len(options.gpus) == 1):
+        from .executors.inprocess import InProcessExecutor
+
+        return InProcessExecutor(device)
+    from .executors.local import LocalPoolExecutor
+
+    return LocalPoolExecutor(slots)
+
+
+def _main_metric(task_type: str) -> tuple[str, str]:
+    return ("acc", "accuracy") if task_type == "classification" else ("rmse", "RMSE")
+
+
+class RunListener:
+    """Collects what the executor reports: rebuilds instance pickles, errors, report, progress."""
+
+    def __init__(self, exp: Experiment, store: ExperimentStore, instances: list[Instance],
+                 todo: dict[int, set[int]], view: ProgressView, summary: RunSummary):
+        self.exp, self.store, self.view, self.summary = exp, store, view, summary
+        self.instances = {inst.id: inst for inst in instances}
+        self.todo = todo
+        self.running: dict[tuple[int, int], str] = {}
+        self.key, self.label = _main_metric(exp.task_type)
+
+    def should_skip(self, job: FoldJob) -> bool:
+        return job.instance in self.summary.failed
+
+    def started(self, job: FoldJob, where: str) -> None:
+        self.running[job.key] = job.label
+        self.view.started(job, where)
+
+    def epoch(self, job: FoldJob, epoch: int, logs: dict) -> None:
+        self.view.epoch(job, epoch, logs)
+
+    def finished(self, job: FoldJob, record: dict) -> None:
+        self.running.pop(job.key, None)
+        self.view.ended(job)
+        inst = self.instances[job.instance]
+        results = self.store.rebuild_instance(inst.id, base_results(self.exp, inst))
+        self.view.print(
+            f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
+            f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
+        )
+        self.todo[inst.id].discard(job.fold.index)
+        if not self.todo[inst.id] and inst.id not in self.summary.failed:
+            self.store.clear_error(inst.id)
+            self.summary.done.append(inst.id)
+            s = results["summary"]["test"]
+            self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
+                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}")
+            report.refresh(self.store)
+
+    def failed(self, job: FoldJob, error: str) -> None:
+        self.running.pop(job.key, None)
+        self.view.ended(job)
+        lines = [line for line in error.strip().splitlines() if line.strip()]
+        line = lines[-1] if lines else "unknown error"
+        first = job.instance not in self.summary.failed
+        self.summary.failed.setdefault(job.instance, line)
+        text = f"{job.label}\n{error}"
+        if not first:
+            text = (self.store.error_text(job.instance) or "") + "\n" + text
+        self.store.save_error(job.instance, text)
+        self.view.print(f"[red]{job.label} failed[/]: {line} (traceback in {self.store.error_path(job.instance)})")
+        report.refresh(self.store)
+
+
+def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
+    console = console or Console(stderr=True, highlight=False)
+    dataset, instances, store = prepare(exp, options)
     device = trainer_for(instances[0].params["framework"]).device_name()
+    if options.backend == "ray":
+        where = f"Ray ({options.address or 'local cluster'})"
+    elif options.gpus and (len(options.gpus) > 1 or options.jobs_per_gpu > 1):
+        where = f"GPUs {', '.join(map(str, options.gpus))} x {options.jobs_per_gpu} job(s) each"
+    elif options.cpu_workers > 1:
+        where = f"{options.cpu_workers} CPU workers"
+    else:
+        where = device
     console.print(
         f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) x {len(instances[0].folds)} fold(s) on "
-        f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {device}"
+        f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"
     )
     choice = current_choice()
-    if device == "CPU" and not choice.cpu and (choice.gpu is not None):
+    if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
         console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")
     store.write_description(exp.short_description)
     write_snapshot(store.code_dir, exp.path, exp.models_path, exp.config.to_ini(),
-                   provenance(exp.path, device, [i.id for i in instances]))
+                   provenance(exp.path, where, [i.id for i in instances]))
     summary = RunSummary()
-    key, label = _main_metric(exp.task_type)
+    jobs, todo = [], {}
+    for inst in instances:
+        if options.overwrite:
+            store.clear_instance(inst.id)
+        done = set(store.load_folds(inst.id))
+        todo[inst.id] = {f.index for f in inst.folds} - done
+        if done and not store.is_current(inst.id):  # the last run was killed before it could update it
+            store.rebuild_instance(inst.id, base_results(exp, inst))
+        if not todo[inst.id]:
+            summary.skipped.append(inst.id)
+            console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
+        jobs += [job for job in make_jobs(exp, inst) if job.fold.index in todo[inst.id]]
+    view = ProgressView(console, len(jobs), options.quiet)
+    listener = RunListener(exp, store, instances, todo, view, summary)
     try:
-        for inst in instances:
-            _run_instance(exp, store, dataset, inst, options, summary, console, key, label)
+        make_executor(options, device).run(jobs, listener, options.debug)
     except KeyboardInterrupt:
+        view.stop()
+        summary.abandoned = sorted(listener.running.values())
         report.refresh(store)
         _print_summary(console, summary, interrupted=True)
         raise
+    view.stop()
+    report.refresh(store)
     _print_summary(console, summary)
     return summary
-
-
-def _run_instance(exp, store, dataset, inst, options, summary, console, key, label) -> None:
-    if options.overwrite:
-        store.clear_instance(inst.id)
-    results = store.load_instance(inst.id) or new_results(exp, inst)
-    todo = [f for f in inst.folds if f.index not in results["folds"]]
-    if not todo:
-        summary.skipped.append(inst.id)
-        console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
-        return
-    try:
-        for fold in todo:
-            record = train_fold(exp, store, dataset, inst, fold)
-            results["folds"][fold.index] = record
-            results["folds"] = dict(sorted(results["folds"].items()))
-            results["summary"] = summarize(results["folds"], exp.task_type)
-            store.save_instance(inst.id, results)
-            console.print(
-                f"instance {inst.id} fold {fold.index}/{len(inst.folds)}: test {label} "
-                f"{record[f'test_{key}']:.4f} ({record['epochs']} epochs, best {record['best_epoch']}, "
-                f"{record['duration_s']:.1f} s)"
-            )
-        store.clear_error(inst.id)
-        summary.done.append(inst.id)
-        s = results["summary"]["test"]
-        console.print(
-            f"[green]instance {inst.id} done[/]: test {label} {s[f'mean_{key}']:.4f} ± {s[f'std_{key}']:.4f}"
-        )
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        if options.debug:
-            raise
-        store.save_error(inst.id, traceback.format_exc())
-        line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        summary.failed[inst.id] = line
-        console.print(f"[red]instance {inst.id} failed[/]: {line} (traceback in {store.error_path(inst.id)})")
-    finally:
-        report.refresh(store)
 
 
 def _print_summary(console: Console, summary: RunSummary, interrupted: bool = False) -> None:
@@ -236,5 +282,8 @@ def _print_summary(console: Console, summary: RunSummary, interrupted: bool = Fa
         return ", ".join(map(str, values)) or "none"
 
     head = "[yellow]interrupted[/]" if interrupted else "[bold]summary[/]"
-    console.print(f"{head}: done {ids(summary.done)}; skipped (already done) {ids(summary.skipped)}; "
-                  f"failed {ids(summary.failed)}")
+    text = (f"{head}: done {ids(summary.done)}; skipped (already done) {ids(summary.skipped)}; "
+            f"failed {ids(summary.failed)}")
+    if interrupted:
+        text += f"; abandoned (will be redone) {ids(summary.abandoned)}"
+    console.print(text, soft_wrap=True)

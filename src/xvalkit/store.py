@@ -4,24 +4,35 @@
   experiment_<N>_description.txt
   code/                                         snapshot of what ran (snapshot.py)
   models/<dataset>_exp<N>_run<R>_fold<F>.hdf5   (or .pt)
-  results/results_<dataset>_exp<N>_run<R>.pkl   one dict per instance, rewritten after each fold
+  results/folds/<dataset>_exp<N>_run<R>_fold<F>.pkl   one finished fold (the completion record)
+  results/running/run<R>_fold<F>.json            a fold being trained now (pid, host, start)
+  results/results_<dataset>_exp<N>_run<R>.pkl   one dict per instance, derived from its fold files
   results/error_<dataset>_exp<N>_run<R>.txt     the traceback of a failed instance
+  logs/run<R>_fold<F>.log                       one line per epoch
   tensorboard/run<R>/fold<F>/                   TensorBoard logs
   <dataset>_exp<N>_results.xlsx, results.csv    the report (report.py), rebuilt from the pickles
 
-A fold is complete exactly when it is in its instance's pickle; the pickle is written atomically
-after the fold's model, so an interrupted run resumes at the first missing fold.
+A fold is complete exactly when its fold file exists. Whoever trains the fold (this process, a
+worker process, a Ray task on another node) writes the model, then the fold file, each atomically;
+the instance pickle is then rebuilt from the fold files by the one process that runs the
+experiment. No two processes ever write the same file, so parallel folds cannot race, and a
+`kill -9` at any moment loses at most the folds in progress.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import re
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from . import atomic
 from .errors import XvalError
+from .metrics import summarize
 
 
 class ExperimentStore:
@@ -64,16 +75,25 @@ class ExperimentStore:
     def tensorboard_dir(self, run: int, fold: int) -> Path:
         return self.folder / "tensorboard" / f"run{run}" / f"fold{fold}"
 
+    def fold_path(self, run: int, fold: int) -> Path:
+        return self.results_dir / "folds" / f"{self.prefix}_run{run}_fold{fold}.pkl"
+
+    def running_path(self, run: int, fold: int) -> Path:
+        return self.results_dir / "running" / f"run{run}_fold{fold}.json"
+
+    def log_path(self, run: int, fold: int) -> Path:
+        return self.folder / "logs" / f"run{run}_fold{fold}.log"
+
     # --- reading -----------------------------------------------------------------------------
     def load_instance(self, run: int) -> dict[str, Any] | None:
         path = self.results_path(run)
-        if not path.is_file():
-            return None
-        try:
-            with open(path, "rb") as handle:
-                return pickle.load(handle)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
-            raise XvalError(f"{path}: unreadable results ({exc}); delete it or rerun with --overwrite") from None
+        results = _read_pickle(path) if path.is_file() else None
+        # Folds finished after the pickle was last rebuilt (the runner was killed in between).
+        newer = {i: f for i, f in self.load_folds(run).items() if results is None or i not in results["folds"]}
+        if results is None or not newer:
+            return results
+        folds = dict(sorted({**results["folds"], **{i: f["record"] for i, f in newer.items()}}.items()))
+        return {**results, "folds": folds, "summary": summarize(folds, results["task_type"])}
 
     def instance_ids(self) -> list[int]:
         pattern = re.compile(rf"^results_{re.escape(self.prefix)}_run(-?\d+)\.pkl$")
@@ -85,6 +105,33 @@ class ExperimentStore:
                     if match:
                         found.add(int(match.group(1)))
         return sorted(found)
+
+    def load_folds(self, run: int) -> dict[int, dict[str, Any]]:
+        """The finished folds of an instance: {fold: {'parameters', 'task_type', 'num_folds', 'record'}}."""
+        folder = self.results_dir / "folds"
+        pattern = re.compile(rf"^{re.escape(self.prefix)}_run{run}_fold(\d+)\.pkl$")
+        folds = {}
+        if folder.is_dir():
+            for path in folder.iterdir():
+                match = pattern.match(path.name)
+                if match:
+                    folds[int(match.group(1))] = _read_pickle(path)
+        return dict(sorted(folds.items()))
+
+    def running(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """Folds marked as running whose process is still alive (on this host) or on another host."""
+        folder = self.results_dir / "running"
+        found = {}
+        if folder.is_dir():
+            for path in folder.glob("run*_fold*.json"):
+                match = re.match(r"^run(-?\d+)_fold(\d+)\.json$", path.name)
+                try:
+                    info = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if match and _alive(info):
+                    found[(int(match.group(1)), int(match.group(2)))] = info
+        return found
 
     def load_all(self) -> dict[int, dict[str, Any]]:
         return {run: r for run in self.instance_ids() if (r := self.load_instance(run)) is not None}
@@ -100,6 +147,32 @@ class ExperimentStore:
     def save_instance(self, run: int, results: dict[str, Any]) -> None:
         atomic.write_pickle(self.results_path(run), results)
 
+    def save_fold(self, run: int, fold: int, parameters: dict, task_type: str, num_folds: int,
+                  record: dict[str, Any]) -> None:
+        """The completion record of one fold (written after its model)."""
+        atomic.write_pickle(self.fold_path(run, fold), {
+            "parameters": parameters, "task_type": task_type, "num_folds": num_folds, "record": record,
+        })
+
+    def mark_running(self, run: int, fold: int) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}
+        atomic.write_text(self.running_path(run, fold), json.dumps(info))
+
+    def unmark_running(self, run: int, fold: int) -> None:
+        self.running_path(run, fold).unlink(missing_ok=True)
+
+    def is_current(self, run: int) -> bool:
+        """Whether the instance pickle holds exactly the folds that have fold files."""
+        path = self.results_path(run)
+        return path.is_file() and set(_read_pickle(path)["folds"]) == set(self.load_folds(run))
+
+    def rebuild_instance(self, run: int, base: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild an instance's pickle from its fold files; `base` holds everything but the folds."""
+        folds = {index: saved["record"] for index, saved in self.load_folds(run).items()}
+        results = {**base, "folds": folds, "summary": summarize(folds, base["task_type"]) if folds else {}}
+        self.save_instance(run, results)
+        return results
+
     def save_error(self, run: int, text: str) -> None:
         atomic.write_text(self.error_path(run), text)
 
@@ -108,13 +181,35 @@ class ExperimentStore:
 
     def clear_instance(self, run: int) -> None:
         """Forget an instance's results, models and logs (for --overwrite)."""
+        import shutil
+
         self.results_path(run).unlink(missing_ok=True)
         self.clear_error(run)
-        if self.models_dir.is_dir():
-            for path in self.models_dir.glob(f"{self.prefix}_run{run}_fold*"):
-                path.unlink(missing_ok=True)
-        board = self.folder / "tensorboard" / f"run{run}"
-        if board.is_dir():
-            import shutil
+        for folder, pattern in ((self.models_dir, f"{self.prefix}_run{run}_fold*"),
+                                (self.results_dir / "folds", f"{self.prefix}_run{run}_fold*"),
+                                (self.folder / "logs", f"run{run}_fold*")):
+            if folder.is_dir():
+                for path in folder.glob(pattern):
+                    path.unlink(missing_ok=True)
+        shutil.rmtree(self.folder / "tensorboard" / f"run{run}", ignore_errors=True)
 
-            shutil.rmtree(board, ignore_errors=True)
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        raise XvalError(f"{path}: unreadable results ({exc}); delete it or rerun with --overwrite") from None
+
+
+def _alive(info: dict[str, Any]) -> bool:
+    """Whether the process that marked a fold as running still runs (unknowable on another host)."""
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True

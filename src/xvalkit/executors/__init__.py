@@ -1,0 +1,47 @@
+"""Executors run FoldJobs and tell a Listener what happens; they never write results themselves.
+
+- InProcess: one job at a time in the `xval run` process (one device: no start-up cost at all).
+- LocalPool: reused worker processes, one per slot (a GPU, or a share of the CPU cores); each sees
+  only its own GPU, pays the framework import once, and is replaced after a failure.
+- Ray (optional extra): the same jobs as Ray tasks, on one machine or a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..jobs import FoldJob
+
+
+class Listener(Protocol):
+    def started(self, job: FoldJob, where: str) -> None: ...
+    def epoch(self, job: FoldJob, epoch: int, logs: dict) -> None: ...
+    def finished(self, job: FoldJob, record: dict) -> None: ...
+    def failed(self, job: FoldJob, error: str) -> None: ...
+    def should_skip(self, job: FoldJob) -> bool: ...
+
+
+class JobError(Exception):
+    """A job failed in debug mode; the message is the job's traceback."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: a GPU (its physical ID) or the CPU with a number of threads."""
+
+    gpu: int | None
+    threads: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"GPU {self.gpu}" if self.gpu is not None else "CPU"
+
+
+def plan_slots(gpus: list[int] | None, jobs_per_gpu: int, cpu_workers: int) -> list[Slot]:
+    """The worker slots: jobs_per_gpu per listed GPU, else cpu_workers CPU workers."""
+    if gpus:
+        return [Slot(gpu) for gpu in gpus for _ in range(jobs_per_gpu)]
+    cores = os.cpu_count() or 1
+    return [Slot(None, max(1, cores // cpu_workers)) for _ in range(cpu_workers)]

@@ -1,0 +1,142 @@
+"""A pool of reused worker processes, one per slot (a GPU, or a share of the CPU cores).
+
+Each worker is a fresh interpreter (spawn) that sets CUDA_VISIBLE_DEVICES and its thread limits
+before anything imports a framework, so it sees only its own GPU; it then runs job after job,
+paying the TensorFlow / torch import once. A worker whose job raised is replaced (its framework
+state is not trusted); a worker that dies (killed, out of memory) is replaced and its job retried
+once. The parent only schedules and listens: workers write the models and fold records.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from collections import deque
+from multiprocessing.connection import wait
+
+from ..jobs import FoldJob
+from . import JobError, Listener, Slot
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
+def worker_main(conn, slot: Slot) -> None:
+    """The worker loop: receive a job, run it, send back epochs and the result; None stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    from ..devices import choose_device_early
+
+    if slot.threads:
+        for name in THREAD_VARIABLES:
+            os.environ[name] = str(slot.threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None)
+    from ..jobs import execute
+
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        try:
+            record = execute(job, on_epoch=lambda e, logs: conn.send(
+                ("epoch", e, {k: float(v) for k, v in logs.items()})))
+            conn.send(("done", record))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    def __init__(self, slot: Slot, context):
+        self.slot = slot
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_main, args=(child, slot), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: FoldJob | None = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+class LocalPoolExecutor:
+    def __init__(self, slots: list[Slot]):
+        self.slots = slots
+        self.context = mp.get_context("spawn")
+
+    def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
+        pending = deque(jobs)
+        workers: list[Worker | None] = [None] * len(self.slots)
+        retried: set[tuple[int, int]] = set()
+        try:
+            while True:
+                for i, slot in enumerate(self.slots):  # give every idle slot a job
+                    if workers[i] is not None and workers[i].job is not None:
+                        continue
+                    while pending and listener.should_skip(pending[0]):
+                        pending.popleft()
+                    if not pending:
+                        break
+                    if workers[i] is None:
+                        workers[i] = Worker(slot, self.context)
+                    job = pending.popleft()
+                    workers[i].job = job
+                    workers[i].conn.send(job)
+                    listener.started(job, slot.name)
+                busy = [w for w in workers if w is not None and w.job is not None]
+                if not busy:
+                    return
+                ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                for i, worker in enumerate(workers):
+                    if worker is None or worker.job is None:
+                        continue
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        workers[i] = self._handle(worker, listener, debug, pending, retried)
+        finally:
+            for worker in workers:
+                if worker is not None:
+                    worker.stop(timeout=0 if any(w and w.job for w in workers) else 5.0)
+
+    def _handle(self, worker: Worker, listener: Listener, debug: bool, pending: deque,
+                retried: set) -> Worker | None:
+        """Read what a worker sent; returns the worker to keep, or None to replace it."""
+        job = worker.job
+        while worker.conn.poll():
+            try:
+                kind, *payload = worker.conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "epoch":
+                listener.epoch(job, *payload)
+            elif kind == "done":
+                worker.job = None
+                listener.finished(job, payload[0])
+                return worker
+            else:  # "error": the job raised; the worker's state is not trusted any more
+                worker.job = None
+                worker.stop()
+                if debug:
+                    raise JobError(f"{job.label} failed:\n{payload[0]}")
+                listener.failed(job, payload[0])
+                return None
+        if worker.process.is_alive():
+            return worker
+        # The worker died without a word (killed, out of memory): retry its job once elsewhere.
+        code = worker.process.exitcode
+        worker.job = None
+        worker.stop()
+        if job.key not in retried:
+            retried.add(job.key)
+            pending.appendleft(job)
+        else:
+            listener.failed(job, f"the worker process running {job.label} died twice (exit code {code})")
+        return None

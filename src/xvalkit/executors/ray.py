@@ -1,0 +1,86 @@
+"""The same jobs as Ray tasks, on this machine or a Ray cluster (`--backend ray --address ADDR`).
+
+Every node must see the experiment folder and the data folder at the same paths (a shared
+filesystem): tasks write models and fold records there, exactly as local workers do. A task whose
+node or worker process is lost is retried (max_retries); a Python error in a job is not retried
+but recorded, like any failed fold. Ray reuses its worker processes, so the framework import is
+paid once per worker, not per fold.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from ..errors import XvalError
+from ..jobs import FoldJob
+from . import JobError, Listener
+
+MAX_RETRIES = 3
+
+
+def _execute(job: FoldJob) -> dict:
+    from ..jobs import execute
+
+    return execute(job)
+
+
+class RayExecutor:
+    def __init__(self, address: str | None, gpus_per_job: float, num_cpus: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise XvalError('--backend ray needs Ray: pip install -e ".[ray]"') from None
+        self.ray = ray
+        self.address = address
+        self.gpus_per_job = gpus_per_job
+        self.num_cpus = num_cpus
+
+    def where(self) -> str:
+        return f"Ray ({self.address or 'local'}), {self.gpus_per_job:g} GPU per job"
+
+    def _connect(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        try:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:  # ConnectionError and Ray's own start-up errors
+            raise XvalError(f"--backend ray: cannot connect to Ray at {self.address or 'a new local cluster'}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+    def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
+        ray = self._connect() or self.ray
+        task = ray.remote(_execute).options(num_cpus=1, num_gpus=self.gpus_per_job,
+                                            max_retries=MAX_RETRIES, retry_exceptions=False)
+        refs = {}
+        for job in jobs:
+            if not listener.should_skip(job):
+                refs[task.remote(job)] = job
+                listener.started(job, "Ray")
+        try:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for ref in done:
+                    job = refs.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        text = str(exc)
+                        if debug:
+                            raise JobError(f"{job.label} failed:\n{text}") from None
+                        listener.failed(job, text)
+                    except ray.exceptions.RayError as exc:  # lost after all retries
+                        listener.failed(job, f"Ray lost {job.label} after {MAX_RETRIES} retries: {exc}")
+                    else:
+                        listener.finished(job, record)
+        except KeyboardInterrupt:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
+        except JobError:
+            raise
+        except Exception:
+            raise XvalError(f"Ray backend failed: {traceback.format_exc().splitlines()[-1]}") from None

@@ -1,0 +1,131 @@
+"""One job = one (instance, fold): everything needed to train it, in a picklable form.
+
+`execute(job)` runs the same way in the `xval run` process, in a reused local worker process or
+in a Ray task on another node: it reads the dataset (cached per process), trains, computes the
+metrics, and writes the model, a per-epoch log and the fold's completion record, each atomically.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .folds import Fold
+
+_DATASETS: dict[tuple[str, str], Any] = {}
+_MODEL_MODULES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    instance: int
+    fold: Fold
+    num_folds: int
+    params: dict[str, Any]
+    task_type: str
+    dataset: str
+    data_folder: str
+    store_folder: str
+    num_experiment: int
+    generator: bool
+    models_path: str | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.instance, self.fold.index)
+
+    @property
+    def label(self) -> str:
+        return f"instance {self.instance} fold {self.fold.index}/{self.num_folds}"
+
+    def store(self):
+        from .store import ExperimentStore
+
+        return ExperimentStore(Path(self.store_folder), self.dataset, self.num_experiment)
+
+
+def dataset_for(folder: str, name: str):
+    """Each process reads a dataset once and keeps it for its next jobs."""
+    if (folder, name) not in _DATASETS:
+        from .data import load_dataset
+
+        _DATASETS[(folder, name)] = load_dataset(folder, name)
+    return _DATASETS[(folder, name)]
+
+
+def model_function_for(job: FoldJob):
+    from .experiment import import_file
+    from .models import model_function
+
+    module = None
+    if job.models_path:
+        if job.models_path not in _MODEL_MODULES:
+            _MODEL_MODULES[job.models_path] = import_file(Path(job.models_path), "models")
+        module = _MODEL_MODULES[job.models_path]
+    return model_function(job.params["framework"], job.params["architecture"], module, job.label)
+
+
+class EpochLog:
+    """Appends one line per epoch to the fold's log file and forwards (epoch, logs) to a listener."""
+
+    def __init__(self, path: Path, listener: Callable[[int, dict], None] | None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "w", encoding="utf-8")
+        self.listener = listener
+
+    def __call__(self, epoch: int, logs: dict) -> None:
+        values = " ".join(f"{k}={float(v):.5g}" for k, v in logs.items())
+        self.handle.write(f"{time.strftime('%H:%M:%S')} epoch {epoch} {values}\n")
+        self.handle.flush()
+        if self.listener is not None:
+            self.listener(epoch, logs)
+
+    def close(self, line: str = "") -> None:
+        if line:
+            self.handle.write(line.rstrip() + "\n")
+        self.handle.close()
+
+
+def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train one fold and write its model and completion record; returns the fold record."""
+    from .fold_data import FoldData
+    from .metrics import compute
+    from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
+
+    store = job.store()
+    p = job.params
+    start = time.perf_counter()
+    store.mark_running(*job.key)
+    log = EpochLog(store.log_path(*job.key), on_epoch)
+    try:
+        data = FoldData(dataset_for(job.data_folder, job.dataset), job.fold, job.task_type,
+                        p["reshaping_type"], p["normalization"])
+        seed = int(p["seed"]) + job.fold.index
+        train_job = TrainJob(
+            params=p, task_type=job.task_type, data=data, model_fn=model_function_for(job), seed=seed,
+            model_path=store.model_path(job.instance, job.fold.index, MODEL_EXTENSIONS[p["framework"]]),
+            log_dir=store.tensorboard_dir(*job.key), generator=job.generator, on_epoch=log,
+        )
+        out = trainer_for(p["framework"]).fit_predict(train_job)
+        record: dict[str, Any] = {}
+        for set_name, set_data in data.sets().items():
+            values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
+            record.update({f"{set_name}_{metric}": value for metric, value in values.items()})
+        record.update(job.fold.as_dict())
+        record.update(
+            history=out.history, epochs=out.epochs, best_epoch=out.best_epoch, seed=seed, device=out.device,
+            test_true=data.test.y, test_pred=out.predictions["test"],
+            normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
+            model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
+        )
+        store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
+        log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}")
+        return record
+    except BaseException:
+        log.close(traceback.format_exc())
+        raise
+    finally:
+        store.unmark_running(*job.key)

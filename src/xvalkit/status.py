@@ -1,0 +1,71 @@
+"""`xval plan` and `xval status`: what a run would do, and where an experiment stands."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .executors import plan_slots
+from .experiment import Experiment
+from .store import ExperimentStore
+
+console = Console(highlight=False)
+
+
+def differing_parameters(params: list[dict]) -> list[str]:
+    """Names of the parameters whose values are not the same in every instance (comments aside)."""
+    names = sorted({k for p in params for k in p} - {"comment_1", "comment_2"})
+    return [n for n in names if len({repr(p.get(n, "<unset>")) for p in params}) > 1]
+
+
+def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int) -> None:
+    from .runner import RunOptions, prepare
+
+    options = RunOptions(first=first, last=last, num_folds=num_folds)
+    dataset, instances, store = prepare(exp, options)
+    slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
+    differ = differing_parameters([inst.params for inst in instances])
+    table = Table(title=f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
+                        f"{dataset.datapoints(dataset.items)} datapoints, input {dataset.input_shape}")
+    for column in ("ID", "comment_1", "comment_2", *differ, "folds to train", "already done"):
+        table.add_column(column)
+    total = 0
+    for inst in instances:
+        done = sorted(store.load_folds(inst.id))
+        todo = [f.index for f in inst.folds if f.index not in done]
+        total += len(todo)
+        table.add_row(str(inst.id), inst.params["comment_1"], inst.params["comment_2"],
+                      *[repr(inst.params.get(n, "")) for n in differ],
+                      ", ".join(map(str, todo)) or "-", ", ".join(map(str, done)) or "-")
+    console.print(table)
+    fold = instances[0].folds[0]
+    console.print(f"folds ({len(instances[0].folds)}): e.g. fold 1 trains on {len(fold.train)} items, "
+                  f"validates on {len(fold.val)}, tests on {len(fold.test)} ({', '.join(fold.test)})")
+    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}; "
+                  f"results in {store.folder}")
+    console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")
+
+
+def print_status(exp: Experiment) -> None:
+    store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
+    running = store.running()
+    table = Table(title=f"{exp.path.name}: {store.folder}")
+    for column in ("ID", "comment_1", "done", "running", "pending", "failed"):
+        table.add_column(column)
+    ids = sorted(set(exp.instances) | set(store.instance_ids()))
+    for run in ids:
+        folds = store.load_folds(run)
+        num = next((f["num_folds"] for f in folds.values()), exp.num_folds)
+        now = sorted(f for (r, f) in running if r == run)
+        pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
+        error = store.error_text(run)
+        last_line = ""
+        if error:
+            lines = [line for line in error.strip().splitlines() if line.strip()]
+            last_line = lines[-1][:120] if lines else "failed"
+        comment = ""
+        if run in exp.instances:
+            comment = str(exp.instances[run].get("comment_1", exp.global_parameters.get("comment_1", "")))
+        table.add_row(str(run), comment, ", ".join(map(str, folds)) or "-", ", ".join(map(str, now)) or "-",
+                      ", ".join(map(str, pending)) or "-", f"[red]{last_line}[/]" if error else "-")
+    console.print(table)
