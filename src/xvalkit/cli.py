@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines are never cut
 _DEBUG = False  # set by `xval run` from --debug / debug_mode: show tracebacks of user errors too
 
 ConfigOption = Annotated[

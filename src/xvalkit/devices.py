@@ -79,9 +79,10 @@ def import_keras():
     """Import keras on the TensorFlow backend, without TensorFlow's start-up chatter."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules and not os.environ.get("XVAL_DEBUG"):
-        with _stderr_silenced():
+    if "keras" not in sys.modules and not os.environ.get("XVAL_DEBUG"):
+        with _stderr_silenced():  # TensorFlow prints its banner at import and again under keras
             import tensorflow  # noqa: F401
+            import keras  # noqa: F401
     import keras
 
     if _parent_off_gpus:

@@ -37,11 +37,13 @@ SETTINGS = {
 }
 
 
-def import_file(path: Path, label: str) -> ModuleType:
-    """Import a Python file as a fresh module; errors become one line naming the file."""
+def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
+    """Import a Python file as a module, once per process unless `fresh`; errors become one line."""
     if not path.is_file():
         raise XvalError(f"{path}: no such {label} file")
-    name = f"_xval_{label}_{abs(hash(path.resolve()))}"
+    name = f"_xval_{label}_{abs(hash(str(path.resolve())))}"
+    if not fresh and name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise XvalError(f"{path}: cannot be imported as a Python module (is it a .py file?)")
@@ -143,7 +145,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
     path = Path(path)
     if path.suffix != ".py" and not path.exists() and path.with_suffix(".py").is_file():
         path = path.with_suffix(".py")
-    module = import_file(path, "experiment")
+    module = import_file(path, "experiment", fresh=True)  # the file may have changed since
     values: dict[str, Any] = {}
     missing = [name for name, (_, required) in SETTINGS.items() if required and not hasattr(module, name)]
     if missing:

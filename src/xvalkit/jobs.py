@@ -7,6 +7,8 @@ metrics, and writes the model, a per-epoch log and the fold's completion record,
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -16,7 +18,6 @@ from typing import Any, Callable
 from .folds import Fold
 
 _DATASETS: dict[tuple[str, str], Any] = {}
-_MODEL_MODULES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,7 @@ def model_function_for(job: FoldJob):
     from .experiment import import_file
     from .models import model_function
 
-    module = None
-    if job.models_path:
-        if job.models_path not in _MODEL_MODULES:
-            _MODEL_MODULES[job.models_path] = import_file(Path(job.models_path), "models")
-        module = _MODEL_MODULES[job.models_path]
+    module = import_file(Path(job.models_path), "models") if job.models_path else None
     return model_function(job.params["framework"], job.params["architecture"], module, job.label)
 
 
@@ -120,6 +117,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             test_true=data.test.y, test_pred=out.predictions["test"],
             normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
         )
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
         log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}")

@@ -10,6 +10,8 @@ from .experiment import Experiment
 from .store import ExperimentStore
 
 console = Console(highlight=False)
+if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping of the tables
+    console = Console(highlight=False, width=200)
 
 
 def differing_parameters(params: list[dict]) -> list[str]:

@@ -1,0 +1,178 @@
+"""Parallel folds: local CPU workers, worker crashes, per-worker GPU masking, Ray, plan and status."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import instance, write_experiment
+from .test_run import exp_folder, load_results, xval
+
+TWO_BY_TWO = {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.3")}
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "xvalkit.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def fold_metrics(folder: Path) -> dict:
+    out = {}
+    for run in (1, 2):
+        for index, fold in load_results(folder, run)["folds"].items():
+            out[(run, index)] = fold
+    return out
+
+
+def test_two_cpu_workers_give_the_results_of_one(tmp_path, config_file):
+    one = write_experiment(tmp_path / "one", TWO_BY_TWO, num_folds=2)
+    two = write_experiment(tmp_path / "two", TWO_BY_TWO, num_folds=2)
+    assert xval("run", one, "--cpu", "--config", config_file).exit_code == 0
+    result = run_cli("run", two, "--cpu", "--cpu-workers", "2", "--quiet", "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    assert "2 CPU workers" in result.stderr
+    a, b = fold_metrics(exp_folder(one)), fold_metrics(exp_folder(two))
+    assert a.keys() == b.keys() == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    pids = {fold["pid"] for fold in b.values()}
+    assert len(pids) == 2 and os.getpid() not in pids  # two reused workers, not this process
+    for key in a:
+        assert a[key]["test_items"] == b[key]["test_items"] and a[key]["seed"] == b[key]["seed"]
+        # Same seeds and data; only the CPU thread count differs (float summation order), so the
+        # metrics agree to a small tolerance rather than bit for bit.
+        assert a[key]["epochs"] == b[key]["epochs"]
+        for metric in ("train_loss", "val_loss", "test_loss"):
+            assert b[key][metric] == pytest.approx(a[key][metric], rel=2e-3, abs=2e-3), (key, metric)
+        np.testing.assert_allclose(b[key]["test_pred"], a[key]["test_pred"], atol=5e-3)
+
+
+def test_each_gpu_worker_sees_only_its_gpu(tmp_path, config_file):
+    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
+    result = run_cli("run", path, "--gpu", "0,1", "--quiet", "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    folds = fold_metrics(exp_folder(path))
+    seen = {fold["cuda_visible_devices"] for fold in folds.values()}
+    assert seen == {"0", "1"}  # checked from inside each job: one GPU per worker
+    by_pid = {}
+    for fold in folds.values():
+        by_pid.setdefault(fold["pid"], set()).add(fold["cuda_visible_devices"])
+    assert all(len(v) == 1 for v in by_pid.values())  # a worker never changes GPU
+    assert all(fold["device"] == "CPU" for fold in folds.values())  # no GPU on this machine
+
+
+def test_a_killed_worker_is_replaced_and_its_fold_redone(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=6", "patience=6")},
+                            num_folds=4)
+    running = exp_folder(path) / "results" / "running"
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", "2",
+                             "--quiet", "--config", str(config_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    victim = None
+    deadline = time.time() + 180
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        for marker in running.glob("*.json") if running.is_dir() else []:
+            try:
+                victim = json.loads(marker.read_text())["pid"]
+                break
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+    assert victim is not None, "no fold started"
+    time.sleep(1.0)  # let it train a little
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    results = load_results(exp_folder(path), 1)
+    assert sorted(results["folds"]) == [1, 2, 3, 4]
+    assert victim not in {f["pid"] for f in results["folds"].values()}
+
+
+def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
+    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=3)
+    folds_dir = exp_folder(path) / "results" / "folds"
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", "2",
+                             "--quiet", "--config", str(config_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(list(folds_dir.glob("*.pkl"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # orphaned workers finish or notice their parent is gone
+    finished = {p.name for p in folds_dir.glob("*.pkl")}
+    assert 2 <= len(finished) < 6
+    before = {name: (folds_dir / name).read_bytes() for name in finished}
+    result = run_cli("run", path, "--cpu", "--cpu-workers", "2", "--quiet", "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    for run in (1, 2):
+        assert sorted(load_results(exp_folder(path), run)["folds"]) == [1, 2, 3]
+    for name, data in before.items():  # folds finished before the kill were kept, not redone
+        assert (folds_dir / name).read_bytes() == data
+    for pkl in exp_folder(path).rglob("*.pkl"):
+        pickle.loads(pkl.read_bytes())  # nothing half-written
+
+
+def test_plan_validates_without_training(tmp_path, config_file):
+    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
+    result = run_cli("plan", path, "--gpu", "0,1", "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    assert "dropout" in result.stdout  # the parameter that differs
+    assert "4 job(s) over 2 slot(s): GPU 0, GPU 1" in result.stdout
+    assert "valid" in result.stdout
+    assert not (tmp_path / "results").exists()
+    bad = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "none")}, name="bad", num_folds=2)
+    result = run_cli("plan", bad, "--config", config_file)
+    assert result.returncode == 2
+    assert "instance 1: architecture 'EXAMPLE_model' cannot be built" in result.stderr
+
+
+def test_status_shows_done_failed_and_pending(tmp_path, config_file):
+    from .test_run import FLAKY_MODELS
+
+    (tmp_path / "flaky.py").write_text(FLAKY_MODELS)
+    path = write_experiment(tmp_path, {1: instance("ok", "MLP_model", "none", "hidden_sizes=(8,)"),
+                                       2: instance("flaky", "Flaky_model", "none"),
+                                       3: instance("later", "MLP_model", "none")},
+                            models="flaky.py", global_parameters=["num_epochs=2"], num_folds=2)
+    assert xval("run", path, "1", "2", "--cpu", "--config", config_file).exit_code == 1
+    result = run_cli("status", path, "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 6 and cells[0].isdigit():
+            rows[int(cells[0])] = cells
+    assert rows[1][2:5] == ["1, 2", "-", "-"] and rows[1][5] == "-"  # done
+    assert rows[2][2] == "-" and rows[2][4] == "1, 2" and "flaky model exploded" in rows[2][5]  # failed
+    assert rows[3][2:5] == ["-", "-", "1, 2"]  # never run: pending
+
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def test_ray_backend_on_loopback(tmp_path, config_file, local_ray):
+    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
+    result = xval("run", path, "--backend", "ray", "--quiet", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    folds = fold_metrics(exp_folder(path))
+    assert len(folds) == 4 and all(f["pid"] != os.getpid() for f in folds.values())
+    from openpyxl import load_workbook
+
+    rows = list(load_workbook(exp_folder(path) / "demo_exp1_results.xlsx")["summary"].iter_rows(min_row=2, values_only=True))
+    assert [r[0] for r in rows] == [1, 2]
