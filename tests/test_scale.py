@@ -120,6 +120,25 @@ def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
         pickle.loads(pkl.read_bytes())  # nothing half-written
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_cleanly_and_says_what_was_abandoned(tmp_path, config_file, workers):
+    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=30", "patience=30")},
+                            num_folds=3)
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", workers,
+                             "--quiet", "--config", str(config_file)], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not any((exp_folder(path) / "logs").glob("*.log")):
+        time.sleep(0.05)
+    time.sleep(2.0)  # some epochs into the first fold(s)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "abandoned (will be redone) instance 1 fold 1/3" in err
+    assert not list((exp_folder(path) / "results" / "running").glob("*.json"))
+    assert "Traceback" not in err
+
+
 def test_plan_validates_without_training(tmp_path, config_file):
     path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
     result = run_cli("plan", path, "--gpu", "0,1", "--config", config_file)

@@ -180,7 +180,7 @@ class RunListener:
         self.exp, self.store, self.view, self.summary = exp, store, view, summary
         self.instances = {inst.id: inst for inst in instances}
         self.todo = todo
-        self.running: dict[tuple[int, int], str] = {}
+        self.running: dict[tuple[int, int], str] = {}  # key -> label of the folds being trained
         self.key, self.label = _main_metric(exp.task_type)
 
     def should_skip(self, job: FoldJob) -> bool:
@@ -268,6 +268,8 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
     except KeyboardInterrupt:
         view.stop()
         summary.abandoned = sorted(listener.running.values())
+        for key in listener.running:  # their workers are gone: not running any more
+            store.unmark_running(*key)
         report.refresh(store)
         _print_summary(console, summary, interrupted=True)
         raise
