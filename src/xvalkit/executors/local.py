@@ -69,13 +69,23 @@ class Worker:
 
 
 class LocalPoolExecutor:
-    def __init__(self, slots: list[Slot]):
+    """`keep_workers=True` keeps the workers between runs (until close()), e.g. for benchmarks."""
+
+    def __init__(self, slots: list[Slot], keep_workers: bool = False):
         self.slots = slots
         self.context = mp.get_context("spawn")
+        self.keep_workers = keep_workers
+        self.workers: list[Worker | None] = [None] * len(slots)
+
+    def close(self) -> None:
+        for i, worker in enumerate(self.workers):
+            if worker is not None:
+                worker.stop(timeout=0 if worker.job is not None else 5.0)
+                self.workers[i] = None
 
     def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
         pending = deque(jobs)
-        workers: list[Worker | None] = [None] * len(self.slots)
+        workers = self.workers
         retried: set[tuple[int, int]] = set()
         try:
             while True:
@@ -102,9 +112,8 @@ class LocalPoolExecutor:
                     if worker.conn in ready or worker.process.sentinel in ready:
                         workers[i] = self._handle(worker, listener, debug, pending, retried)
         finally:
-            for worker in workers:
-                if worker is not None:
-                    worker.stop(timeout=0 if any(w and w.job for w in workers) else 5.0)
+            if not self.keep_workers or any(w is not None and w.job is not None for w in workers):
+                self.close()
 
     def _handle(self, worker: Worker, listener: Listener, debug: bool, pending: deque,
                 retried: set) -> Worker | None:
