@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 
@@ -60,6 +61,15 @@ def user_errors(command):
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished folds are saved; rerun the same command to resume")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except Exception as exc:  # not the user's fault: still one line, unless debugging
+            if _DEBUG or os.environ.get("XVAL_DEBUG"):
+                raise
+            text = str(exc).strip().splitlines()
+            console.print(f"[bold red]error:[/] {type(exc).__name__}: {text[0] if text else ''} "
+                          "(rerun with --debug, or XVAL_DEBUG=1, for the traceback)", soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
