@@ -116,6 +116,12 @@ class FeatureSpec:
     def segment_step(self) -> int:
         return max(1, int(round(self.segment_samples * (1 - self.sequence_overlap))))
 
+    def datapoints(self, samples: int) -> int:
+        """How many datapoints `segments` makes of `samples` samples at sr_target."""
+        if not self.sequence_length or samples <= self.segment_samples:
+            return 1
+        return 1 + (samples - self.segment_samples) // self.segment_step
+
     @property
     def shape(self) -> tuple[int, int]:
         """(time, frequency) of one datapoint."""

@@ -9,6 +9,7 @@ cannot be used are skipped with a reason; the dataset is written only at the end
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from .. import data
 from ..errors import XvalError
@@ -82,7 +84,48 @@ def extract(path: str | Path, spec: FeatureSpec) -> tuple[np.ndarray, int]:
     return features(audio, spec), sr
 
 
+class SharedOutput:
+    """Features that forked workers write straight into memory shared with the parent.
+
+    Pickling every array back through a pipe costs about as much as computing an STFT; an
+    anonymous shared mapping made before the fork costs nothing. Datapoints per file are planned
+    from the file headers, so each file has its rows before any work starts.
+    """
+
+    def __init__(self, counts: list[int], shape: tuple[int, int]):
+        self.counts = counts
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        total, size = int(self.offsets[-1]), shape[0] * shape[1]
+        buffer = mmap.mmap(-1, max(1, total * size * 4))  # MAP_SHARED | MAP_ANONYMOUS
+        self.array = np.frombuffer(buffer, np.float32, count=total * size).reshape(total, *shape)
+
+    @classmethod
+    def plan(cls, paths: list[str], spec: FeatureSpec) -> SharedOutput:
+        return cls([_planned_datapoints(path, spec) for path in paths], spec.shape)
+
+    def put(self, index: int, x: np.ndarray) -> None:
+        if len(x) != self.counts[index]:
+            raise SkipFile("corrupt (fewer samples than its header says)")
+        self.array[self.offsets[index]:self.offsets[index + 1]] = x
+
+    def get(self, index: int) -> np.ndarray:
+        return self.array[self.offsets[index]:self.offsets[index + 1]]
+
+
+def _planned_datapoints(path: str, spec: FeatureSpec) -> int:
+    """Datapoints of a file from its header (as librosa.resample sizes its output); 0 if unreadable."""
+    try:
+        info = sf.info(path)
+    except Exception:  # the worker will name the problem
+        return 0
+    samples = info.frames
+    if info.samplerate != spec.sr_target:
+        samples = int(np.ceil(samples * float(spec.sr_target) / info.samplerate))
+    return spec.datapoints(samples)
+
+
 _SPEC: FeatureSpec | None = None
+_OUTPUT: SharedOutput | None = None  # set in the parent before forking; workers inherit it
 
 
 def _init_worker(spec: FeatureSpec, pooled: bool = True) -> None:
@@ -92,12 +135,18 @@ def _init_worker(spec: FeatureSpec, pooled: bool = True) -> None:
         limit_threads()
 
 
-def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray | None, int | str]]:
-    """Worker task: (index, features or None, original sample rate or the reason it was skipped)."""
+def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray | bool | None, int | str]]:
+    """Worker task: (index, features, original sample rate) or (index, None, why it was skipped).
+
+    With a shared output the features go there and True stands in for them.
+    """
     results = []
     for index, path in chunk:
         try:
             x, sr = extract(path, _SPEC)
+            if _OUTPUT is not None:
+                _OUTPUT.put(index, x)
+                x = True
             results.append((index, x, sr))
         except SkipFile as exc:
             results.append((index, None, str(exc)))
@@ -119,11 +168,10 @@ def _chunks(paths: list[str], jobs: int) -> list[list[tuple[int, str]]]:
     return [indexed[i:i + size] for i in range(0, len(indexed), size)]
 
 
-def _pool(spec: FeatureSpec, jobs: int) -> ProcessPoolExecutor:
+def _pool(spec: FeatureSpec, jobs: int, fork: bool) -> ProcessPoolExecutor:
     single_thread_environment()  # for workers started fresh (spawn/forkserver)
-    methods = multiprocessing.get_all_start_methods()
     # fork: workers inherit librosa and its compiled numba code from this (warmed) process.
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    context = multiprocessing.get_context("fork" if fork else None)
     return ProcessPoolExecutor(max_workers=jobs, mp_context=context,
                                initializer=_init_worker, initargs=(spec,))
 
@@ -145,19 +193,24 @@ def extract_all(paths: list[str | Path], spec: FeatureSpec, jobs: int = 1,
             if progress:
                 progress(len(chunk))
         return results
+    global _OUTPUT
+    fork = "fork" in multiprocessing.get_all_start_methods()
     features(np.zeros(spec.segment_samples, np.float32), spec)  # warm librosa before forking
-    executor = _pool(spec, jobs)
+    output = _OUTPUT = SharedOutput.plan(paths, spec) if fork else None
+    executor = _pool(spec, jobs, fork)
     try:
         futures = [executor.submit(_extract_chunk, chunk) for chunk in _chunks(paths, jobs)]
         for future in as_completed(futures):
             done = future.result()
             for index, x, info in done:
-                results[index] = (x, info)
+                results[index] = (output.get(index) if x is True else x, info)
             if progress:
                 progress(len(done))
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
+    finally:
+        _OUTPUT = None
     executor.shutdown()
     return results
 
