@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from xvalkit.audio import datasets
 from xvalkit.audio.features import FeatureSpec
-from xvalkit.audio.preprocess import preprocess
+from xvalkit.audio.preprocess import extract_all, preprocess
 from xvalkit.config import load_config
 from xvalkit.data import load_dataset
 
@@ -62,6 +63,23 @@ def naive(path: Path, spec: FeatureSpec) -> np.ndarray:
     return x.T
 
 
+def naive_run(paths: list[Path], items: list[str], spec: FeatureSpec, out: Path) -> tuple[list, float, float]:
+    """(features, seconds for the features, seconds including an np.savez of them)."""
+    start = time.perf_counter()
+    feats = [naive(p, spec) for p in paths]
+    features_s = time.perf_counter() - start
+    by_item: dict[str, list] = {}
+    for item, x in zip(items, feats):
+        by_item.setdefault(item, []).append(x)
+    np.savez(out / "naive.npz", **{item: np.stack(xs) for item, xs in by_item.items()})
+    return feats, features_s, time.perf_counter() - start
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=300)
@@ -72,40 +90,55 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus_dir, out = Path(tmp) / "corpus", Path(tmp) / "data"
         corpus_dir.mkdir()
+        out.mkdir()
         write_corpus(corpus_dir, args.files, args.seconds)
         corpus = datasets.ravdess(corpus_dir)
-        paths = [e.path for e in corpus.entries]
-        print(f"{len(paths)} files x {args.seconds} s at {SR_FILES} Hz -> 16 kHz, {args.jobs} jobs")
+        paths, items = [e.path for e in corpus.entries], [e.item for e in corpus.entries]
+        n = len(paths)
+        print(f"{n} files x {args.seconds} s at {SR_FILES} Hz -> 16 kHz, pipeline --jobs {args.jobs}; "
+              f"files/s, best of {args.rounds} interleaved rounds")
         for kind in ("stft", "mfcc"):
             spec = FeatureSpec.from_config(load_config().section("features"), features_type=kind,
                                            fix_length=args.seconds)
             naive(paths[0], spec)  # warm-up: imports, numba cache
-            times: dict[str, list[float]] = {"naive": [], "naive 1 BLAS thread": [], "pipeline": []}
+            t: dict[str, list[float]] = {key: [] for key in (
+                "naive", "naive+save", "naive1", "naive1+save", "pipe", "pipe+save", "worker_cpu")}
             for _ in range(args.rounds):
-                start = time.perf_counter()
-                reference = [naive(p, spec) for p in paths]
-                times["naive"].append(time.perf_counter() - start)
+                reference, features_s, total_s = naive_run(paths, items, spec, out)
+                t["naive"].append(features_s)
+                t["naive+save"].append(total_s)
                 with threadpool_limits(limits=1):
-                    start = time.perf_counter()
-                    [naive(p, spec) for p in paths]
-                    times["naive 1 BLAS thread"].append(time.perf_counter() - start)
+                    _, features_s, total_s = naive_run(paths, items, spec, out)
+                t["naive1"].append(features_s)
+                t["naive1+save"].append(total_s)
+                cpu, start = children_cpu(), time.perf_counter()
+                extract_all(paths, spec, jobs=args.jobs)
+                t["pipe"].append(time.perf_counter() - start)
+                t["worker_cpu"].append(children_cpu() - cpu)
                 start = time.perf_counter()
                 preprocess(corpus, spec, out, f"bench_{kind}", jobs=args.jobs)
-                times["pipeline"].append(time.perf_counter() - start)
+                t["pipe+save"].append(time.perf_counter() - start)
+            best = {key: min(value) for key, value in t.items()}
             ds = load_dataset(out, f"bench_{kind}")
-            by_item = {}
-            for entry, ref in zip(corpus.entries, reference):
-                by_item.setdefault(entry.item, []).append(ref)
-            equal = all(np.array_equal(ds.predictors[item], np.stack(refs)) for item, refs in by_item.items())
-            close = all(np.allclose(ds.predictors[item], np.stack(refs)) for item, refs in by_item.items())
-            assert close, f"{kind}: the pipeline's features differ from the naive loop's"
-            n, best = len(paths), {key: min(value) for key, value in times.items()}
-            rates = " | ".join(f"{key} {n / value:4.0f}" for key, value in best.items())
-            print(f"{kind}: files/s, best of {args.rounds}: {rates} (pipeline incl. saving) | "
-                  f"speedup {best['naive'] / best['pipeline']:.2f}x, "
-                  f"{best['naive 1 BLAS thread'] / best['pipeline']:.2f}x vs 1 BLAS thread | "
-                  f"identical: {equal}")
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            by_item: dict[str, list] = {}
+            for item, ref in zip(items, reference):
+                by_item.setdefault(item, []).append(ref)
+            equal = all(np.array_equal(ds.predictors[i], np.stack(refs)) for i, refs in by_item.items())
+            assert all(np.allclose(ds.predictors[i], np.stack(refs)) for i, refs in by_item.items()), \
+                f"{kind}: the pipeline's features differ from the naive loop's"
+            rate = {key: n / value for key, value in best.items()}
+            print(f"{kind}: features only: naive {rate['naive']:.0f} (1 BLAS thread {rate['naive1']:.0f}), "
+                  f"pipeline {rate['pipe']:.0f} -> {best['naive'] / best['pipe']:.2f}x "
+                  f"({best['naive1'] / best['pipe']:.2f}x vs 1 BLAS thread)")
+            print(f"{kind}: saved dataset: naive+np.savez {rate['naive+save']:.0f} (1 BLAS thread "
+                  f"{rate['naive1+save']:.0f}), xval preprocess {rate['pipe+save']:.0f} -> "
+                  f"{best['naive+save'] / best['pipe+save']:.2f}x "
+                  f"({best['naive1+save'] / best['pipe+save']:.2f}x vs 1 BLAS thread); "
+                  f"identical features: {equal}")
+            print(f"{kind}: CPU ms per file: naive (1 BLAS thread) {1000 * best['naive1'] / n:.2f}, "
+                  f"pipeline workers {1000 * best['worker_cpu'] / n:.2f}")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+              "(other work on the machine lowers the pipeline's figures most)")
 
 
 if __name__ == "__main__":

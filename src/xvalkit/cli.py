@@ -101,7 +101,7 @@ NameOption = Annotated[
     Optional[str], typer.Option("--name", help="Dataset name: <data folder>/<NAME>_predictors.npz ...")
 ]
 FeaturesOption = Annotated[
-    Optional[str], typer.Option("--features", help="stft, mfcc or mel (default: config [features] features_type).")
+    Optional[str], typer.Option("--features", help="stft, mfcc or mel (default: features_type in config.ini).")
 ]
 JobsOption = Annotated[
     Optional[int], typer.Option("--jobs", help="Worker processes (default: all cores).", min=1)
@@ -148,7 +148,8 @@ def preprocess_ravdess(
     """A RAVDESS corpus: label = emotion EE of MM-VV-EE-II-SS-RR-AA.wav, foldable item = actor AA.
 
     `xval preprocess ravdess --input ~/RAVDESS --features mfcc` writes ravdess_predictors.npz,
-    ravdess_target.npz and ravdess_manifest.json in the data folder (config [paths]).
+    ravdess_target.npz and ravdess_manifest.json in the data folder (config.ini, section paths).
+    Feature parameters come from config.ini, section features.
     """
     _preprocess("ravdess", input_dir, name or "ravdess", features, jobs, config)
 
@@ -178,8 +179,12 @@ def preprocess_demo(
     jobs: JobsOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """The built-in demo corpus written as RAVDESS-named wavs (vowels a, e, i, u as emotion codes
-    01..04, synthetic speakers as actors), then preprocessed like RAVDESS: the whole front end."""
+    """The built-in demo corpus as real wav files, through the whole front end.
+
+    The demo utterances are written as RAVDESS-named wavs (vowels a, e, i, u as emotion codes
+    01..04, synthetic speakers as actors, 16 kHz, 1 s) and preprocessed like RAVDESS, one
+    datapoint per utterance, into dataset demo_audio.
+    """
     _preprocess("demo", None, name, features, jobs, config, demo_output=output)
 
 
