@@ -319,3 +319,16 @@ def test_features_shape_matches_spec():
         spec = spec_for(features_type=kind)
         assert features(tone(200, sr=16000), spec).shape == (1, *spec.shape)
     assert json.dumps(spec_for().to_manifest())  # the manifest part is plain JSON
+
+
+def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, monkeypatch):
+    """Workers write into rows planned from headers; a file whose header misleads still comes back."""
+    from xvalkit.audio import preprocess as pipeline
+
+    paths = [write(tmp_path / f"{i}.wav", tone(200 + 50 * i, seconds=1.0)) for i in range(4)]
+    spec = spec_for(sequence_length=0.25, sequence_overlap=0.5)
+    serial = extract_all(paths, spec, jobs=1)
+    monkeypatch.setattr(pipeline, "_planned_datapoints", lambda path, spec: 3 if path.endswith("1.wav") else 7)
+    pooled = extract_all(paths, spec, jobs=2)
+    for (a, _), (b, _) in zip(serial, pooled):
+        assert a.shape == (7, *spec.shape) and np.array_equal(a, b)

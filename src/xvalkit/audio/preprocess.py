@@ -103,10 +103,13 @@ class SharedOutput:
     def plan(cls, paths: list[str], spec: FeatureSpec) -> SharedOutput:
         return cls([_planned_datapoints(path, spec) for path in paths], spec.shape)
 
-    def put(self, index: int, x: np.ndarray) -> None:
+    def put(self, index: int, x: np.ndarray) -> bool:
+        """Store the features of file `index`; False if they do not fit the planned rows (a header
+        that promised more samples than the file holds): then the caller sends them back itself."""
         if len(x) != self.counts[index]:
-            raise SkipFile("corrupt (fewer samples than its header says)")
+            return False
         self.array[self.offsets[index]:self.offsets[index + 1]] = x
+        return True
 
     def get(self, index: int) -> np.ndarray:
         return self.array[self.offsets[index]:self.offsets[index + 1]]
@@ -144,8 +147,7 @@ def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray |
     for index, path in chunk:
         try:
             x, sr = extract(path, _SPEC)
-            if _OUTPUT is not None:
-                _OUTPUT.put(index, x)
+            if _OUTPUT is not None and _OUTPUT.put(index, x):
                 x = True
             results.append((index, x, sr))
         except SkipFile as exc:
