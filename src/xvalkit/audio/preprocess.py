@@ -1,0 +1,310 @@
+"""The `xval preprocess` pipeline: a corpus's files -> features in parallel -> one saved dataset.
+
+Workers are a process pool (one BLAS thread each). On Linux they are forked from a parent that
+has already run librosa once, so they inherit its compiled numba code instead of each loading or
+compiling it. Each task is a chunk of files, to keep the per-task overhead small. Files that
+cannot be used are skipped with a reason; the dataset is written only at the end, atomically
+(data.save_dataset), so a failure never leaves half a dataset.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .. import data
+from ..errors import XvalError
+from .datasets import Corpus
+from .features import FeatureSpec, features, resample
+from .io import AudioReadError, read_audio
+from .runtime import limit_threads, single_thread_environment
+
+SILENCE_PEAK = 1e-4  # -80 dBFS: below this a file holds nothing to learn from
+
+
+class SkipFile(Exception):
+    """A file that cannot be used; the message says why."""
+
+
+@dataclass
+class Summary:
+    """What a preprocess run did: counts, skipped files with reasons, where the dataset went."""
+
+    name: str
+    files: int
+    done: int = 0
+    datapoints: int = 0
+    items: int = 0
+    shape: tuple[int, ...] = ()
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    resampled_from: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        rate = self.files / self.seconds if self.seconds else 0.0
+        lines = [f"{self.name}: {self.done} of {self.files} files -> {self.datapoints} datapoints "
+                 f"{tuple(self.shape)} in {self.items} foldable items, {self.seconds:.1f} s ({rate:.0f} files/s)"]
+        if self.resampled_from:
+            rates = ", ".join(f"{n} from {sr} Hz" for sr, n in sorted(self.resampled_from.items()))
+            lines.append(f"resampled: {rates}")
+        if self.skipped:
+            reasons = Counter(reason.split(" (")[0] for _, reason in self.skipped)
+            lines.append(f"skipped {len(self.skipped)}: " + "; ".join(f"{n} {r}" for r, n in reasons.items()))
+        if self.paths:
+            lines.append(f"saved {self.paths['predictors']} and {self.paths['target'].name}")
+        return lines
+
+
+def load(path: str | Path, sr_target: int) -> tuple[np.ndarray, int]:
+    """(mono samples at sr_target, original sample rate); SkipFile for unusable audio."""
+    try:
+        audio, sr = read_audio(path)
+    except AudioReadError as exc:
+        raise SkipFile(f"unreadable or corrupt ({str(exc).removeprefix(f'{path}: ')})") from None
+    if not np.isfinite(audio).all():
+        raise SkipFile("corrupt (samples that are not finite numbers)")
+    if np.max(np.abs(audio)) < SILENCE_PEAK:
+        raise SkipFile("silent (peak below -80 dBFS)")
+    return resample(audio, sr, sr_target), sr
+
+
+def extract(path: str | Path, spec: FeatureSpec) -> tuple[np.ndarray, int]:
+    """(features (datapoints, time, frequency), original sample rate) of one file."""
+    audio, sr = load(path, spec.sr_target)
+    return features(audio, spec), sr
+
+
+class SharedOutput:
+    """Features that forked workers write straight into memory shared with the parent.
+
+    Pickling every array back through a pipe costs about as much as computing an STFT; an
+    anonymous shared mapping made before the fork costs nothing. Datapoints per file are planned
+    from the file headers, so each file has its rows before any work starts.
+    """
+
+    def __init__(self, counts: list[int], shape: tuple[int, int]):
+        self.counts = counts
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        total, size = int(self.offsets[-1]), shape[0] * shape[1]
+        buffer = mmap.mmap(-1, max(1, total * size * 4))  # MAP_SHARED | MAP_ANONYMOUS
+        self.array = np.frombuffer(buffer, np.float32, count=total * size).reshape(total, *shape)
+
+    @classmethod
+    def plan(cls, paths: list[str], spec: FeatureSpec) -> SharedOutput:
+        return cls([_planned_datapoints(path, spec) for path in paths], spec.shape)
+
+    def put(self, index: int, x: np.ndarray) -> bool:
+        """Store the features of file `index`; False if they do not fit the planned rows (a header
+        that promised more samples than the file holds): then the caller sends them back itself."""
+        if len(x) != self.counts[index]:
+            return False
+        self.array[self.offsets[index]:self.offsets[index + 1]] = x
+        return True
+
+    def get(self, index: int) -> np.ndarray:
+        return self.array[self.offsets[index]:self.offsets[index + 1]]
+
+
+def _planned_datapoints(path: str, spec: FeatureSpec) -> int:
+    """Datapoints of a file from its header (as librosa.resample sizes its output); 0 if unreadable."""
+    try:
+        info = sf.info(path)
+    except Exception:  # the worker will name the problem
+        return 0
+    samples = info.frames
+    if info.samplerate != spec.sr_target:
+        samples = int(np.ceil(samples * float(spec.sr_target) / info.samplerate))
+    return spec.datapoints(samples)
+
+
+_SPEC: FeatureSpec | None = None
+_OUTPUT: SharedOutput | None = None  # set in the parent before forking; workers inherit it
+
+
+def _init_worker(spec: FeatureSpec, pooled: bool = True) -> None:
+    global _SPEC
+    _SPEC = spec
+    if pooled:
+        limit_threads()
+
+
+def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray | bool | None, int | str]]:
+    """Worker task: (index, features, original sample rate) or (index, None, why it was skipped).
+
+    With a shared output the features go there and True stands in for them.
+    """
+    results = []
+    for index, path in chunk:
+        try:
+            x, sr = extract(path, _SPEC)
+            if _OUTPUT is not None and _OUTPUT.put(index, x):
+                x = True
+            results.append((index, x, sr))
+        except SkipFile as exc:
+            results.append((index, None, str(exc)))
+    return results
+
+
+def default_jobs() -> int:
+    """All the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _chunks(paths: list[str], jobs: int) -> list[list[tuple[int, str]]]:
+    # About 8 tasks per worker: enough to balance the load, few enough to keep overhead low.
+    size = max(1, min(32, len(paths) // (8 * jobs)))
+    indexed = list(enumerate(paths))
+    return [indexed[i:i + size] for i in range(0, len(indexed), size)]
+
+
+def _pool(spec: FeatureSpec, jobs: int, fork: bool) -> ProcessPoolExecutor:
+    single_thread_environment()  # for workers started fresh (spawn/forkserver)
+    # fork: workers inherit librosa and its compiled numba code from this (warmed) process.
+    context = multiprocessing.get_context("fork" if fork else None)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                               initializer=_init_worker, initargs=(spec,))
+
+
+def extract_all(paths: list[str | Path], spec: FeatureSpec, jobs: int = 1,
+                progress=None) -> list[tuple[np.ndarray | None, int | str]]:
+    """Features of every file, in order: (array, original sr) or (None, reason skipped).
+
+    `progress(n)` is called as files finish. jobs=1 works in this process, without a pool.
+    """
+    paths = [str(p) for p in paths]
+    results: list = [None] * len(paths)
+    jobs = max(1, min(jobs, len(paths)))
+    if jobs == 1:
+        _init_worker(spec, pooled=False)
+        for chunk in _chunks(paths, 1):
+            for index, x, info in _extract_chunk(chunk):
+                results[index] = (x, info)
+            if progress:
+                progress(len(chunk))
+        return results
+    global _OUTPUT
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    features(np.zeros(spec.segment_samples, np.float32), spec)  # warm librosa before forking
+    output = _OUTPUT = SharedOutput.plan(paths, spec) if fork else None
+    executor = _pool(spec, jobs, fork)
+    try:
+        futures = [executor.submit(_extract_chunk, chunk) for chunk in _chunks(paths, jobs)]
+        for future in as_completed(futures):
+            done = future.result()
+            for index, x, info in done:
+                results[index] = (output.get(index) if x is True else x, info)
+            if progress:
+                progress(len(done))
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        _OUTPUT = None
+    executor.shutdown()
+    return results
+
+
+def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Summary,
+                  warn=None) -> tuple[dict, dict, dict]:
+    """Predictors, targets and manifest from the results of `extract_all` on corpus.entries.
+
+    `warn(path, reason)` is called for each file skipped here.
+    """
+    feats: dict[str, list[np.ndarray]] = {}
+    sources: dict[str, list[str]] = {}
+    starts: dict[str, list[float]] = {}
+    labels: dict[str, list[int]] = {}
+    step_s = spec.segment_step / spec.sr_target
+    for entry, (x, info) in zip(corpus.entries, results):
+        if x is None:
+            summary.skipped.append((entry.path, info))
+            if warn:
+                warn(entry.path, info)
+            continue
+        summary.done += 1
+        if info != spec.sr_target:
+            summary.resampled_from[info] += 1
+        feats.setdefault(entry.item, []).append(x)
+        labels.setdefault(entry.item, []).extend([entry.label] * len(x))
+        source = str(entry.path.relative_to(corpus.root))
+        sources.setdefault(entry.item, []).extend([source] * len(x))
+        starts.setdefault(entry.item, []).extend(round(i * step_s, 6) for i in range(len(x)))
+    if not feats:
+        raise XvalError(f"--input {corpus.root}: none of its {summary.files} audio files is usable "
+                        f"(see the warnings above); nothing was written")
+    items = sorted(feats)
+    predictors = {item: np.concatenate(feats[item]) for item in items}
+    targets = {item: np.asarray(labels[item], dtype=np.int64) for item in items}
+    summary.items = len(items)
+    summary.datapoints = sum(len(t) for t in targets.values())
+    summary.shape = spec.shape
+    manifest = {
+        "name": summary.name,
+        "task_type": "classification",
+        "classes": corpus.classes,
+        "input": str(corpus.root),
+        "corpus": corpus.description,
+        "features": spec.to_manifest(),
+        "sr": spec.sr_target,
+        "datapoints_per_item": {item: len(targets[item]) for item in items},
+        "sources": {item: sources[item] for item in items},
+        "skipped": [{"file": str(path), "reason": reason} for path, reason in summary.skipped],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if spec.sequence_length:
+        manifest["segment_starts_s"] = {item: starts[item] for item in items}
+    return predictors, targets, manifest
+
+
+def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str, jobs: int = 1,
+               progress=None, warn=None) -> Summary:
+    """Extract the features of every file of `corpus` and save dataset `name` in `folder`.
+
+    `progress(n)` is called as n more files are done; `warn(path, reason)` for each skipped file.
+    """
+    if name in data.BUILTIN_DATASETS:
+        raise XvalError(f"--name {name}: that is a built-in dataset's name; choose another")
+    start = time.perf_counter()
+    for path, reason in corpus.skipped if warn else ():
+        warn(path, reason)
+    summary = Summary(name=name, files=len(corpus.entries) + len(corpus.skipped),
+                      skipped=list(corpus.skipped))
+    results = extract_all([e.path for e in corpus.entries], spec, jobs, progress)
+    predictors, targets, manifest = build_dataset(corpus, spec, results, summary, warn)
+    summary.paths = data.save_dataset(folder, name, predictors, targets, manifest)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def run_with_progress(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str, jobs: int,
+                      console) -> Summary:
+    """`preprocess` with a rich progress bar, a warning line per skipped file and the summary."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    def warn(path: Path, reason: str) -> None:
+        console.print(f"[yellow]warning:[/] skipped {escape(str(path))}: {escape(reason)}",
+                      soft_wrap=True, highlight=False)
+
+    columns = (TextColumn(f"{name} ({spec.features_type}, {jobs} jobs)"), BarColumn(),
+               MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("files", total=len(corpus.entries))
+        summary = preprocess(corpus, spec, folder, name, jobs,
+                             progress=lambda n: bar.advance(task, n), warn=warn)
+    for line in summary.lines():
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    return summary

@@ -1,0 +1,334 @@
+"""`xval preprocess`: real wav files written here, through the CLI and the library functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from xvalkit.audio import datasets
+from xvalkit.audio.features import FeatureSpec, features
+from xvalkit.audio.preprocess import extract, extract_all
+from xvalkit.cli import main
+from xvalkit.data import load_dataset
+
+SR = 48000
+SECONDS = 0.5
+
+
+def tone(f0: float, sr: int = SR, seconds: float = SECONDS, seed: int = 0) -> np.ndarray:
+    """A few harmonics of f0 with a little noise: float32 in [-1, 1]."""
+    t = np.arange(int(sr * seconds)) / sr
+    wave = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 5))
+    noise = 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+    return (0.4 * wave / np.abs(wave).max() + noise).astype(np.float32)
+
+
+def write(path: Path, audio: np.ndarray, sr: int = SR) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, sr, subtype="PCM_16")
+    return path
+
+
+def ravdess_name(emotion: int, actor: int, take: int = 1) -> str:
+    return f"03-01-{emotion:02d}-01-01-{take:02d}-{actor:02d}.wav"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A config.ini: data folder in tmp_path, half-second datapoints (quick)."""
+    path = tmp_path / "config.ini"
+    path.write_text(f"[paths]\ndata_folder = {tmp_path / 'data'}\n[features]\nfix_length = {SECONDS}\n")
+    return path
+
+
+@pytest.fixture
+def ravdess_dir(tmp_path: Path) -> Path:
+    """3 actors x 2 emotions x 2 takes at 48 kHz, in Actor_NN folders."""
+    root = tmp_path / "RAVDESS"
+    for actor in (1, 2, 3):
+        for emotion in (1, 5):
+            for take in (1, 2):
+                f0 = 100 + 20 * actor + 40 * emotion + take
+                write(root / f"Actor_{actor:02d}" / ravdess_name(emotion, actor, take), tone(f0, seed=actor))
+    return root
+
+
+def xval(capsys, *args: str) -> tuple[int, str]:
+    """Run the real CLI entry point in this process: (exit status, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def spec_for(**overrides) -> FeatureSpec:
+    values = {"fix_length": SECONDS, **overrides}
+    return FeatureSpec(**values)
+
+
+def data_files(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "data"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --- the happy path -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["stft", "mfcc", "mel"])
+def test_ravdess_cli_round_trip(tmp_path, capsys, config, ravdess_dir, kind):
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(ravdess_dir), "--config", str(config),
+                     "--features", kind, "--jobs", "2", "--name", "rav")
+    assert code == 0, err
+    assert "12 of 12 files" in err and "12 from 48000 Hz" in err
+    ds = load_dataset(tmp_path / "data", "rav")
+    spec = spec_for(features_type=kind)
+    assert ds.items == ["Actor_01", "Actor_02", "Actor_03"]
+    for item in ds.items:
+        assert ds.predictors[item].shape == (4, *spec.shape)  # (datapoints, time, frequency)
+        assert ds.predictors[item].dtype == np.float32
+        assert ds.targets[item].dtype == np.int64
+        assert list(ds.targets[item]) == [0, 0, 4, 4]  # emotion codes 01 and 05
+    m = ds.manifest
+    assert m["task_type"] == "classification"
+    assert m["classes"] == list(datasets.EMOTIONS)
+    assert m["sr"] == 16000 and m["features"]["features_type"] == kind
+    assert m["datapoints_per_item"] == {"Actor_01": 4, "Actor_02": 4, "Actor_03": 4}
+    assert m["sources"]["Actor_02"][0] == f"Actor_02/{ravdess_name(1, 2, 1)}"
+    assert data_files(tmp_path) == ["rav_manifest.json", "rav_predictors.npz", "rav_target.npz"]
+
+
+def test_flat_ravdess_folder_and_jobs_give_identical_arrays(tmp_path, ravdess_dir):
+    flat = tmp_path / "flat"
+    for path in ravdess_dir.rglob("*.wav"):
+        write(flat / path.name, sf.read(path, dtype="float32")[0])
+    corpus = datasets.ravdess(flat)
+    assert sorted({e.item for e in corpus.entries}) == ["Actor_01", "Actor_02", "Actor_03"]
+    spec = spec_for()
+    serial = extract_all([e.path for e in corpus.entries], spec, jobs=1)
+    pooled = extract_all([e.path for e in corpus.entries], spec, jobs=2)
+    for (a, sr_a), (b, sr_b) in zip(serial, pooled):
+        assert sr_a == sr_b == SR and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["stft", "mfcc", "mel"])
+def test_features_equal_a_plain_librosa_loop(tmp_path, kind):
+    import librosa
+
+    path = write(tmp_path / "a.wav", tone(220))
+    spec = spec_for(features_type=kind)
+    y, sr = librosa.load(path, sr=16000)
+    y = librosa.util.fix_length(y, size=int(SECONDS * sr))
+    if kind == "stft":
+        expected = np.abs(librosa.stft(y, n_fft=1024, hop_length=512)) ** spec.power_law_exponent
+    elif kind == "mfcc":
+        expected = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=40, n_fft=512, hop_length=256, n_mels=64)
+    else:
+        expected = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024, n_mels=64))
+    x, original_sr = extract(path, spec)
+    assert original_sr == SR
+    np.testing.assert_array_equal(x[0], expected.T)
+
+
+def test_time_frequency_orientation_and_resampling(tmp_path):
+    """A 1 kHz sine at 22.05 kHz: resampled to 16 kHz, its peak in the last axis at 1 kHz, low first."""
+    t = np.arange(int(22050 * SECONDS)) / 22050
+    path = write(tmp_path / "sine.wav", (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 22050)
+    spec = spec_for(power_law_compression=False)
+    x, sr = extract(path, spec)
+    assert sr == 22050 and x.shape == (1, *spec.shape) == (1, 16, 513)
+    peak_bin = int(np.argmax(x[0].mean(axis=0)))
+    assert abs(peak_bin * 16000 / 1024 - 1000) < 16000 / 1024  # not flipped, and at 16 kHz
+
+
+def test_stereo_is_mixed_to_mono(tmp_path):
+    mono = tone(300)
+    left, right = mono * 1.5, mono * 0.5
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.stack([left, right], axis=1), SR, subtype="FLOAT")
+    mono_path = tmp_path / "mono.wav"
+    sf.write(mono_path, (left + right) / 2, SR, subtype="FLOAT")
+    spec = spec_for()
+    np.testing.assert_allclose(extract(stereo, spec)[0], extract(mono_path, spec)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_segmentation_into_overlapping_windows(tmp_path, capsys):
+    path = write(tmp_path / "corpus" / "spk1" / "yes" / "a.wav", tone(200, seconds=1.0))
+    write(tmp_path / "corpus" / "spk2" / "no" / "b.wav", tone(250, seconds=1.0))
+    spec = spec_for(sequence_length=0.25, sequence_overlap=0.5)
+    x, _ = extract(path, spec)
+    assert x.shape == (7, *spec.shape)  # 1 + (16000 - 4000) // 2000
+    assert spec.datapoints(16000) == 7
+    config = tmp_path / "seg.ini"
+    config.write_text(f"[paths]\ndata_folder = {tmp_path / 'data'}\n"
+                      "[features]\nsequence_length = 0.25\nsequence_overlap = 0.5\n")
+    code, err = xval(capsys, "preprocess", "folder", "--input", str(tmp_path / "corpus"), "--config", str(config))
+    assert code == 0, err
+    ds = load_dataset(tmp_path / "data", "corpus")
+    assert ds.manifest["classes"] == ["no", "yes"]
+    assert list(ds.targets["spk1"]) == [1] * 7 and list(ds.targets["spk2"]) == [0] * 7
+    assert ds.manifest["segment_starts_s"]["spk1"] == [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75]
+
+
+def test_demo_corpus_through_the_whole_front_end(tmp_path, capsys, config):
+    code, err = xval(capsys, "preprocess", "demo", "--output", str(tmp_path / "wav"), "--config", str(config),
+                     "--jobs", "2")
+    assert code == 0, err
+    wavs = sorted((tmp_path / "wav").rglob("*.wav"))
+    assert len(wavs) == 384 and wavs[0].name == "03-01-01-01-01-01-01.wav"
+    ds = load_dataset(tmp_path / "data", "demo_audio")
+    assert len(ds.items) == 8 and ds.items[0] == "Actor_01"
+    assert ds.manifest["classes"] == ["a", "e", "i", "u"]
+    assert "01..04" in ds.manifest["corpus"]["label"]
+    assert ds.input_shape == spec_for(fix_length=1.0).shape
+    assert sorted(set(np.concatenate(list(ds.targets.values())))) == [0, 1, 2, 3]
+    assert not (tmp_path / "data" / "demo_predictors.npz").exists()  # the built-in demo is untouched
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_bad_files_are_skipped_named_and_counted(tmp_path, capsys, config, ravdess_dir):
+    bad = {
+        "corrupt": ravdess_dir / "Actor_01" / ravdess_name(2, 1),
+        "truncated": ravdess_dir / "Actor_02" / ravdess_name(2, 2),
+        "silent": ravdess_dir / "Actor_03" / ravdess_name(2, 3),
+        "nan": ravdess_dir / "Actor_03" / ravdess_name(3, 3),
+        "name": ravdess_dir / "Actor_01" / "recording one.wav",
+        "emotion": ravdess_dir / "Actor_01" / ravdess_name(9, 1),
+    }
+    bad["corrupt"].write_bytes(b"RIFF\x00\x01\x00\x00WAVEfmt garbage" + bytes(range(256)) * 4)
+    write(bad["truncated"], tone(200))
+    bad["truncated"].write_bytes(bad["truncated"].read_bytes()[:30])
+    write(bad["silent"], np.zeros(SR // 2, np.float32))
+    sf.write(bad["nan"], np.full(SR // 2, np.nan, np.float32), SR, subtype="FLOAT")
+    write(bad["name"], tone(200))
+    write(bad["emotion"], tone(200))
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(ravdess_dir), "--config", str(config),
+                     "--jobs", "2")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 6
+    for path in bad.values():
+        assert any(str(path) in line for line in warnings), path
+    assert "RAVDESS form" in err and "emotion code 09" in err and "silent" in err and "corrupt" in err
+    assert "12 of 18 files" in err and "skipped 6" in err
+    ds = load_dataset(tmp_path / "data", "ravdess")
+    assert ds.datapoints(ds.items) == 12
+    assert len(ds.manifest["skipped"]) == 6
+
+
+def one_line_error(code: int, err: str, *words: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert lines[-1].startswith("error:"), err
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    for word in words:
+        assert word in lines[-1], (word, lines[-1])
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path, capsys, config):
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(tmp_path / "nope"), "--config", str(config))
+    one_line_error(code, err, "--input", str(tmp_path / "nope"), "no such folder")
+    assert data_files(tmp_path) == []
+
+
+def test_folder_without_audio_is_a_one_line_error(tmp_path, capsys, config):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    code, err = xval(capsys, "preprocess", "folder", "--input", str(tmp_path / "empty"), "--config", str(config))
+    one_line_error(code, err, "no audio files")
+
+
+def test_nothing_usable_is_an_error_and_writes_nothing(tmp_path, capsys, config):
+    root = tmp_path / "quiet"
+    for actor in (1, 2):
+        write(root / ravdess_name(1, actor), np.zeros(SR // 4, np.float32))
+    write(root / "misnamed.wav", tone(200))
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(root), "--config", str(config),
+                     "--jobs", "2")
+    one_line_error(code, err, "none of its 3 audio files is usable")
+    assert err.count("warning: skipped") == 3
+    assert data_files(tmp_path) == []  # not even a temporary file
+
+
+def test_failed_save_leaves_no_partial_files(tmp_path, monkeypatch, ravdess_dir):
+    from xvalkit import data
+    from xvalkit.audio.preprocess import preprocess
+
+    def fail(path, arrays):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data, "_write_npz", fail)
+    with pytest.raises(OSError):
+        preprocess(datasets.ravdess(ravdess_dir), spec_for(), tmp_path / "data", "rav", jobs=1)
+    leftovers = [p.name for p in (tmp_path / "data").iterdir() if "npz" in p.name or ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_misplaced_file_in_labelled_folder_is_skipped(tmp_path):
+    write(tmp_path / "c" / "spk1" / "yes" / "a.wav", tone(200))
+    write(tmp_path / "c" / "spk1" / "stray.wav", tone(200))
+    corpus = datasets.labelled_folder(tmp_path / "c")
+    assert [e.item for e in corpus.entries] == ["spk1"] and corpus.classes == ["yes"]
+    assert corpus.skipped[0][0].name == "stray.wav"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--features", "chroma"], ["features_type", "stft, mfcc, mel"]),
+    (["--name", "demo"], ["--name demo", "built-in"]),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, config, ravdess_dir, args, words):
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(ravdess_dir), "--config", str(config), *args)
+    one_line_error(code, err, *words)
+    assert data_files(tmp_path) == []
+
+
+def test_bad_config_value_names_the_key():
+    from xvalkit.errors import XvalError
+
+    with pytest.raises(XvalError, match="hop_size"):
+        FeatureSpec.from_config({"hop_size": 0})
+    with pytest.raises(XvalError, match="unknown key 'hopsize'"):
+        FeatureSpec.from_config({"hopsize": 256})
+    with pytest.raises(XvalError, match="window_type"):
+        FeatureSpec.from_config({"window_type": "no-such-window"})
+
+
+# --- process set-up -------------------------------------------------------------------------------
+
+def test_numba_cache_goes_to_a_per_user_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    code = "import os, xvalkit.audio.features; print(os.environ['NUMBA_CACHE_DIR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "cache" / "xvalkit" / "numba")
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "mine")
+
+
+def test_features_shape_matches_spec():
+    for kind in ("stft", "mfcc", "mel"):
+        spec = spec_for(features_type=kind)
+        assert features(tone(200, sr=16000), spec).shape == (1, *spec.shape)
+    assert json.dumps(spec_for().to_manifest())  # the manifest part is plain JSON
+
+
+def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, monkeypatch):
+    """Workers write into rows planned from headers; a file whose header misleads still comes back."""
+    from xvalkit.audio import preprocess as pipeline
+
+    paths = [write(tmp_path / f"{i}.wav", tone(200 + 50 * i, seconds=1.0)) for i in range(4)]
+    spec = spec_for(sequence_length=0.25, sequence_overlap=0.5)
+    serial = extract_all(paths, spec, jobs=1)
+    monkeypatch.setattr(pipeline, "_planned_datapoints", lambda path, spec: 3 if path.endswith("1.wav") else 7)
+    pooled = extract_all(paths, spec, jobs=2)
+    for (a, _), (b, _) in zip(serial, pooled):
+        assert a.shape == (7, *spec.shape) and np.array_equal(a, b)
