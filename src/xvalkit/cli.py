@@ -161,7 +161,7 @@ def run(
     raise typer.Exit(0 if summary.ok else 1)
 
 
-# --- preprocess command (issue 3) goes here ---
+# --- preprocess commands (issue 3) ---
 preprocess_app = typer.Typer(
     help="Audio corpora to datasets of features (time, frequency) for `xval run`.",
     no_args_is_help=True,
@@ -206,6 +206,7 @@ DEMO_SR, DEMO_DURATION = 16000, 1.0
 
 
 @preprocess_app.command("ravdess")
+@user_errors
 def preprocess_ravdess(
     input_dir: Annotated[
         Optional[Path],
@@ -226,6 +227,7 @@ def preprocess_ravdess(
 
 
 @preprocess_app.command("folder")
+@user_errors
 def preprocess_folder(
     input_dir: Annotated[Path, typer.Option("--input", help="DIR laid out as DIR/<foldable item>/<label>/*.wav.")],
     name: NameOption = None,
@@ -241,6 +243,7 @@ def preprocess_folder(
 
 
 @preprocess_app.command("demo")
+@user_errors
 def preprocess_demo(
     output: Annotated[
         Optional[Path], typer.Option("--output", help="Where to write the demo wavs (default: <data folder>/demo_wav).")
