@@ -17,7 +17,8 @@ from xvalkit.metrics import summarize
 from xvalkit.reporting.significance import DIFFERENT, SAME, UNTESTED, corrected_t_test, mark_instances
 from xvalkit.store import ExperimentStore
 
-from .conftest import instance, write_experiment
+from .conftest import TINY, instance, write_experiment
+from .test_run import summary_header as headers
 
 runner = CliRunner()
 ITEMS = [f"it{i}" for i in range(1, 7)]  # 6 items of 10 datapoints; fold F tests items 2F-1 and 2F
@@ -82,15 +83,6 @@ def crafted(tmp_path) -> ExperimentStore:
 def t2_p(t: float) -> float:
     """Two-sided p of Student's t with 2 degrees of freedom, in closed form."""
     return 1 - abs(t) / math.sqrt(t * t + 2)
-
-
-def headers(ws) -> list[str]:
-    """Column titles of the summary sheet: 'group sub-header' under merged groups, else the title."""
-    out, group = [], None
-    for top, sub in zip((c.value for c in ws[1]), (c.value for c in ws[2])):
-        group = top if top is not None else group
-        out.append(f"{group} {sub}" if sub is not None else group)
-    return out
 
 
 def read_summary(store: ExperimentStore):
@@ -297,3 +289,39 @@ def test_config_sets_the_level_and_main_metric(crafted, tmp_path):
     config.write_text("[report]\nsignificance_level = 5\n")
     result = xval("report", crafted.folder, "--no-plots", "--config", config)
     assert result.exit_code == 2 and "significance_level = 5" in result.output
+
+
+# --- a real run, then the report ----------------------------------------------------------------
+def test_real_run_then_report(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.5")},
+                            num_folds=2, global_parameters=[p for p in TINY if not p.startswith("num_epochs")] + ["num_epochs=2"])
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    folder = path.parent / "results" / "demo" / "experiment_1"
+    # The run's last refresh drew the plots.
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == [
+        "demo_exp1_run1.png", "demo_exp1_run2.png", "demo_exp1_test_acc.png"]
+    result = xval("report", path, "--config", config_file)
+    assert result.exit_code == 0, result.output
+    store = ExperimentStore(folder, "demo", 1)
+    wb, ws, names, rows = read_summary(store)
+    assert [r[0] for r in rows] == [1, 2] and "parameters that differ dropout" in names
+    col = names.index("accuracy test mean")
+    values = [r[col] for r in rows]
+    assert [is_filled(ws, i + 3, col + 1, "C6EFCE") for i in range(2)] == [v == max(values) for v in values]
+    verdicts = sorted(r[names.index("accuracy (test) vs best verdict")] for r in rows)
+    assert verdicts[0] == "best" and verdicts[1] in (SAME, DIFFERENT)
+    folds, summary = __import__("xvalkit").load_results(folder)
+    assert len(folds) == 4 and len(summary) == 2
+    assert np.allclose(sorted(summary["test_mean_acc"]), sorted(values))
+
+
+@pytest.mark.skipif(not (shutil.which("soffice") or shutil.which("libreoffice")), reason="LibreOffice not installed")
+def test_workbook_converts_with_libreoffice(crafted, tmp_path):
+    assert xval("report", crafted.folder).exit_code == 0
+    office = shutil.which("soffice") or shutil.which("libreoffice")
+    proc = subprocess.run([office, "--headless", "--convert-to", "csv", "--outdir", str(tmp_path / "out"),
+                           str(crafted.spreadsheet_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "demo_exp1_results.csv").read_text()
+    assert "comment_1" in text and "partial (2/3 folds)" in text

@@ -187,6 +187,7 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         report.refresh(store)
         _print_summary(console, summary, interrupted=True)
         raise
+    report.refresh(store, plots=True)
     _print_summary(console, summary)
     return summary
 
