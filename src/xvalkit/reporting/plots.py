@@ -50,6 +50,8 @@ def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def instance_figure(plt, inst: InstanceInfo, task_type: str):
+    from matplotlib.ticker import MaxNLocator
+
     histories = [f.get("history") or {} for f in inst.folds.values()]
     metric = "accuracy" if task_type == "classification" else "mae"
     matrices = [np.asarray(f["test_confusion_matrix"]) for f in inst.folds.values() if "test_confusion_matrix" in f]
@@ -63,6 +65,7 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
             epochs, mean, std = curve_stats(curves)
             ax.plot(epochs, mean, color=colour, label=label)
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -93,8 +96,9 @@ def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     stds = [r[f"{set_name}_std_{metric}"] or 0.0 for r in rows]
     colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == "not different"
                else "tab:gray" for r in rows]
-    ax.bar([str(r["ID"]) for r in rows], means, yerr=stds, capsize=3, color=colours)
-    ax.set_xlabel("instance")
+    labels = [str(r["ID"]) if r["status"] == "done" else f"{r['ID']} ({r['folds_done']}/{r['num_folds']})" for r in rows]
+    ax.bar(labels, means, yerr=stds, capsize=3, color=colours)
+    ax.set_xlabel("instance (folds done where not all)")
     ax.set_ylabel(f"{set_name} {metric}")
     ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green best, olive not "
                  "significantly different)", fontsize=8)

@@ -29,12 +29,6 @@ NUMBER_FORMAT = "0.0000"
 HEADER_ROWS = 2
 
 
-def metric_title(column: str) -> str:
-    """'test_mean_acc' -> 'accuracy test mean' (the group title, then the sub-header)."""
-    set_name, stat, metric = column.split("_", 2)
-    return f"{METRIC_TITLES.get(metric, metric)} {SET_SHORT[set_name]} {stat}"
-
-
 def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[dict[str, Any]],
                    parameters: list[dict[str, Any]], plots: list[Path], ratio_note: str) -> bytes:
     from openpyxl import Workbook
@@ -145,7 +139,7 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     for j, (key, group, sub, _fill) in enumerate(layout, start=1):
         values = [len(str(v)) for v in (cell(r.get(key)) for r in rows) if v is not None]
         longest = max([len(sub) + 2, 7] + [min(v, 40) for v in values])
-        width = 11 if key in best else longest + 1
+        width = 11 if key in best or key == "p_value" else longest + 1
         ws.column_dimensions[get_column_letter(j)].width = min(width, 42)
     ws.row_dimensions[2].height = 30
     ws.freeze_panes = ws.cell(row=HEADER_ROWS + 1, column=5)  # ID to comment_2 stay in view

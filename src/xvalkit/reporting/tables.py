@@ -185,4 +185,5 @@ def best_rows(rows: list[dict[str, Any]], column: str, candidates: set[int] | No
     if not values:
         return set()
     best = (max if higher else min)(v for _, v in values)
-    return {i for i, v in values if v == best}
+    # Ties count, up to float noise (a std of 1e-16 ties with 0).
+    return {i for i, v in values if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)}
