@@ -70,6 +70,7 @@ def crafted(tmp_path) -> ExperimentStore:
     4: [0.95, 0.95] partial (2 of 3 folds): higher mean but does not compete for the best;
        d = [-0.15, -0.05]: t = -1.4142, 1 df, p = 1 - 2 atan(1.4142) / pi = 0.3918: same
     5: failed before any fold (an error file only): untested
+    6: failed after its first fold (a partial pickle and an error file): untested, 1 common fold
     """
     store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
     save(store, 1, [0.8, 0.9, 1.0])
@@ -77,6 +78,8 @@ def crafted(tmp_path) -> ExperimentStore:
     save(store, 3, [0.1, 0.1, 0.2], dropout=0.5)
     save(store, 4, [0.95, 0.95])
     store.save_error(5, "Traceback (most recent call last):\nRuntimeError: boom\n")
+    save(store, 6, [0.99])
+    store.save_error(6, "Traceback (most recent call last):\nMemoryError: out of memory\n")
     return store
 
 
@@ -155,7 +158,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     assert "demo_exp1_results.xlsx" in result.output
     wb, ws, names, rows = read_summary(crafted)
     assert wb.sheetnames == ["summary", "folds", "parameters", "plots"]
-    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert names[:6] == ["ID", "parameters", "comment_1", "comment_2", "status", "folds done"]
     # The parameters that differ between instances, and only those, appear on the summary.
     assert "parameters that differ learning_rate" in names and "parameters that differ dropout" in names
@@ -165,8 +168,11 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     assert ws.freeze_panes == "E3"
     col = {n: i for i, n in enumerate(names)}
     status = {r[0]: r[col["status"]] for r in rows}
-    assert status == {1: "done", 2: "done", 3: "done", 4: "partial (2/3 folds)", 5: "failed"}
-    assert {r[0]: r[col["folds done"]] for r in rows} == {1: 3, 2: 3, 3: 3, 4: 2, 5: 0}
+    assert status == {1: "done", 2: "done", 3: "done", 4: "partial (2/3 folds)", 5: "failed",
+                      6: "failed (1/3 folds)"}
+    assert {r[0]: r[col["folds done"]] for r in rows} == {1: 3, 2: 3, 3: 3, 4: 2, 5: 0, 6: 1}
+    assert {r[0]: r[col["error"]] for r in rows}[6] == "MemoryError: out of memory"
+    assert rows[5][col["accuracy test std"]] is None  # no std from a single fold
     # Means are over the folds done; the partial instance's higher mean does not win.
     assert rows[3][col["accuracy test mean"]] == pytest.approx(0.95)
     for title, pick in (("accuracy test mean", max), ("loss test mean", min), ("accuracy test std", min),
@@ -180,13 +186,13 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     # Significance marks.
     sig_col, p_col = col["accuracy (test) vs best verdict"], col["accuracy (test) vs best p"]
     verdicts = {r[0]: r[sig_col] for r in rows}
-    assert verdicts == {1: "best", 2: SAME, 3: DIFFERENT, 4: SAME, 5: UNTESTED}
+    assert verdicts == {1: "best", 2: SAME, 3: DIFFERENT, 4: SAME, 5: UNTESTED, 6: UNTESTED}
     p = {r[0]: r[p_col] for r in rows}
     assert p[2] == pytest.approx(t2_p(2.1908902), abs=1e-6) and p[2] == pytest.approx(0.159832, abs=1e-6)
     assert p[3] == pytest.approx(t2_p(0.7666667 / math.sqrt((1 / 3 + 0.5) * 0.0033333)), abs=1e-4)
     assert p[4] == pytest.approx(1 - 2 * math.atan(math.sqrt(2)) / math.pi, abs=1e-9)
     mean_col = col["accuracy test mean"]
-    assert [is_filled(ws, i + 3, mean_col + 1, "FFEB9C") for i in range(5)] == [False, True, False, True, False]
+    assert [is_filled(ws, i + 3, mean_col + 1, "FFEB9C") for i in range(6)] == [False, True, False, True, False, False]
     notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
     assert "Nadeau and Bengio (2003)" in notes and "level 0.05" in notes and "here 0.5 to 0.5" in notes
     # The link to the instance's parameters.
@@ -196,7 +202,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     assert params["A3"].value == 2 and [c.value for c in params[1]][:3] == ["ID", "comment_1", "comment_2"]
     folds = wb["folds"]
     fold_header = [c.value for c in folds[1]]
-    assert folds.max_row == 1 + 3 + 3 + 3 + 2
+    assert folds.max_row == 1 + 3 + 3 + 3 + 2 + 1
     assert {"ID", "fold", "test_acc", "val_f1", "train_loss", "test_items"} <= set(fold_header)
     assert folds.cell(row=2, column=fold_header.index("test_items") + 1).value == "it1 it2"
 
@@ -209,13 +215,13 @@ def test_csv_tables_and_load_results(crafted):
     assert xval("report", crafted.folder, "--no-plots").exit_code == 0
     results = pd.read_csv(crafted.folder / "results.csv")
     summary = pd.read_csv(crafted.folder / "summary.csv")
-    assert len(results) == 11 and len(summary) == 5
+    assert len(results) == 12 and len(summary) == 6
     assert {"ID", "fold", "test_acc", "param_learning_rate", "status"} <= set(results.columns)
     assert {"ID", "status", "folds_done", "test_mean_acc", "test_std_acc", "significance", "p_value",
             "param_seed"} <= set(summary.columns)
     loaded = xvalkit.load_results(crafted.folder)
     folds, table = loaded
-    assert list(folds["ID"]) == list(results["ID"]) and list(table["ID"]) == [1, 2, 3, 4, 5]
+    assert list(folds["ID"]) == list(results["ID"]) and list(table["ID"]) == [1, 2, 3, 4, 5, 6]
     assert table.set_index("ID").loc[2, "significance"] == SAME
     assert folds.loc[folds["ID"] == 1, "test_acc"].tolist() == [0.8, 0.9, 1.0]
     assert not (crafted.folder / "plots").exists()
@@ -246,9 +252,9 @@ def test_plots_are_drawn_and_embedded(crafted):
     assert xval("report", crafted.folder).exit_code == 0
     plots = sorted(p.name for p in (crafted.folder / "plots").iterdir())
     assert plots == ["demo_exp1_run1.png", "demo_exp1_run2.png", "demo_exp1_run3.png", "demo_exp1_run4.png",
-                     "demo_exp1_test_acc.png"]
+                     "demo_exp1_run6.png", "demo_exp1_test_acc.png"]
     assert all((crafted.folder / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
-    assert len(load_workbook(crafted.spreadsheet_path)["plots"]._images) == 5
+    assert len(load_workbook(crafted.spreadsheet_path)["plots"]._images) == 6
     assert not list(crafted.folder.rglob(".*.tmp*"))
 
 
