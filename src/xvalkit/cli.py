@@ -176,8 +176,9 @@ def report(
 ) -> None:
     """Rebuild the spreadsheet, results.csv, summary.csv and plots of an experiment from its folder.
 
-    Works on a finished, running or crashed experiment: instances with missing or failed folds are
-    marked. `xval report exp1` finds experiments/exp1.py; a folder holding results/ works too.
+    Works on a finished, running or crashed experiment; instances with missing or failed folds are marked.
+
+    `xval report exp1` finds experiments/exp1.py; a folder holding results/ works too.
     """
     from .report import open_store, refresh
 
