@@ -5,6 +5,8 @@ status and folds done, the parameters that differ between instances, the signifi
 metric against the best instance, then one coloured group per metric with the training /
 validation / test mean and std. The best value of each metric column is green; instances not
 significantly different from the best on the main metric are yellow.
+
+Imported on first use by report.refresh (openpyxl is not needed to import xvalkit).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.drawing.image import Image
+from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.hyperlink import Hyperlink
 
 from . import significance as sig
 from .tables import ReportData, best_rows, cell, metric_columns
@@ -31,8 +39,6 @@ HEADER_ROWS = 2
 
 def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[dict[str, Any]],
                    parameters: list[dict[str, Any]], plots: list[Path], ratio_note: str) -> bytes:
-    from openpyxl import Workbook
-
     wb = Workbook()
     ws = wb.active
     ws.title = "summary"
@@ -47,14 +53,7 @@ def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[
     return buffer.getvalue()
 
 
-def _styles():
-    from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
-
-    return Alignment, Border, Font, PatternFill, Side
-
-
 def _header(cell_, title: str, fill: str) -> None:
-    Alignment, _, Font, PatternFill, _ = _styles()
     cell_.value = title
     cell_.font = Font(bold=True)
     cell_.fill = PatternFill("solid", fgColor=fill)
@@ -62,10 +61,6 @@ def _header(cell_, title: str, fill: str) -> None:
 
 
 def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: dict[int, int], ratio_note: str) -> None:
-    from openpyxl.utils import get_column_letter
-    from openpyxl.worksheet.hyperlink import Hyperlink
-
-    Alignment, Border, Font, PatternFill, Side = _styles()
     main_set, _, main_metric = data.main_metric.partition("_")
     main_column = f"{main_set}_mean_{main_metric}"
     # (key, group title or None, sub-header, fill)
@@ -163,8 +158,6 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
 
 def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:
     """A plain table: one bold header row, number formats, widths, a filter, frozen panes."""
-    from openpyxl.utils import get_column_letter
-
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
@@ -183,8 +176,6 @@ def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str
 
 
 def _plots_sheet(ws, plots: list[Path]) -> None:
-    from openpyxl.drawing.image import Image
-
     if not plots:
         ws.cell(row=1, column=1, value="No plots yet: `xval report EXP` (or the end of `xval run`) draws them.")
         return
