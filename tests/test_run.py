@@ -30,6 +30,15 @@ def exp_folder(path: Path) -> Path:
     return path.parent / "results" / "demo" / "experiment_1"
 
 
+def summary_header(ws) -> list[str]:
+    """Titles of the summary sheet's two header rows: 'accuracy test mean' under a merged group."""
+    out, group = [], None
+    for top, sub in zip((c.value for c in ws[1]), (c.value for c in ws[2])):
+        group = top if top is not None else group
+        out.append(f"{group} {sub}" if sub is not None else group)
+    return out
+
+
 def load_results(folder: Path, run: int) -> dict:
     with open(folder / "results" / f"results_demo_exp1_run{run}.pkl", "rb") as handle:
         return pickle.load(handle)
@@ -129,15 +138,15 @@ def test_spreadsheet_read_back(finished):
 
     _, folder, _ = finished
     ws = load_workbook(folder / "demo_exp1_results.xlsx")["summary"]
-    header = [c.value for c in ws[1]]
-    rows = list(ws.iter_rows(min_row=2, values_only=True))
+    header = summary_header(ws)
+    rows = list(ws.iter_rows(min_row=3, max_row=4, values_only=True))
     assert len(rows) == 2 and [r[0] for r in rows] == [1, 2]
-    assert header[:3] == ["ID", "comment_1", "comment_2"]
-    for title, higher in (("test acc (mean)", True), ("test loss (mean)", False), ("test acc (std)", False)):
+    assert header[:4] == ["ID", "parameters", "comment_1", "comment_2"]
+    for title, higher in (("accuracy test mean", True), ("loss test mean", False), ("accuracy test std", False)):
         col = header.index(title)
         values = [r[col] for r in rows]
         best = max(values) if higher else min(values)
-        filled = [ws.cell(row=i + 2, column=col + 1).fill.fgColor.rgb.endswith("C6EFCE") for i in range(2)]
+        filled = [ws.cell(row=i + 3, column=col + 1).fill.fgColor.rgb.endswith("C6EFCE") for i in range(2)]
         assert filled == [v == best for v in values], title
     import pandas as pd
 
@@ -225,8 +234,8 @@ def test_failing_instance_is_recorded_and_the_run_goes_on(tmp_path, config_file)
     from openpyxl import load_workbook
 
     ws = load_workbook(folder / "demo_exp1_results.xlsx")["summary"]
-    header = [c.value for c in ws[1]]
-    statuses = {row[0]: row[header.index("status")] for row in ws.iter_rows(min_row=2, values_only=True)}
+    header = summary_header(ws)
+    statuses = {row[0]: row[header.index("status")] for row in ws.iter_rows(min_row=3, max_row=4, values_only=True)}
     assert statuses == {1: "failed", 2: "done"}
 
 

@@ -305,7 +305,33 @@ def augment(
     raise typer.Exit(0 if summary.ok else 1)
 
 
-# --- report command (issue 6) goes here ---
+# --- report command (issue 6) ---
+@app.command()
+@user_errors
+def report(
+    experiment: Annotated[
+        str, typer.Argument(metavar="EXP", help="Experiment module (experiments/exp1.py), name (exp1) or folder.")
+    ],
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots (default: yes).")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Rebuild the spreadsheet, results.csv, summary.csv and plots of an experiment from its folder.
+
+    Works on a finished, running or crashed experiment; instances with missing or failed folds are marked.
+
+    `xval report exp1` finds experiments/exp1.py; a folder holding results/ works too.
+    """
+    from .report import open_store, refresh
+
+    store, exp_config = open_store(experiment, config_file=config)
+    if exp_config is None and config is not None:
+        from .config import load_config
+
+        exp_config = load_config(config)
+    files = refresh(store, plots=plots, config=exp_config)
+    console.print(f"report of {store.folder}:\n  {files.spreadsheet.name}, {files.results_csv.name}, "
+                  f"{files.summary_csv.name}" + (f", {len(files.plots)} plot(s) in plots/" if files.plots else ""),
+                  soft_wrap=True)
 
 
 # --- plan and status commands (issue 7) ---

@@ -116,6 +116,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             history=out.history, epochs=out.epochs, best_epoch=out.best_epoch, seed=seed, device=out.device,
             test_true=data.test.y, test_pred=out.predictions["test"],
             normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
+            n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
         )

@@ -1,133 +1,161 @@
-"""The comparison spreadsheet and the tidy tables, rebuilt from the experiment folder alone.
+"""The report of an experiment, rebuilt from its folder alone: spreadsheet, csv tables, plots.
 
 Because everything is read back from the results pickles, a report works on a finished, a running
-or a crashed experiment alike; instances with missing or failed folds say so in `status`.
+or a crashed experiment alike; instances with missing or failed folds say so in `status` and
+`folds done`. The pieces live in xvalkit.reporting: tables (rows), significance (the corrected
+resampled t-test), spreadsheet (openpyxl) and plots (matplotlib).
+
+    <folder>/<dataset>_exp<N>_results.xlsx   sheets summary, folds, parameters, plots
+    <folder>/results.csv                     one row per instance and fold
+    <folder>/summary.csv                     one row per instance
+    <folder>/plots/*.png                     learning curves (+ confusion matrix) per instance, main metric
 """
 
 from __future__ import annotations
 
-import io
 import math
-from typing import Any
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import atomic
-from .metrics import HIGHER_IS_BETTER, SETS, metric_names
+from .errors import XvalError
 from .store import ExperimentStore
 
-SET_TITLES = {"train": "training", "val": "validation", "test": "test"}
-BEST_FILL = "C6EFCE"  # Excel's "good" green
-HEADER_FILL = "DDEBF7"
-
-
-def instance_status(results: dict[str, Any] | None, error: str | None) -> str:
-    if results is None:
-        return "failed" if error else "missing"
-    done, total = len(results["folds"]), results["num_folds"]
-    if done == total:
-        return "done"
-    return f"failed ({done}/{total} folds)" if error else f"partial ({done}/{total} folds)"
-
-
-def summary_rows(store: ExperimentStore) -> list[dict[str, Any]]:
-    """One row per instance: ID, comments, status, folds done, mean and std of every metric."""
-    rows = []
-    for run in store.instance_ids():
-        results, error = store.load_instance(run), store.error_text(run)
-        row: dict[str, Any] = {"ID": run}
-        if results is not None:
-            params = results["parameters"]
-            row.update(comment_1=params["comment_1"], comment_2=params["comment_2"],
-                       architecture=params["architecture"], framework=params.get("framework", "keras"))
-        row["status"] = instance_status(results, error)
-        row["folds"] = len(results["folds"]) if results else 0
-        if results is not None and results["folds"]:
-            for set_name in ("test", "val", "train"):
-                for metric in metric_names(results["task_type"]):
-                    block = results["summary"][set_name]
-                    row[f"{set_name}_mean_{metric}"] = block[f"mean_{metric}"]
-                    row[f"{set_name}_std_{metric}"] = block[f"std_{metric}"]
-        if error:
-            row["error"] = error.strip().splitlines()[-1][:200]
-        rows.append(row)
-    return rows
-
-
-def fold_rows(store: ExperimentStore) -> list[dict[str, Any]]:
-    """One row per instance and fold: every parameter and every metric (a tidy table)."""
-    rows = []
-    for run, results in store.load_all().items():
-        metrics = metric_names(results["task_type"])
-        for fold, record in sorted(results["folds"].items()):
-            row = {"ID": run, "fold": fold}
-            row.update({f"{s}_{m}": record[f"{s}_{m}"] for s in SETS for m in metrics})
-            row.update(epochs=record["epochs"], best_epoch=record["best_epoch"], seed=record["seed"],
-                       duration_s=record["duration_s"], device=record["device"],
-                       test_items=" ".join(record["test_items"]))
-            row.update({f"param_{k}": _cell(v) for k, v in results["parameters"].items()})
-            rows.append(row)
-    return rows
-
-
-def _cell(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) or value is None else repr(value)
-
-
-def best_rows(rows: list[dict[str, Any]], column: str) -> set[int]:
-    """Indices of the rows holding the best value of a metric column (ties all count)."""
-    metric = column.rsplit("_", 1)[-1]
-    higher = HIGHER_IS_BETTER.get(metric, False) and "_std_" not in column
-    values = [(i, r[column]) for i, r in enumerate(rows)
-              if isinstance(r.get(column), (int, float)) and not math.isnan(r[column])]
-    if not values:
-        return set()
-    best = (max if higher else min)(v for _, v in values)
-    return {i for i, v in values if v == best}
-
-
-def write_spreadsheet(store: ExperimentStore, rows: list[dict[str, Any]]) -> None:
-    from openpyxl import Workbook
-    from openpyxl.styles import Alignment, Font, PatternFill
-    from openpyxl.utils import get_column_letter
-
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    wb = Workbook()
-    ws = wb.active
-    ws.title = "summary"
-    header_fill = PatternFill("solid", fgColor=HEADER_FILL)
-    for j, name in enumerate(columns, start=1):
-        title = name
-        for s, long in SET_TITLES.items():
-            if name.startswith(f"{s}_mean_") or name.startswith(f"{s}_std_"):
-                stat, metric = name[len(s) + 1:].split("_", 1)
-                title = f"{long} {metric} ({stat})"
-        cell = ws.cell(row=1, column=j, value=title)
-        cell.font, cell.fill = Font(bold=True), header_fill
-        cell.alignment = Alignment(wrap_text=True, vertical="center")
-        ws.column_dimensions[get_column_letter(j)].width = max(10, min(40, len(title) + 2))
-    best_fill = PatternFill("solid", fgColor=BEST_FILL)
-    best = {c: best_rows(rows, c) for c in columns if "_mean_" in c or "_std_" in c}
-    for i, row in enumerate(rows):
-        for j, name in enumerate(columns, start=1):
-            cell = ws.cell(row=i + 2, column=j, value=_cell(row.get(name)))
-            if name in best:
-                cell.number_format = "0.0000"
-                if i in best[name]:
-                    cell.fill, cell.font = best_fill, Font(bold=True)
-    ws.freeze_panes = "B2"
-    buffer = io.BytesIO()
-    wb.save(buffer)
-    atomic.write_bytes(store.spreadsheet_path, buffer.getvalue())
-
-
-def write_csv(store: ExperimentStore, rows: list[dict[str, Any]]) -> None:
+if TYPE_CHECKING:
     import pandas as pd
 
-    atomic.write_text(store.folder / "results.csv", pd.DataFrame(rows).to_csv(index=False))
+    from .config import Config
 
 
-def refresh(store: ExperimentStore) -> None:
-    """Rebuild the spreadsheet and results.csv from the experiment folder."""
-    write_spreadsheet(store, summary_rows(store))
-    write_csv(store, fold_rows(store))
+@dataclass(frozen=True)
+class ReportFiles:
+    spreadsheet: Path
+    results_csv: Path
+    summary_csv: Path
+    plots: tuple[Path, ...]
+
+
+class Results(NamedTuple):
+    """`xvalkit.load_results(folder)`: the tidy tables of an experiment as pandas DataFrames."""
+
+    folds: pd.DataFrame  # results.csv: one row per instance and fold
+    summary: pd.DataFrame  # summary.csv: one row per instance
+
+
+def report_settings(store: ExperimentStore, config: Config | None = None) -> dict[str, Any]:
+    """The [report] settings: packaged defaults < the run's code/config.ini < ./config.ini, --config."""
+    from .config import PACKAGED_CONFIG, _read_ini, load_config
+
+    config = config or load_config()
+    settings = _read_ini(PACKAGED_CONFIG).get("report", {})
+    snapshot = store.code_dir / "config.ini"
+    later = [snapshot] if snapshot.is_file() else []
+    later += [f for f in config.files if Path(f).resolve() != PACKAGED_CONFIG.resolve()]
+    for path in later:
+        settings.update(_read_ini(Path(path)).get("report", {}))
+    level = settings.get("significance_level")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise XvalError(f"config [report] significance_level = {level!r}: use a number between 0 and 1, e.g. 0.05")
+    return settings
+
+
+def _tables(store: ExperimentStore, config: Config | None):
+    from .reporting import tables
+
+    settings = report_settings(store, config)
+    main = {"classification": str(settings["main_metric_classification"]),
+            "regression": str(settings["main_metric_regression"])}
+    data = tables.collect(store, main, float(settings["significance_level"]))
+    summary = tables.summary_rows(data)
+    return data, summary, tables.fold_rows(data), tables.parameter_rows(data)
+
+
+def _summary_table(summary: list[dict[str, Any]], parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """summary.csv rows: the sheet's columns, then every parameter as param_<name>."""
+    params = {row["ID"]: row for row in parameters}
+    return [{**row, **{f"param_{k}": v for k, v in params[row["ID"]].items() if k != "ID"}} for row in summary]
+
+
+def _ratio_note(data) -> str:
+    ratios = [m.ratio for m in data.marks.values() if not math.isnan(m.ratio)]
+    used = f" (here {min(ratios):.3g} to {max(ratios):.3g})" if ratios else ""
+    return ("n_test/n_train per fold: test datapoints / (training items x mean datapoints per item of the "
+            f"test sets), averaged over the compared folds{used}.")
+
+
+def refresh(store: ExperimentStore, plots: bool = False, config: Config | None = None) -> ReportFiles:
+    """Rebuild the spreadsheet, results.csv and summary.csv (and, with `plots`, the PNGs)."""
+    import pandas as pd
+
+    from .reporting import spreadsheet
+
+    data, summary, folds, parameters = _tables(store, config)
+    drawn: list[Path] = []
+    if plots:
+        from .reporting import plots as plotting
+
+        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix)
+    atomic.write_bytes(store.spreadsheet_path,
+                       spreadsheet.workbook_bytes(data, summary, folds, parameters, drawn, _ratio_note(data)))
+    results_csv, summary_csv = store.folder / "results.csv", store.folder / "summary.csv"
+    atomic.write_text(results_csv, pd.DataFrame(folds).to_csv(index=False))
+    atomic.write_text(summary_csv, pd.DataFrame(_summary_table(summary, parameters)).to_csv(index=False))
+    return ReportFiles(store.spreadsheet_path, results_csv, summary_csv, tuple(drawn))
+
+
+def load_results(target: str | Path, config: Config | None = None) -> Results:
+    """The tables of an experiment as DataFrames, rebuilt from its folder (what the csv files hold).
+
+    `target`: an experiment folder, an experiment module, or an experiment's name (see open_store).
+    """
+    import pandas as pd
+
+    store, exp_config = open_store(target)
+    data, summary, folds, parameters = _tables(store, config or exp_config)
+    return Results(pd.DataFrame(folds), pd.DataFrame(_summary_table(summary, parameters)))
+
+
+_FOLDER = re.compile(r"^experiment_(\d+)$")
+_PICKLE = re.compile(r"^(?:results|error)_(.+)_exp(\d+)_run-?\d+\.(?:pkl|txt)$")
+
+
+def open_store(target: str | Path, config_file: str | Path | None = None) -> tuple[ExperimentStore, Config | None]:
+    """The store of `target` and the experiment's config (None for a folder).
+
+    `target` is an experiment folder (it holds results/), a module path (`experiments/exp1.py`) or a
+    bare name (`exp1` finds `experiments/exp1.py` under the current folder).
+    """
+    from .experiment import load_experiment
+
+    path = Path(target)
+    if path.is_dir():
+        return _folder_store(path), None
+    candidates = [path, path.with_suffix(".py"), Path("experiments") / f"{target}.py"]
+    module = next((p for p in candidates if p.suffix == ".py" and p.is_file()), None)
+    if module is None:
+        raise XvalError(f"{target}: not an experiment module, experiment name (experiments/{target}.py) or "
+                        "experiment folder (one holding results/)")
+    exp = load_experiment(module, config_file=config_file)
+    if not (exp.folder / "results").is_dir():
+        raise XvalError(f"{module}: no results yet in {exp.folder}; run `xval run {module}` first")
+    return ExperimentStore(exp.folder, exp.dataset, exp.num_experiment), exp.config
+
+
+def _folder_store(folder: Path) -> ExperimentStore:
+    results = folder / "results"
+    if not results.is_dir():
+        raise XvalError(f"{folder}: not an experiment folder (no results/ in it); give the folder "
+                        "<experiment_folder>/<dataset>/experiment_<N> or the experiment module")
+    names = {(m.group(1), int(m.group(2))) for p in results.iterdir() if (m := _PICKLE.match(p.name))}
+    match = _FOLDER.match(folder.resolve().name)
+    guess = (folder.resolve().parent.name, int(match.group(1))) if match else None
+    if guess in names or (guess and not names):
+        return ExperimentStore(folder, *guess)
+    if len(names) == 1:
+        return ExperimentStore(folder, *names.pop())
+    if not names:
+        raise XvalError(f"{folder}: no results in results/ yet")
+    raise XvalError(f"{folder}: results of several experiments in results/ ({', '.join(sorted(f'{d}_exp{n}' for d, n in names))}); "
+                    "give the experiment module instead")

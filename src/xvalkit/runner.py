@@ -274,7 +274,7 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         _print_summary(console, summary, interrupted=True)
         raise
     view.stop()
-    report.refresh(store)
+    report.refresh(store, plots=True)  # plots once, at the end (per-instance refreshes skip them)
     _print_summary(console, summary)
     return summary
 

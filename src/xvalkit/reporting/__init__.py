@@ -1,0 +1,1 @@
+"""The pieces of the report (report.py orchestrates them): tables, significance, spreadsheet, plots."""

@@ -1,0 +1,190 @@
+"""The comparison workbook (openpyxl): sheets summary, folds, parameters and plots.
+
+summary: one row per instance under a two-row header: ID, a link to its parameters, comments,
+status and folds done, the parameters that differ between instances, the significance of the main
+metric against the best instance, then one coloured group per metric with the training /
+validation / test mean and std. The best value of each metric column is green; instances not
+significantly different from the best on the main metric are yellow.
+
+Imported on first use by report.refresh (openpyxl is not needed to import xvalkit).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.drawing.image import Image
+from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.hyperlink import Hyperlink
+
+from . import significance as sig
+from .tables import ReportData, best_rows, cell, metric_columns
+
+BEST_FILL = "C6EFCE"  # Excel's "good" green
+SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
+HEADER_FILL = "DDEBF7"
+VARYING_FILL = "FCE4D6"
+# One light colour per metric group (cycled).
+GROUP_FILLS = ("E2EFDA", "FFF2CC", "DDEBF7", "EDE1F5", "FBE2D5", "D9F2F2")
+METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
+                 "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
+SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
+NUMBER_FORMAT = "0.0000"
+HEADER_ROWS = 2
+
+
+def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[dict[str, Any]],
+                   parameters: list[dict[str, Any]], plots: list[Path], ratio_note: str) -> bytes:
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "summary"
+    param_row = {row["ID"]: i + 2 for i, row in enumerate(parameters)}
+    _summary_sheet(ws, data, summary, param_row, ratio_note)
+    _table_sheet(wb.create_sheet("folds"), [{k: v for k, v in r.items() if not k.startswith("param_")} for r in folds],
+                 frozen="C2")
+    _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
+    _plots_sheet(wb.create_sheet("plots"), plots)
+    buffer = io.BytesIO()
+    wb.save(buffer)
+    return buffer.getvalue()
+
+
+def _header(cell_, title: str, fill: str) -> None:
+    cell_.value = title
+    cell_.font = Font(bold=True)
+    cell_.fill = PatternFill("solid", fgColor=fill)
+    cell_.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
+
+
+def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: dict[int, int], ratio_note: str) -> None:
+    main_set, _, main_metric = data.main_metric.partition("_")
+    main_column = f"{main_set}_mean_{main_metric}"
+    # (key, group title or None, sub-header, fill)
+    layout: list[tuple[str, str | None, str, str]] = [
+        ("ID", None, "ID", HEADER_FILL), ("parameters", None, "parameters", HEADER_FILL),
+        ("comment_1", None, "comment_1", HEADER_FILL), ("comment_2", None, "comment_2", HEADER_FILL),
+        ("status", None, "status", HEADER_FILL), ("folds_done", None, "folds done", HEADER_FILL),
+    ]
+    layout += [(k, "parameters that differ", k, VARYING_FILL) for k in data.varying]
+    sig_title = f"{METRIC_TITLES[main_metric]} ({SET_SHORT[main_set]}) vs best"
+    layout += [("significance", sig_title, "verdict", SAME_FILL), ("p_value", sig_title, "p", SAME_FILL)]
+    for g, metric in enumerate(data.metrics):
+        fill = GROUP_FILLS[g % len(GROUP_FILLS)]
+        layout += [(c, METRIC_TITLES.get(metric, metric), f"{SET_SHORT[c.split('_')[0]]} {c.split('_')[1]}", fill)
+                   for c in metric_columns((metric,))]
+    layout.append(("error", None, "error", HEADER_FILL))
+
+    # Two header rows: groups merged across, single columns merged down.
+    j = 1
+    while j <= len(layout):
+        key, group, sub, fill = layout[j - 1]
+        if group is None:
+            _header(ws.cell(row=1, column=j), sub, fill)
+            ws.merge_cells(start_row=1, start_column=j, end_row=2, end_column=j)
+            j += 1
+            continue
+        span = 1
+        while j + span <= len(layout) and layout[j + span - 1][1] == group:
+            span += 1
+        _header(ws.cell(row=1, column=j), group, fill)
+        if span > 1:
+            ws.merge_cells(start_row=1, start_column=j, end_row=1, end_column=j + span - 1)
+        for c in range(j, j + span):
+            _header(ws.cell(row=2, column=c), layout[c - 1][2], fill)
+        j += span
+
+    candidates = set(data.best_candidates)
+    best = {key: best_rows(rows, key, candidates) for key, *_ in layout if key in metric_columns(data.metrics)}
+    best_fill, same_fill = PatternFill("solid", fgColor=BEST_FILL), PatternFill("solid", fgColor=SAME_FILL)
+    group_start = {j for j, (key, *_ ) in enumerate(layout, start=1) if key.startswith("train_mean_")}
+    thin = Border(left=Side(style="thin", color="999999"))
+    for i, row in enumerate(rows):
+        r = i + 1 + HEADER_ROWS
+        same = row.get("significance") == sig.SAME
+        for j, (key, *_rest) in enumerate(layout, start=1):
+            c = ws.cell(row=r, column=j)
+            if key == "parameters":
+                c.value = "parameters"
+                # An internal link (location, not a URL) works in Excel and LibreOffice alike.
+                c.hyperlink = Hyperlink(ref=c.coordinate, location=f"'parameters'!A{param_row[row['ID']]}",
+                                        display="parameters")
+                c.style = "Hyperlink"
+                continue
+            c.value = cell(row.get(key))
+            if key in best:
+                c.number_format = NUMBER_FORMAT
+                if i in best[key]:
+                    c.fill, c.font = best_fill, Font(bold=True)
+                elif same and key == main_column:
+                    c.fill = same_fill
+            elif key == "p_value":
+                c.number_format = "0.000"
+            elif key == "significance" and same:
+                c.fill = same_fill
+            elif key == "significance" and row.get(key) == sig.BEST:
+                c.fill, c.font = best_fill, Font(bold=True)
+            if j in group_start:
+                c.border = thin
+            if key == "status" and row.get(key) != "done":
+                c.font = Font(color="C00000")
+    for j, (key, group, sub, _fill) in enumerate(layout, start=1):
+        values = [len(str(v)) for v in (cell(r.get(key)) for r in rows) if v is not None]
+        longest = max([len(sub) + 2, 7] + [min(v, 40) for v in values])
+        width = 11 if key in best or key == "p_value" else longest + 1
+        ws.column_dimensions[get_column_letter(j)].width = min(width, 42)
+    ws.row_dimensions[2].height = 30
+    ws.freeze_panes = ws.cell(row=HEADER_ROWS + 1, column=5)  # ID to comment_2 stay in view
+
+    level = data.level
+    best_id = "none" if data.best is None else f"ID {data.best}"
+    notes = [
+        "Green: the best value of each column among complete instances (highest for accuracy, F1, precision, "
+        "recall, R²; lowest for loss, MAE, RMSE and for every std).",
+        f"Significance ({main_set} {METRIC_TITLES[main_metric]}, best: {best_id}): corrected resampled paired "
+        f"t-test of Nadeau and Bengio (2003) over the folds both instances completed on the same test items, "
+        f"two-sided, level {level:g}. Yellow ('{sig.SAME}'): p >= {level:g}, not significantly different from the "
+        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds. {ratio_note}",
+        "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
+        "the best unless no instance is complete.",
+    ]
+    start = len(rows) + HEADER_ROWS + 2
+    for n, text in enumerate(notes):
+        ws.cell(row=start + n, column=1, value=text).font = Font(italic=True, color="555555")
+
+
+def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:
+    """A plain table: one bold header row, number formats, widths, a filter, frozen panes."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    for j, name in enumerate(columns, start=1):
+        _header(ws.cell(row=1, column=j), name, VARYING_FILL if name in highlight else HEADER_FILL)
+        values = [cell(r.get(name)) for r in rows]
+        for i, value in enumerate(values, start=2):
+            c = ws.cell(row=i, column=j, value=value)
+            if isinstance(value, float):
+                c.number_format = NUMBER_FORMAT
+        longest = max([len(name) + 2] + [len(str(v)) + 1 for v in values if v is not None])
+        ws.column_dimensions[get_column_letter(j)].width = max(8, min(longest, 50))
+    if columns:
+        ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{len(rows) + 1}"
+    ws.freeze_panes = frozen
+
+
+def _plots_sheet(ws, plots: list[Path]) -> None:
+    if not plots:
+        ws.cell(row=1, column=1, value="No plots yet: `xval report EXP` (or the end of `xval run`) draws them.")
+        return
+    row = 1
+    for path in plots:
+        image = Image(str(path))
+        scale = min(1.0, 900 / image.width)
+        image.width, image.height = int(image.width * scale), int(image.height * scale)
+        ws.cell(row=row, column=1, value=path.name)
+        ws.add_image(image, f"A{row + 1}")
+        row += 2 + int(image.height / 20) + 1
+

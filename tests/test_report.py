@@ -1,0 +1,332 @@
+"""`xval report`: the workbook read back, the significance test on folders with a known answer,
+partial and crashed experiments, the csv tables, the plots, and one real run."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xvalkit.cli import app
+from xvalkit.metrics import summarize
+from xvalkit.reporting.significance import DIFFERENT, SAME, UNTESTED, corrected_t_test, mark_instances
+from xvalkit.store import ExperimentStore
+
+from .conftest import TINY, instance, write_experiment
+from .test_run import summary_header as headers
+
+runner = CliRunner()
+ITEMS = [f"it{i}" for i in range(1, 7)]  # 6 items of 10 datapoints; fold F tests items 2F-1 and 2F
+PER_ITEM = 10
+
+
+def xval(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def fold_record(fold: int, test_acc: float, task_type: str = "classification", epochs: int = 4) -> dict:
+    """A fabricated fold record: test 2 items (20 datapoints), train the other 4 (40), no validation."""
+    test = ITEMS[2 * fold - 2: 2 * fold]
+    record = {"train_items": [i for i in ITEMS if i not in test], "val_items": [], "test_items": test,
+              "seed": fold, "duration_s": 1.5, "device": "CPU", "epochs": epochs, "best_epoch": epochs - 1,
+              "test_true": np.zeros(len(test) * PER_ITEM, dtype=int), "test_pred": np.zeros((20, 2))}
+    if task_type == "classification":
+        for s, base in (("train", 0.95), ("val", 0.9), ("test", test_acc)):
+            record.update({f"{s}_acc": base, f"{s}_f1": base - 0.01, f"{s}_precision": base - 0.02,
+                           f"{s}_recall": base - 0.03, f"{s}_loss": 1.0 - base})
+            record[f"{s}_confusion_matrix"] = np.array([[5, 5], [0, 10]])
+        record["history"] = {"loss": [1.0, 0.8, 0.6, 0.5][:epochs], "accuracy": [0.5, 0.6, 0.7, 0.8][:epochs],
+                             "val_loss": [1.1, 0.9, 0.8, 0.85][:epochs], "val_accuracy": [0.5, 0.55, 0.6, 0.6][:epochs]}
+    else:
+        for s, base in (("train", 0.5), ("val", 0.7), ("test", test_acc)):
+            record.update({f"{s}_rmse": base, f"{s}_loss": base ** 2, f"{s}_mae": base * 0.8, f"{s}_r2": 1 - base})
+        record["history"] = {"loss": [1.0, 0.5][:epochs], "mae": [0.9, 0.4][:epochs],
+                             "val_loss": [1.1, 0.6][:epochs], "val_mae": [1.0, 0.5][:epochs]}
+    return record
+
+
+def save(store: ExperimentStore, run: int, values: list[float], task_type: str = "classification",
+         num_folds: int = 3, **params) -> None:
+    folds = {f: fold_record(f, v, task_type) for f, v in enumerate(values, start=1)}
+    parameters = {"comment_1": f"instance {run}", "comment_2": "crafted", "architecture": "EXAMPLE_model",
+                  "framework": "keras", "learning_rate": 0.001, "seed": 0, **params}
+    store.save_instance(run, {"instance": run, "parameters": parameters, "task_type": task_type, "dataset": "demo",
+                              "num_folds": num_folds, "fold_plan": {}, "folds": folds,
+                              "summary": summarize(folds, task_type)})
+
+
+@pytest.fixture
+def crafted(tmp_path) -> ExperimentStore:
+    """Known answers, main metric test accuracy, n_test/n_train = 20/40 = 0.5 on every fold.
+
+    1: [0.8, 0.9, 1.0] the best (mean 0.9)
+    2: [0.7, 0.7, 0.7] d = [0.1, 0.2, 0.3]: t = 0.2 / sqrt((1/3 + 1/2) 0.01) = 2.1909, 2 df, p = 0.15983: same
+    3: [0.1, 0.1, 0.2] d = [0.7, 0.8, 0.8]: t = 14.55, p = 0.0047: different
+    4: [0.95, 0.95] partial (2 of 3 folds): higher mean but does not compete for the best;
+       d = [-0.15, -0.05]: t = -1.4142, 1 df, p = 1 - 2 atan(1.4142) / pi = 0.3918: same
+    5: failed before any fold (an error file only): untested
+    6: failed after its first fold (a partial pickle and an error file): untested, 1 common fold
+    """
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    save(store, 1, [0.8, 0.9, 1.0])
+    save(store, 2, [0.7, 0.7, 0.7], learning_rate=0.01)
+    save(store, 3, [0.1, 0.1, 0.2], dropout=0.5)
+    save(store, 4, [0.95, 0.95])
+    store.save_error(5, "Traceback (most recent call last):\nRuntimeError: boom\n")
+    save(store, 6, [0.99])
+    store.save_error(6, "Traceback (most recent call last):\nMemoryError: out of memory\n")
+    return store
+
+
+def t2_p(t: float) -> float:
+    """Two-sided p of Student's t with 2 degrees of freedom, in closed form."""
+    return 1 - abs(t) / math.sqrt(t * t + 2)
+
+
+def read_summary(store: ExperimentStore):
+    from openpyxl import load_workbook
+
+    wb = load_workbook(store.spreadsheet_path)
+    ws = wb["summary"]
+    names = headers(ws)
+    rows = [r for r in ws.iter_rows(min_row=3, values_only=True) if isinstance(r[0], int)]
+    return wb, ws, names, rows
+
+
+def is_filled(ws, row: int, col: int, colour: str) -> bool:
+    fill = ws.cell(row=row, column=col).fill
+    return fill.fill_type == "solid" and fill.fgColor.rgb.endswith(colour)
+
+
+# --- the test itself ----------------------------------------------------------------------------
+def test_corrected_t_test_known_answers():
+    r = corrected_t_test([0.8, 0.9, 1.0], [0.7, 0.7, 0.7], test_train_ratio=0.5)
+    assert r.t == pytest.approx(0.2 / math.sqrt((1 / 3 + 0.5) * 0.01))
+    assert r.t == pytest.approx(2.190890, abs=1e-6) and r.df == 2 and r.k == 3
+    assert r.p == pytest.approx(t2_p(r.t), abs=1e-9)
+    # The uncorrected paired t-test (ratio 0) is far more eager: t = 0.2 / sqrt(0.01 / 3) = 3.46.
+    plain = corrected_t_test([0.8, 0.9, 1.0], [0.7, 0.7, 0.7], test_train_ratio=0.0)
+    assert plain.t == pytest.approx(3.4641, abs=1e-4) and plain.p < r.p
+    # Against scipy's paired t-test when uncorrected.
+    from scipy import stats
+
+    a, b = [0.61, 0.72, 0.66, 0.70, 0.64], [0.60, 0.65, 0.66, 0.62, 0.58]
+    ref = stats.ttest_rel(a, b)
+    got = corrected_t_test(a, b, 0.0)
+    assert got.t == pytest.approx(ref.statistic) and got.p == pytest.approx(ref.pvalue)
+    # Symmetric, and the correction scales t by sqrt(1/k / (1/k + ratio)).
+    assert corrected_t_test(b, a, 0.25).t == pytest.approx(-corrected_t_test(a, b, 0.25).t)
+    assert corrected_t_test(a, b, 0.25).t == pytest.approx(ref.statistic * math.sqrt(0.2 / 0.45))
+
+
+def test_corrected_t_test_edge_cases():
+    same = corrected_t_test([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], 0.5)
+    assert (same.t, same.p) == (0.0, 1.0)
+    shifted = corrected_t_test([0.6, 0.7, 0.8], [0.5, 0.6, 0.7], 0.5)  # constant difference 0.1
+    assert shifted.t == math.inf and shifted.p == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        corrected_t_test([0.5], [0.4], 0.5)
+    with pytest.raises(ValueError, match="different lengths"):
+        corrected_t_test([0.5, 0.6], [0.4], 0.5)
+
+
+def test_marks_use_common_folds_with_the_same_test_items():
+    folds = {1: {f: fold_record(f, v) for f, v in enumerate([0.8, 0.9, 1.0], 1)},
+             2: {f: fold_record(f, v) for f, v in enumerate([0.7, 0.7, 0.7], 1)},
+             3: {1: fold_record(1, 0.5)}}
+    folds[2][3] = dict(folds[2][3], test_items=["x1", "x2"])  # fold 3 of 2: other items
+    best, marks = mark_instances(folds, "test_acc", True, 0.05)
+    assert best == 1
+    assert marks[2].k == 2  # folds 1 and 2 only: d = [0.1, 0.2]
+    expected = corrected_t_test([0.8, 0.9], [0.7, 0.7], 0.5)
+    assert marks[2].p == pytest.approx(expected.p) and marks[2].ratio == pytest.approx(0.5)
+    assert marks[3].verdict == UNTESTED and "1 common fold" in marks[3].why
+    # Lower is better (a loss): the best is then the smallest mean.
+    best, _ = mark_instances(folds, "test_loss", False, 0.05, candidates=[1, 2])
+    assert best == 1  # loss = 1 - acc: instance 1 has the lowest
+
+
+# --- the workbook -------------------------------------------------------------------------------
+def test_report_of_a_crafted_folder(crafted, tmp_path):
+    result = xval("report", crafted.folder)
+    assert result.exit_code == 0, result.output
+    assert "demo_exp1_results.xlsx" in result.output
+    wb, ws, names, rows = read_summary(crafted)
+    assert wb.sheetnames == ["summary", "folds", "parameters", "plots"]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert names[:6] == ["ID", "parameters", "comment_1", "comment_2", "status", "folds done"]
+    # The parameters that differ between instances, and only those, appear on the summary.
+    assert "parameters that differ learning_rate" in names and "parameters that differ dropout" in names
+    assert not any(n.endswith(" seed") or n.endswith(" architecture") for n in names)
+    assert [c.value for c in ws[2]][names.index("accuracy train mean")] == "train mean"
+    assert {str(r) for r in ws.merged_cells.ranges} >= {"A1:A2", "B1:B2"}
+    assert ws.freeze_panes == "E3"
+    col = {n: i for i, n in enumerate(names)}
+    status = {r[0]: r[col["status"]] for r in rows}
+    assert status == {1: "done", 2: "done", 3: "done", 4: "partial (2/3 folds)", 5: "failed",
+                      6: "failed (1/3 folds)"}
+    assert {r[0]: r[col["folds done"]] for r in rows} == {1: 3, 2: 3, 3: 3, 4: 2, 5: 0, 6: 1}
+    assert {r[0]: r[col["error"]] for r in rows}[6] == "MemoryError: out of memory"
+    assert rows[5][col["accuracy test std"]] is None  # no std from a single fold
+    # Means are over the folds done; the partial instance's higher mean does not win.
+    assert rows[3][col["accuracy test mean"]] == pytest.approx(0.95)
+    for title, pick in (("accuracy test mean", max), ("loss test mean", min), ("accuracy test std", min),
+                        ("F1 test mean", max), ("loss train mean", min)):
+        j = col[title]
+        complete = [r[j] for r in rows if r[col["status"]] == "done"]
+        best = pick(complete)
+        marked = [is_filled(ws, i + 3, j + 1, "C6EFCE") for i in range(len(rows))]
+        assert marked == [r[col["status"]] == "done" and r[j] == best for r in rows], title
+    assert marked.count(True) == 3  # train loss is the same for every complete instance: ties all marked
+    # Significance marks.
+    sig_col, p_col = col["accuracy (test) vs best verdict"], col["accuracy (test) vs best p"]
+    verdicts = {r[0]: r[sig_col] for r in rows}
+    assert verdicts == {1: "best", 2: SAME, 3: DIFFERENT, 4: SAME, 5: UNTESTED, 6: UNTESTED}
+    p = {r[0]: r[p_col] for r in rows}
+    assert p[2] == pytest.approx(t2_p(2.1908902), abs=1e-6) and p[2] == pytest.approx(0.159832, abs=1e-6)
+    assert p[3] == pytest.approx(t2_p(0.7666667 / math.sqrt((1 / 3 + 0.5) * 0.0033333)), abs=1e-4)
+    assert p[4] == pytest.approx(1 - 2 * math.atan(math.sqrt(2)) / math.pi, abs=1e-9)
+    mean_col = col["accuracy test mean"]
+    assert [is_filled(ws, i + 3, mean_col + 1, "FFEB9C") for i in range(6)] == [False, True, False, True, False, False]
+    notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
+    assert "Nadeau and Bengio (2003)" in notes and "level 0.05" in notes and "here 0.5 to 0.5" in notes
+    # The link to the instance's parameters.
+    link = ws.cell(row=4, column=2).hyperlink
+    assert link is not None and link.location == "'parameters'!A3"
+    params = wb["parameters"]
+    assert params["A3"].value == 2 and [c.value for c in params[1]][:3] == ["ID", "comment_1", "comment_2"]
+    folds = wb["folds"]
+    fold_header = [c.value for c in folds[1]]
+    assert folds.max_row == 1 + 3 + 3 + 3 + 2 + 1
+    assert {"ID", "fold", "test_acc", "val_f1", "train_loss", "test_items"} <= set(fold_header)
+    assert folds.cell(row=2, column=fold_header.index("test_items") + 1).value == "it1 it2"
+
+
+def test_csv_tables_and_load_results(crafted):
+    import pandas as pd
+
+    import xvalkit
+
+    assert xval("report", crafted.folder, "--no-plots").exit_code == 0
+    results = pd.read_csv(crafted.folder / "results.csv")
+    summary = pd.read_csv(crafted.folder / "summary.csv")
+    assert len(results) == 12 and len(summary) == 6
+    assert {"ID", "fold", "test_acc", "param_learning_rate", "status"} <= set(results.columns)
+    assert {"ID", "status", "folds_done", "test_mean_acc", "test_std_acc", "significance", "p_value",
+            "param_seed"} <= set(summary.columns)
+    loaded = xvalkit.load_results(crafted.folder)
+    folds, table = loaded
+    assert list(folds["ID"]) == list(results["ID"]) and list(table["ID"]) == [1, 2, 3, 4, 5, 6]
+    assert table.set_index("ID").loc[2, "significance"] == SAME
+    assert folds.loc[folds["ID"] == 1, "test_acc"].tolist() == [0.8, 0.9, 1.0]
+    assert not (crafted.folder / "plots").exists()
+
+
+def test_importing_xvalkit_stays_light():
+    code = "import sys, xvalkit; assert 'pandas' not in sys.modules; print(callable(xvalkit.load_results))"
+    proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
+
+
+def test_regression_lowest_rmse_is_best(tmp_path):
+    store = ExperimentStore(tmp_path / "exp" / "demo_pitch" / "experiment_2", "demo_pitch", 2)
+    save(store, 1, [0.30, 0.40], "regression", num_folds=2)
+    save(store, 2, [0.20, 0.25], "regression", num_folds=2)
+    assert xval("report", store.folder, "--no-plots").exit_code == 0
+    _, ws, names, rows = read_summary(store)
+    col = {n: i for i, n in enumerate(names)}
+    for title, best_id in (("RMSE test mean", 2), ("R² test mean", 2), ("MAE test std", 2)):
+        j = col[title]
+        assert [is_filled(ws, i + 3, j + 1, "C6EFCE") for i in range(2)] == [best_id == 1, best_id == 2], title
+    assert {r[0]: r[col["RMSE (test) vs best verdict"]] for r in rows}[2] == "best"
+
+
+def test_plots_are_drawn_and_embedded(crafted):
+    from openpyxl import load_workbook
+
+    assert xval("report", crafted.folder).exit_code == 0
+    plots = sorted(p.name for p in (crafted.folder / "plots").iterdir())
+    assert plots == ["demo_exp1_run1.png", "demo_exp1_run2.png", "demo_exp1_run3.png", "demo_exp1_run4.png",
+                     "demo_exp1_run6.png", "demo_exp1_test_acc.png"]
+    assert all((crafted.folder / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert len(load_workbook(crafted.spreadsheet_path)["plots"]._images) == 6
+    assert not list(crafted.folder.rglob(".*.tmp*"))
+
+
+def test_curve_stats_with_early_stopping():
+    from xvalkit.reporting.plots import curve_stats
+
+    epochs, mean, std = curve_stats([[1.0, 2.0, 3.0], [3.0, 4.0]])
+    assert list(epochs) == [1, 2, 3] and list(mean) == [2.0, 3.0, 3.0]
+    assert std[0] == pytest.approx(math.sqrt(2)) and std[2] == 0.0
+
+
+# --- resolving EXP ------------------------------------------------------------------------------
+def test_report_resolves_module_name_and_folder(tmp_path, monkeypatch):
+    path = write_experiment(tmp_path / "experiments", {1: instance("a")}, name="exp7")
+    folder = path.parent / "results" / "demo" / "experiment_1"
+    store = ExperimentStore(folder, "demo", 1)
+    save(store, 1, [0.5, 0.6, 0.7])
+    monkeypatch.chdir(tmp_path)
+    for target in ("exp7", "experiments/exp7.py", str(folder)):
+        store.spreadsheet_path.unlink(missing_ok=True)
+        result = xval("report", target, "--no-plots")
+        assert result.exit_code == 0, (target, result.output)
+        assert store.spreadsheet_path.is_file()
+    for target, message in (("nope", "not an experiment module"), (str(tmp_path), "no results/ in it")):
+        result = xval("report", target)
+        assert result.exit_code == 2 and message in result.output
+        assert len(result.output.strip().splitlines()) <= 2
+
+
+def test_config_sets_the_level_and_main_metric(crafted, tmp_path):
+    config = tmp_path / "r.ini"
+    config.write_text('[report]\nsignificance_level = 0.2\nmain_metric_classification = "test_f1"\n')
+    assert xval("report", crafted.folder, "--no-plots", "--config", config).exit_code == 0
+    _, ws, names, rows = read_summary(crafted)
+    verdicts = {r[0]: r[names.index("F1 (test) vs best verdict")] for r in rows}
+    assert verdicts[2] == DIFFERENT  # f1 = acc - 0.01: the same p = 0.16, now below the level 0.2
+    assert verdicts[4] == SAME  # p = 0.39
+    config.write_text("[report]\nsignificance_level = 5\n")
+    result = xval("report", crafted.folder, "--no-plots", "--config", config)
+    assert result.exit_code == 2 and "significance_level = 5" in result.output
+
+
+# --- a real run, then the report ----------------------------------------------------------------
+def test_real_run_then_report(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.5")},
+                            num_folds=2, global_parameters=[p for p in TINY if not p.startswith("num_epochs")] + ["num_epochs=2"])
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    folder = path.parent / "results" / "demo" / "experiment_1"
+    # The run's last refresh drew the plots.
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == [
+        "demo_exp1_run1.png", "demo_exp1_run2.png", "demo_exp1_test_acc.png"]
+    result = xval("report", path, "--config", config_file)
+    assert result.exit_code == 0, result.output
+    store = ExperimentStore(folder, "demo", 1)
+    wb, ws, names, rows = read_summary(store)
+    assert [r[0] for r in rows] == [1, 2] and "parameters that differ dropout" in names
+    col = names.index("accuracy test mean")
+    values = [r[col] for r in rows]
+    assert [is_filled(ws, i + 3, col + 1, "C6EFCE") for i in range(2)] == [v == max(values) for v in values]
+    verdicts = sorted(r[names.index("accuracy (test) vs best verdict")] for r in rows)
+    assert verdicts[0] == "best" and verdicts[1] in (SAME, DIFFERENT)
+    folds, summary = __import__("xvalkit").load_results(folder)
+    assert len(folds) == 4 and len(summary) == 2
+    assert np.allclose(sorted(summary["test_mean_acc"]), sorted(values))
+
+
+@pytest.mark.skipif(not (shutil.which("soffice") or shutil.which("libreoffice")), reason="LibreOffice not installed")
+def test_workbook_converts_with_libreoffice(crafted, tmp_path):
+    assert xval("report", crafted.folder).exit_code == 0
+    office = shutil.which("soffice") or shutil.which("libreoffice")
+    proc = subprocess.run([office, "--headless", "--convert-to", "csv", "--outdir", str(tmp_path / "out"),
+                           str(crafted.spreadsheet_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "demo_exp1_results.csv").read_text()
+    assert "comment_1" in text and "partial (2/3 folds)" in text
