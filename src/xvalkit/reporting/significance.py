@@ -66,9 +66,9 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
 def fold_sizes(record: Mapping[str, Any], datapoints_per_item: float) -> tuple[float, float]:
     """(n_test, n_train) of one fold record, in datapoints.
 
-    n_test is len(test_true), exact. The training size is not stored per fold: it is `n_train` if a
-    record has it, else len(train_items) x the mean datapoints per item of the experiment's test
-    sets (exact when items have equal sizes; the test sets of k >= 2 folds cover every item once).
+    Exact from the record's `n_test` / `n_train` (every fold trained by xvalkit records them). For
+    records without them: len(test_true), and len(train_items) x the mean datapoints per item of
+    the experiment's test sets (exact when items have equal sizes).
     """
     n_test = float(record.get("n_test", len(record["test_true"])))
     n_train = float(record.get("n_train", len(record["train_items"]) * datapoints_per_item))
