@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from .conftest import instance, write_experiment
-from .test_run import exp_folder, load_results, xval
+from .test_run import exp_folder, load_results, summary_header, xval
 
 TWO_BY_TWO = {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.3")}
 
@@ -193,5 +193,7 @@ def test_ray_backend_on_loopback(tmp_path, config_file, local_ray):
     assert len(folds) == 4 and all(f["pid"] != os.getpid() for f in folds.values())
     from openpyxl import load_workbook
 
-    rows = list(load_workbook(exp_folder(path) / "demo_exp1_results.xlsx")["summary"].iter_rows(min_row=2, values_only=True))
+    ws = load_workbook(exp_folder(path) / "demo_exp1_results.xlsx")["summary"]
+    rows = list(ws.iter_rows(min_row=3, max_row=4, values_only=True))  # below the two header rows
     assert [r[0] for r in rows] == [1, 2]
+    assert [r[summary_header(ws).index("status")] for r in rows] == ["done", "done"]
