@@ -15,6 +15,8 @@ import numpy as np
 from ..fold_data import FoldData
 
 MODEL_EXTENSIONS = {"keras": ".hdf5", "torch": ".pt"}
+# The metric of the histories besides the loss ('accuracy' / 'val_accuracy', 'mae' / 'val_mae').
+METRICS = {"classification": "accuracy", "regression": "mae"}
 
 
 @dataclass

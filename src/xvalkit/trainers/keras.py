@@ -7,10 +7,9 @@ import numpy as np
 from .. import atomic
 from ..devices import import_keras, keras_device
 from ..models import build_model
-from . import TrainJob, TrainOutput
+from . import METRICS, TrainJob, TrainOutput
 
 LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
-METRICS = {"classification": "accuracy", "regression": "mae"}
 
 
 def make_optimizer(keras, name: str, learning_rate: float):
