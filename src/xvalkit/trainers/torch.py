@@ -30,10 +30,11 @@ import numpy as np
 
 from .. import atomic
 from ..devices import torch_device
-from ..models import build_model, model_defaults
-from . import METRICS, TrainJob, TrainOutput
+from ..models import model_defaults
+from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
 
 FORMAT_VERSION = 1
+GPU_SET_BYTES = 2 * 1024**3
 
 
 def device_name() -> str:
@@ -43,13 +44,7 @@ def device_name() -> str:
 def _build(model_fn, input_shape, outputs: int, task_type: str, params: dict):
     from torch import nn
 
-    model = build_model(model_fn, input_shape, outputs, task_type, params)
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model function {model_fn.__name__} returned a {type(model).__name__}, not a torch.nn.Module "
-            "(set framework=\"keras\" for a Keras model)"
-        )
-    return model
+    return build_checked(model_fn, input_shape, outputs, task_type, params, nn.Module, "torch.nn.Module", "keras")
 
 
 def check_model(model_fn, input_shape, outputs: int, task_type: str, params: dict) -> None:
@@ -58,9 +53,7 @@ def check_model(model_fn, input_shape, outputs: int, task_type: str, params: dic
 
     model = _build(model_fn, input_shape, outputs, task_type, params).eval()
     with torch.no_grad():
-        out = model(torch.zeros((1,) + tuple(input_shape)))
-    if tuple(out.shape) != (1, outputs):
-        raise ValueError(f"the model outputs shape {tuple(out.shape)[1:]}, expected ({outputs},)")
+        check_output_shape(model(torch.zeros((1,) + tuple(input_shape))).shape, outputs)
 
 
 def regularized_parameters(model) -> list:
@@ -126,7 +119,9 @@ def item_batches(set_data, *, streaming: bool, device: str):
         def __init__(self):
             if not streaming:
                 x, y = set_data.arrays()
-                self.x, self.y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                # On a GPU a set up to GPU_SET_BYTES lives there: batches are gathered on the device.
+                where = device if x.nbytes <= GPU_SET_BYTES else "cpu"
+                self.x, self.y = torch.from_numpy(x).to(where), torch.from_numpy(y).to(where)
 
         def __len__(self):
             return len(set_data)
