@@ -1,8 +1,21 @@
+"""xvalkit: grouped k-fold cross-validation experiments for Keras and PyTorch.
+
+- `xvalkit.load_model(path)` reloads a saved fold model (.hdf5 or .pt); `xvalkit.predict(path, x)`
+  predicts on raw features with the fold's normalisation (see xvalkit.loading).
+- `xvalkit.load_results(folder)` returns an experiment's results as pandas DataFrames.
+
+Importing xvalkit imports no framework and no pandas: these are looked up on first use.
+"""
+
 __version__ = "0.1.0"
+__all__ = ["load_model", "predict", "load_results"]
 
 
 def __getattr__(name: str):
-    # Lazy: `import xvalkit` stays light (no pandas) until load_results is used.
+    if name in ("load_model", "predict"):
+        from . import loading
+
+        return getattr(loading, name)
     if name == "load_results":
         from .report import load_results
 

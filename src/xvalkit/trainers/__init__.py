@@ -15,6 +15,8 @@ import numpy as np
 from ..fold_data import FoldData
 
 MODEL_EXTENSIONS = {"keras": ".hdf5", "torch": ".pt"}
+# The metric of the histories besides the loss ('accuracy' / 'val_accuracy', 'mae' / 'val_mae').
+METRICS = {"classification": "accuracy", "regression": "mae"}
 
 
 @dataclass
@@ -38,6 +40,26 @@ class TrainOutput:
     best_epoch: int  # 1-based
     device: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_checked(model_fn: Callable, input_shape, outputs: int, task_type: str, params: dict,
+                  model_type: type, type_name: str, other_framework: str):
+    """Call the model function (models.build_model) and check that it made a `model_type`."""
+    from ..models import build_model
+
+    model = build_model(model_fn, input_shape, outputs, task_type, params)
+    if not isinstance(model, model_type):
+        raise TypeError(
+            f"model function {model_fn.__name__} returned a {type(model).__name__}, not a {type_name} "
+            f"(set framework=\"{other_framework}\" for a {other_framework} model)"
+        )
+    return model
+
+
+def check_output_shape(shape, outputs: int) -> None:
+    """check_model's test of one datapoint's output: (1, outputs)."""
+    if tuple(shape) != (1, outputs):
+        raise ValueError(f"the model outputs shape {tuple(shape)[1:]}, expected ({outputs},)")
 
 
 def trainer_for(framework: str):

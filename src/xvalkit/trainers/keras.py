@@ -6,11 +6,9 @@ import numpy as np
 
 from .. import atomic
 from ..devices import import_keras, keras_device
-from ..models import build_model
-from . import TrainJob, TrainOutput
+from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
 
 LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
-METRICS = {"classification": "accuracy", "regression": "mae"}
 
 
 def make_optimizer(keras, name: str, learning_rate: float):
@@ -47,13 +45,7 @@ def device_name() -> str:
 
 
 def _build(keras, model_fn, input_shape, outputs: int, task_type: str, params: dict):
-    model = build_model(model_fn, input_shape, outputs, task_type, params)
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"model function {model_fn.__name__} returned a {type(model).__name__}, not a keras.Model "
-            "(set framework=\"torch\" for a torch model)"
-        )
-    return model
+    return build_checked(model_fn, input_shape, outputs, task_type, params, keras.Model, "keras.Model", "torch")
 
 
 def check_model(model_fn, input_shape, outputs: int, task_type: str, params: dict) -> None:
@@ -61,9 +53,7 @@ def check_model(model_fn, input_shape, outputs: int, task_type: str, params: dic
     keras = import_keras()
     keras.backend.clear_session()
     model = _build(keras, model_fn, input_shape, outputs, task_type, params)
-    out = model(np.zeros((1,) + tuple(input_shape), dtype=np.float32))
-    if tuple(out.shape) != (1, outputs):
-        raise ValueError(f"the model outputs shape {tuple(out.shape)[1:]}, expected ({outputs},)")
+    check_output_shape(model(np.zeros((1,) + tuple(input_shape), dtype=np.float32)).shape, outputs)
 
 
 def build(job: TrainJob):

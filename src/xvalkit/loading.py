@@ -1,0 +1,125 @@
+"""Reloading saved fold models: `load_model(path)` for a `.hdf5` (Keras) or a `.pt` (torch).
+
+A saved model expects what it was trained on: inputs normalised with the statistics of its fold's
+training items, then reshaped for its `reshaping_type` ('conv' adds a trailing channel axis). The
+model files do not apply that themselves, so either
+
+- call `predict(path, x)` on raw features (n, time, frequency): it normalises with the fold's
+  statistics (stored in the `.pt`; for a `.hdf5` read from the results pickle beside the models
+  folder), reshapes, and returns class probabilities or regression outputs for both frameworks; or
+- call `preprocessing(path)` for the (normalisation, reshaping_type) and feed the model yourself.
+
+A torch model returned by `load_model` is in eval mode on the CPU and outputs logits (apply a softmax
+for probabilities); a Keras one outputs probabilities.
+
+    >>> model = load_model("results/demo/experiment_1/models/demo_exp1_run2_fold1.pt")  # doctest: +SKIP
+    >>> proba = predict("results/demo/experiment_1/models/demo_exp1_run2_fold1.pt", x)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KERAS_SUFFIXES = (".hdf5", ".h5", ".keras")
+_MODEL_NAME = re.compile(r"^(?P<dataset>.+)_exp(?P<exp>\d+)_run(?P<run>\d+)_fold(?P<fold>\d+)$")
+
+
+def _checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data only, no code runs
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "xvalkit-torch":
+        raise ValueError(f"{path} is not a model saved by xvalkit's torch trainer")
+    return checkpoint
+
+
+def load_model(path: str | Path, models_module: str | Path | None = None):
+    """The model saved at `path`, ready to predict on normalised, reshaped inputs (module docstring).
+
+    `.pt`: the architecture is rebuilt from the model registry with the saved parameters, input
+    shape and outputs, then the state_dict is loaded. A model from a user's models module is looked
+    up in `models_module` when given, else in the module's path recorded at training time.
+    `.hdf5` / `.h5` / `.keras`: keras.models.load_model(compile=False).
+    """
+    path = Path(path)
+    if path.suffix in KERAS_SUFFIXES:
+        from .devices import import_keras
+
+        return import_keras().models.load_model(path, compile=False)
+    if path.suffix != ".pt":
+        raise ValueError(f"{path}: expected a .hdf5, .h5, .keras or .pt model file")
+    from .experiment import import_file
+    from .models import build_model, model_function
+
+    checkpoint = _checkpoint(path)
+    module_path = models_module or checkpoint.get("models_module")
+    user_module = None
+    if module_path is not None:
+        if not Path(module_path).is_file():
+            raise FileNotFoundError(
+                f"{path} was trained with a model from {module_path}, which is not there: pass models_module="
+            )
+        user_module = import_file(Path(module_path), "models")
+    fn = model_function("torch", checkpoint["architecture"], user_module, str(path))
+    model = build_model(fn, checkpoint["input_shape"], checkpoint["num_outputs"], checkpoint["task_type"],
+                        checkpoint["parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def _results_record(path: Path) -> tuple[dict, dict]:
+    """(instance results, fold record) of a model file, from the results pickle of its experiment."""
+    match = _MODEL_NAME.match(path.stem)
+    if match is None:
+        raise ValueError(f"{path.name} is not named <dataset>_exp<N>_run<R>_fold<F>")
+    results_path = path.resolve().parent.parent / "results" / (
+        f"results_{match['dataset']}_exp{match['exp']}_run{match['run']}.pkl")
+    with open(results_path, "rb") as handle:
+        results = pickle.load(handle)
+    return results, results["folds"][int(match["fold"])]
+
+
+def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
+    """({'mean', 'std'} of the fold's training items or None, reshaping_type) of a saved model."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        checkpoint = _checkpoint(path)
+        norm = checkpoint["normalization"]
+        stats = None if norm is None else {k: v.numpy() for k, v in norm.items()}
+        return stats, checkpoint["reshaping_type"]
+    results, record = _results_record(path)
+    return record.get("normalization"), results["parameters"]["reshaping_type"]
+
+
+def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str) -> np.ndarray:
+    """Raw features (n, time, frequency) -> the model's inputs (as FoldData.prepare does)."""
+    from .fold_data import model_input_shape
+
+    x = np.asarray(x, dtype=np.float32)
+    if normalization is not None:
+        x = (x - normalization["mean"]) / normalization["std"]
+    return x.reshape((len(x),) + model_input_shape(x.shape[1:], reshaping_type)).astype(np.float32, copy=False)
+
+
+def predict(path: str | Path, x: np.ndarray, models_module: str | Path | None = None,
+            batch_size: int = 256) -> np.ndarray:
+    """Class probabilities or regression outputs of the model at `path` for raw features `x`."""
+    path = Path(path)
+    inputs = prepare(x, *preprocessing(path))
+    model = load_model(path, models_module)
+    if path.suffix != ".pt":
+        return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
+    import torch
+
+    softmax = _checkpoint(path)["task_type"] == "classification"
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            out = model(torch.from_numpy(inputs[start:start + batch_size])).float()
+            outputs.append(torch.softmax(out, dim=1) if softmax else out)
+    return torch.cat(outputs).numpy()

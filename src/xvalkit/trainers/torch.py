@@ -1,0 +1,351 @@
+"""The PyTorch trainer, at parity with trainers/keras.py.
+
+Same contract: `device_name()`, `check_model(...)`, `fit_predict(job) -> TrainOutput` with the same
+history keys as Keras (loss / accuracy / val_loss / val_accuracy, or loss / mae / val_loss /
+val_mae), predictions as class probabilities (softmax of the model's logits) or regression outputs,
+the best epoch on `save_best_model_metric` restored before predicting (Keras' EarlyStopping rules:
+stop after `patience` epochs without improvement), the model saved atomically as a `.pt`.
+
+- Losses: CrossEntropyLoss on int64 class indices; MSELoss on float32 (n, outputs) targets.
+- L2: Keras' L2(λ) adds λ·Σw² to the loss (gradient 2λw); torch's weight_decay=wd adds wd·w to the
+  gradient, so wd = 2λ gives the same penalty. It is applied, as in the Keras models, to the kernels
+  of conv / dense layers and the input kernels of recurrent layers (not biases, BatchNorm, recurrent
+  kernels). The logged loss / val_loss add λ·Σw², as Keras' do, so histories compare.
+- Batches: a DataLoader whose sampler yields whole batches of indices (seeded torch.Generator for the
+  shuffling); in memory the arrays are tensors (on the GPU when training there), with
+  `generator=True` each batch is read from the per-item arrays (SetData.batch), nothing concatenated.
+- TensorBoard: <log_dir>/train and <log_dir>/validation with the tags Keras' callback writes
+  (epoch_loss, epoch_accuracy or epoch_mae), written without importing TensorFlow.
+- Seeds: Python, numpy and torch seeded with job.seed; on the CPU the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import atomic
+from ..devices import torch_device
+from ..models import model_defaults
+from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
+
+FORMAT_VERSION = 1
+GPU_SET_BYTES = 2 * 1024**3
+
+
+def device_name() -> str:
+    return torch_device()[1]
+
+
+def _build(model_fn, input_shape, outputs: int, task_type: str, params: dict):
+    from torch import nn
+
+    return build_checked(model_fn, input_shape, outputs, task_type, params, nn.Module, "torch.nn.Module", "keras")
+
+
+def check_model(model_fn, input_shape, outputs: int, task_type: str, params: dict) -> None:
+    """Build the model once and run one datapoint through it (raises if it cannot be built)."""
+    import torch
+
+    model = _build(model_fn, input_shape, outputs, task_type, params).eval()
+    with torch.no_grad():
+        check_output_shape(model(torch.zeros((1,) + tuple(input_shape))).shape, outputs)
+
+
+def regularized_parameters(model) -> list:
+    """The weights a Keras twin would give a kernel_regularizer (see the module docstring)."""
+    from torch import nn
+
+    chosen = []
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            chosen.append(module.weight)
+        elif isinstance(module, nn.RNNBase):
+            chosen += [p for name, p in module.named_parameters() if name.startswith("weight_ih")]
+    return chosen
+
+
+def l2_factor(model_fn, params: dict) -> float:
+    """λ of the model, when its function declares `regularization_lambda`; else no penalty."""
+    return float(params.get("regularization_lambda", 0.0)) if "regularization_lambda" in model_defaults(model_fn) else 0.0
+
+
+def make_optimizer(model, name: str, learning_rate: float, l2: float):
+    """The optimiser, with weight decay 2λ on the regularised weights only, Keras' default epsilons."""
+    import torch
+
+    decayed = {id(p) for p in regularized_parameters(model)}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": 2.0 * l2},
+        {"params": [p for p in model.parameters() if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=learning_rate, eps=1e-7)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=learning_rate, alpha=0.9, eps=1e-7)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate)
+    raise ValueError(f"optimizer={name!r} is not one of 'adam', 'sgd', 'rmsprop'")
+
+
+def build(job: TrainJob, device: str = "cpu"):
+    """(model on `device`, optimiser, λ) for this fold's input shape."""
+    p = job.params
+    model = _build(job.model_fn, job.data.input_shape, job.data.num_outputs, job.task_type, p).to(device)
+    l2 = l2_factor(job.model_fn, p)
+    return model, make_optimizer(model, p["optimizer"], p["learning_rate"], l2), l2
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def item_batches(set_data, *, streaming: bool, device: str):
+    """A map-style dataset indexed by a whole batch of positions: tensors held in memory (on
+    `device`), or, streaming, each batch gathered from the per-item arrays (SetData.batch)."""
+    import torch
+    from torch.utils.data import Dataset
+
+    class Batches(Dataset):
+        def __init__(self):
+            if not streaming:
+                x, y = set_data.arrays()
+                # On a GPU a set up to GPU_SET_BYTES lives there: batches are gathered on the device.
+                where = device if x.nbytes <= GPU_SET_BYTES else "cpu"
+                self.x, self.y = torch.from_numpy(x).to(where), torch.from_numpy(y).to(where)
+
+        def __len__(self):
+            return len(set_data)
+
+        def __getitem__(self, index):
+            if streaming:
+                x, y = set_data.batch(np.asarray(index))
+                return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y))
+            index = torch.as_tensor(index, device=self.x.device)
+            return self.x[index], self.y[index]
+
+    return Batches()
+
+
+def loader(batches, batch_size: int, *, shuffle: bool = False, seed: int = 0, pin_memory: bool = False):
+    """A DataLoader whose sampler yields whole batches of indices (seeded shuffling)."""
+    import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    order = RandomSampler(batches, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(batches)
+    return DataLoader(batches, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      pin_memory=pin_memory)
+
+
+class EarlyStopping:
+    """Keras' EarlyStopping(restore_best_weights=True): remember the best epoch's state on `monitor`;
+    stop once `patience` epochs in a row did not improve on it."""
+
+    def __init__(self, monitor: str, mode: str, patience: int):
+        self.monitor, self.patience = monitor, patience
+        self.better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+        self.best = float("inf") if mode == "min" else float("-inf")
+        self.best_epoch, self.best_state, self.wait = 0, None, 0
+
+    def update(self, epoch: int, logs: dict, snapshot) -> bool:
+        """After `epoch` (1-based): keep `snapshot()` if it is the best so far; True to stop."""
+        current = logs.get(self.monitor)
+        if current is None:
+            return False
+        self.wait += 1
+        if self.best_state is None or self.better(current, self.best):
+            self.best, self.best_epoch, self.best_state, self.wait = current, epoch, snapshot(), 0
+            return False
+        return self.wait >= self.patience and epoch > 1
+
+
+class ScalarLog:
+    """TensorBoard scalars in <log_dir>/<name>, the event-file format, without TensorFlow."""
+
+    def __init__(self, folder: Path):
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event = event_pb2
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.xvalkit.{id(self)}.v2"
+        self._writer = RecordWriter(open(folder / name, "wb"))
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        self._writer.write(event.SerializeToString())
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
+                                             for tag, v in values.items()])
+        self._write(self._event.Event(wall_time=time.time(), step=step, summary=summary))
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _Epoch:
+    """Sample-weighted sums of the loss and the metric over one pass, kept on the device."""
+
+    def __init__(self, task_type: str):
+        self.task_type, self.loss, self.metric, self.count = task_type, 0.0, 0.0, 0
+
+    def add(self, loss, out, y) -> None:
+        import torch
+
+        n = len(y)
+        with torch.no_grad():
+            self.loss = self.loss + loss.detach().float() * n
+            if self.task_type == "classification":
+                self.metric = self.metric + (out.argmax(dim=1) == y).sum()
+            else:
+                self.metric = self.metric + (out.float() - y).abs().mean(dim=1).sum()
+        self.count += n
+
+    def values(self) -> tuple[float, float]:
+        return float(self.loss) / self.count, float(self.metric) / self.count
+
+
+def _penalty(weights, l2: float) -> float:
+    import torch
+
+    if not l2 or not weights:
+        return 0.0
+    with torch.no_grad():
+        return float(l2 * sum(w.float().square().sum() for w in weights))
+
+
+def _run_pass(model, batches, loss_fn, task_type: str, device: str, amp: bool, optimizer=None, scaler=None) -> _Epoch:
+    import torch
+
+    epoch = _Epoch(task_type)
+    training = optimizer is not None
+    model.train(training)
+    with torch.set_grad_enabled(training):
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast("cuda", enabled=amp):
+                out = model(x)
+            loss = loss_fn(out.float(), y)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            epoch.add(loss, out, y)
+    return epoch
+
+
+def predict(model, batches, task_type: str, device: str, amp: bool = False) -> np.ndarray:
+    """Class probabilities (softmax of the logits) or regression outputs, float32."""
+    import torch
+
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for x, _ in batches:
+            with torch.autocast("cuda", enabled=amp):
+                out = model(x.to(device, non_blocking=True)).float()
+            outputs.append(torch.softmax(out, dim=1) if task_type == "classification" else out)
+    return torch.cat(outputs).cpu().numpy().astype(np.float32)
+
+
+def _model_source(model_fn) -> str | None:
+    """The user's models module a model function comes from (None for the built-ins)."""
+    import inspect
+
+    if model_fn.__module__ == "xvalkit.models.torch_models":
+        return None
+    try:
+        return str(Path(inspect.getfile(model_fn)).resolve())
+    except (TypeError, OSError):
+        return None
+
+
+def save(job: TrainJob, model) -> None:
+    """The state_dict and what rebuilds the model (see xvalkit.loading), atomically."""
+    import torch
+
+    p = job.params
+    norm = job.data.normalizer
+    payload = {
+        "format": "xvalkit-torch", "format_version": FORMAT_VERSION,
+        "architecture": p["architecture"],
+        "parameters": {k: p[k] for k in model_defaults(job.model_fn) if k in p},
+        "input_shape": tuple(int(n) for n in job.data.input_shape),
+        "num_outputs": int(job.data.num_outputs),
+        "task_type": job.task_type,
+        "reshaping_type": p["reshaping_type"],
+        "models_module": _model_source(job.model_fn),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "normalization": None if norm is None else {"mean": torch.from_numpy(np.asarray(norm.mean)),
+                                                    "std": torch.from_numpy(np.asarray(norm.std))},
+    }
+    with atomic.atomic_path(job.model_path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def fit_predict(job: TrainJob) -> TrainOutput:
+    import torch
+
+    seed_everything(job.seed)
+    device, description = torch_device()
+    p = job.params
+    amp = bool(p.get("mixed_precision")) and device.startswith("cuda")
+    if p.get("mixed_precision") and not amp:
+        print("mixed_precision=True is ignored on the CPU (torch autocast is used on a GPU only)", file=sys.stderr)
+    model, optimizer, l2 = build(job, device)
+    weights = regularized_parameters(model)
+    loss_fn = torch.nn.CrossEntropyLoss() if job.task_type == "classification" else torch.nn.MSELoss()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    data, batch_size = job.data, p["batch_size"]
+    pin = job.generator and device.startswith("cuda")
+    sets = {name: item_batches(s, streaming=job.generator, device="cpu" if job.generator else device)
+            for name, s in data.sets().items()}
+    train_batches = loader(sets["train"], batch_size, shuffle=True, seed=job.seed, pin_memory=pin)
+    val_batches = loader(sets["val"], batch_size, pin_memory=pin)
+    metric = METRICS[job.task_type]
+    logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
+    boards = {"": ScalarLog(logs_dir / "train"), "val_": ScalarLog(logs_dir / "validation")} if logs_dir else {}
+    history: dict[str, list[float]] = {"loss": [], metric: [], "val_loss": [], f"val_{metric}": []}
+    stopper = EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"], p["patience"])
+    try:
+        for epoch in range(1, p["num_epochs"] + 1):
+            train = _run_pass(model, train_batches, loss_fn, job.task_type, device, amp, optimizer, scaler)
+            train_loss, train_metric = train.values()
+            # Keras logs the training loss with the penalty at each batch's weights; the end-of-epoch
+            # weights are close enough for a log (the gradient itself uses the exact penalty).
+            val_loss, val_metric = _run_pass(model, val_batches, loss_fn, job.task_type, device, amp).values()
+            penalty = _penalty(weights, l2)
+            logs = {"loss": train_loss + penalty, metric: train_metric,
+                    "val_loss": val_loss + penalty, f"val_{metric}": val_metric}
+            for key, value in logs.items():
+                history[key].append(value)
+            for prefix, board in boards.items():
+                board.scalars(epoch - 1, {f"epoch_{k}": logs[prefix + k] for k in ("loss", metric)})
+            if job.on_epoch is not None:
+                job.on_epoch(epoch, dict(logs))
+            if stopper.update(epoch, logs, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}):
+                break
+    finally:
+        for board in boards.values():
+            board.close()
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+    predictions = {name: predict(model, loader(batches, batch_size, pin_memory=pin), job.task_type, device, amp)
+                   for name, batches in sets.items()}
+    save(job, model)
+    epochs = len(history["loss"])
+    return TrainOutput(history, predictions, epochs, stopper.best_epoch or epochs, description)
