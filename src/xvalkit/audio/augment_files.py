@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .. import atomic
 from ..errors import XvalError
 from .augment import AugmentSpec, augment, impulse_response_files, peak_normalize
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
+from .runtime import limit_threads  # one BLAS thread per worker: oversubscription measured 2x slower
 
 LOG_NAME = "augment_log.json"
 # 24-bit PCM, not float: libsndfile stamps float wavs with the time of writing (PEAK chunk), which
@@ -151,17 +151,6 @@ def augment_file(task: FileTask) -> dict[str, Any]:
     return {"file": task.relative, "sample_rate": sr, "seconds": audio.size / sr, "outputs": outputs}
 
 
-def _limit_threads() -> None:
-    """Worker start: one BLAS/OpenMP thread each (on 2 cores oversubscription measured 2x slower)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(1)
-
-
 def run_augment(
     in_dir: Path, out_dir: Path, n: int, spec: AugmentSpec, seed: int | None = None,
     jobs: int = 1, overwrite: bool = False, console=None,
@@ -182,7 +171,7 @@ def run_augment(
     start = time.perf_counter()
     jobs = min(jobs, len(tasks))
     # The pool forks before the progress bar starts its refresh thread.
-    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_limit_threads) if jobs > 1 else None
+    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=limit_threads) if jobs > 1 else None
     try:
         results = pool.imap_unordered(augment_file, tasks) if pool else map(augment_file, tasks)
         columns = (TextColumn("augmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
