@@ -140,6 +140,16 @@ def coerce(name: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
+def differing_parameters(params: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Names of the parameters whose values are not the same in every dict (comments aside), in the
+    order they first appear."""
+    params = list(params)
+    names: list[str] = []
+    for p in params:
+        names += [k for k in p if k not in names and k not in ("comment_1", "comment_2")]
+    return [k for k in names if len({repr(p.get(k, "<unset>")) for p in params}) > 1]
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -25,7 +25,7 @@ from .folds import Fold, plan_folds
 from .jobs import FoldJob
 from .progress import ProgressView
 from .snapshot import provenance, write_snapshot
-from .store import ExperimentStore
+from .store import ExperimentStore, error_line
 from .trainers import trainer_for
 
 
@@ -214,8 +214,7 @@ class RunListener:
     def failed(self, job: FoldJob, error: str) -> None:
         self.running.pop(job.key, None)
         self.view.ended(job)
-        lines = [line for line in error.strip().splitlines() if line.strip()]
-        line = lines[-1] if lines else "unknown error"
+        line = error_line(error)
         first = job.instance not in self.summary.failed
         self.summary.failed.setdefault(job.instance, line)
         text = f"{job.label}\n{error}"

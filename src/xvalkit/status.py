@@ -7,17 +7,12 @@ from rich.table import Table
 
 from .executors import plan_slots
 from .experiment import Experiment
-from .store import ExperimentStore
+from .params import differing_parameters
+from .store import ExperimentStore, error_line
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping of the tables
     console = Console(highlight=False, width=200)
-
-
-def differing_parameters(params: list[dict]) -> list[str]:
-    """Names of the parameters whose values are not the same in every instance (comments aside)."""
-    names = sorted({k for p in params for k in p} - {"comment_1", "comment_2"})
-    return [n for n in names if len({repr(p.get(n, "<unset>")) for p in params}) > 1]
 
 
 def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int) -> None:
@@ -61,10 +56,7 @@ def print_status(exp: Experiment) -> None:
         now = sorted(f for (r, f) in running if r == run)
         pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
         error = store.error_text(run)
-        last_line = ""
-        if error:
-            lines = [line for line in error.strip().splitlines() if line.strip()]
-            last_line = lines[-1][:120] if lines else "failed"
+        last_line = error_line(error, 120) if error else ""
         comment = ""
         if run in exp.instances:
             comment = str(exp.instances[run].get("comment_1", exp.global_parameters.get("comment_1", "")))

@@ -194,6 +194,12 @@ class ExperimentStore:
         shutil.rmtree(self.folder / "tensorboard" / f"run{run}", ignore_errors=True)
 
 
+def error_line(traceback_text: str, width: int | None = None) -> str:
+    """The last non-empty line of a saved traceback ('RuntimeError: ...'), cut to `width`."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown error")[:width]
+
+
 def _read_pickle(path: Path) -> Any:
     try:
         with open(path, "rb") as handle:

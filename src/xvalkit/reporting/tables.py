@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..metrics import HIGHER_IS_BETTER, SETS, metric_names, summarize
-from ..store import ExperimentStore
+from ..params import differing_parameters
+from ..store import ExperimentStore, error_line
 from . import significance as sig
 
 COMMENTS = ("comment_1", "comment_2")
@@ -52,7 +53,7 @@ class InstanceInfo:
 
     @property
     def error_line(self) -> str | None:
-        return self.error.strip().splitlines()[-1][:200] if self.error and self.error.strip() else None
+        return error_line(self.error, 200) if self.error and self.error.strip() else None
 
 
 @dataclass
@@ -103,11 +104,7 @@ def collect(store: ExperimentStore, main_metrics: dict[str, str], level: float) 
 
 def varying_parameters(instances: list[InstanceInfo]) -> list[str]:
     """Names of the parameters whose values differ between instances (comments excluded)."""
-    params = [i.params for i in instances if i.results is not None]
-    names: list[str] = []
-    for p in params:
-        names += [k for k in p if k not in names and k not in COMMENTS]
-    return [k for k in names if len({repr(p.get(k, "<unset>")) for p in params}) > 1]
+    return differing_parameters(i.params for i in instances if i.results is not None)
 
 
 def cell(value: Any) -> Any:
