@@ -70,6 +70,14 @@ class Normalizer:
         return (x - self.mean) / self.std
 
 
+def prepare_inputs(x: np.ndarray, normalizer: Normalizer | None, reshaping_type: str) -> np.ndarray:
+    """Normalise, then reshape: 'conv' adds a channel axis; 'rnn' and 'none' keep (time, features)."""
+    if normalizer is not None:
+        x = normalizer(x)
+    x = x.reshape((len(x),) + model_input_shape(x.shape[1:], reshaping_type))
+    return x.astype(np.float32, copy=False)
+
+
 @dataclass
 class SetData:
     items: list[str]
@@ -118,8 +126,4 @@ class FoldData:
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Normalise, then reshape: 'conv' adds a channel axis; 'rnn' and 'none' keep (time, features)."""
-        if self.normalizer is not None:
-            x = self.normalizer(x)
-        x = x.reshape((len(x),) + model_input_shape(x.shape[1:], self.reshaping_type))
-        return x.astype(np.float32, copy=False)
+        return prepare_inputs(x, self.normalizer, self.reshaping_type)

@@ -18,7 +18,6 @@ for probabilities); a Keras one outputs probabilities.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -38,25 +37,10 @@ def _checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_model(path: str | Path, models_module: str | Path | None = None):
-    """The model saved at `path`, ready to predict on normalised, reshaped inputs (module docstring).
-
-    `.pt`: the architecture is rebuilt from the model registry with the saved parameters, input
-    shape and outputs, then the state_dict is loaded. A model from a user's models module is looked
-    up in `models_module` when given, else in the module's path recorded at training time.
-    `.hdf5` / `.h5` / `.keras`: keras.models.load_model(compile=False).
-    """
-    path = Path(path)
-    if path.suffix in KERAS_SUFFIXES:
-        from .devices import import_keras
-
-        return import_keras().models.load_model(path, compile=False)
-    if path.suffix != ".pt":
-        raise ValueError(f"{path}: expected a .hdf5, .h5, .keras or .pt model file")
+def _torch_model(checkpoint: dict[str, Any], path: Path, models_module: str | Path | None):
     from .experiment import import_file
     from .models import build_model, model_function
 
-    checkpoint = _checkpoint(path)
     module_path = models_module or checkpoint.get("models_module")
     user_module = None
     if module_path is not None:
@@ -72,51 +56,71 @@ def load_model(path: str | Path, models_module: str | Path | None = None):
     return model.eval()
 
 
-def _results_record(path: Path) -> tuple[dict, dict]:
-    """(instance results, fold record) of a model file, from the results pickle of its experiment."""
-    match = _MODEL_NAME.match(path.stem)
-    if match is None:
-        raise ValueError(f"{path.name} is not named <dataset>_exp<N>_run<R>_fold<F>")
-    results_path = path.resolve().parent.parent / "results" / (
-        f"results_{match['dataset']}_exp{match['exp']}_run{match['run']}.pkl")
-    with open(results_path, "rb") as handle:
-        results = pickle.load(handle)
-    return results, results["folds"][int(match["fold"])]
+def load_model(path: str | Path, models_module: str | Path | None = None):
+    """The model saved at `path`, ready to predict on normalised, reshaped inputs (module docstring).
+
+    `.pt`: the architecture is rebuilt from the model registry with the saved parameters, input
+    shape and outputs, then the state_dict is loaded. A model from a user's models module is looked
+    up in `models_module` when given, else in the module's path recorded at training time.
+    `.hdf5` / `.h5` / `.keras`: keras.models.load_model(compile=False).
+    """
+    path = Path(path)
+    if path.suffix in KERAS_SUFFIXES:
+        from .devices import import_keras
+
+        return import_keras().models.load_model(path, compile=False)
+    if path.suffix != ".pt":
+        raise ValueError(f"{path}: expected a .hdf5, .h5, .keras or .pt model file")
+    return _torch_model(_checkpoint(path), path, models_module)
+
+
+def _torch_preprocessing(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str]:
+    norm = checkpoint["normalization"]
+    stats = None if norm is None else {k: v.numpy() for k, v in norm.items()}
+    return stats, checkpoint["reshaping_type"]
 
 
 def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
-    """({'mean', 'std'} of the fold's training items or None, reshaping_type) of a saved model."""
+    """({'mean', 'std'} of the fold's training items or None, reshaping_type) of a saved model.
+
+    For a Keras model they come from its instance's results, in the experiment folder around it.
+    """
+    from .store import ExperimentStore
+
     path = Path(path)
     if path.suffix == ".pt":
-        checkpoint = _checkpoint(path)
-        norm = checkpoint["normalization"]
-        stats = None if norm is None else {k: v.numpy() for k, v in norm.items()}
-        return stats, checkpoint["reshaping_type"]
-    results, record = _results_record(path)
-    return record.get("normalization"), results["parameters"]["reshaping_type"]
+        return _torch_preprocessing(_checkpoint(path))
+    match = _MODEL_NAME.match(path.stem)
+    if match is None:
+        raise ValueError(f"{path.name} is not named <dataset>_exp<N>_run<R>_fold<F>")
+    store = ExperimentStore(path.resolve().parent.parent, match["dataset"], int(match["exp"]))
+    results = store.load_instance(int(match["run"]))
+    if results is None:
+        raise FileNotFoundError(f"{store.results_path(int(match['run']))}: the results of {path.name} are not there")
+    return results["folds"][int(match["fold"])].get("normalization"), results["parameters"]["reshaping_type"]
 
 
 def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str) -> np.ndarray:
     """Raw features (n, time, frequency) -> the model's inputs (as FoldData.prepare does)."""
-    from .fold_data import model_input_shape
+    from .fold_data import Normalizer, prepare_inputs
 
-    x = np.asarray(x, dtype=np.float32)
-    if normalization is not None:
-        x = (x - normalization["mean"]) / normalization["std"]
-    return x.reshape((len(x),) + model_input_shape(x.shape[1:], reshaping_type)).astype(np.float32, copy=False)
+    normalizer = None if normalization is None else Normalizer(normalization["mean"], normalization["std"])
+    return prepare_inputs(np.asarray(x, dtype=np.float32), normalizer, reshaping_type)
 
 
 def predict(path: str | Path, x: np.ndarray, models_module: str | Path | None = None,
             batch_size: int = 256) -> np.ndarray:
     """Class probabilities or regression outputs of the model at `path` for raw features `x`."""
     path = Path(path)
-    inputs = prepare(x, *preprocessing(path))
-    model = load_model(path, models_module)
     if path.suffix != ".pt":
-        return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
+        inputs = prepare(x, *preprocessing(path))
+        return np.asarray(load_model(path).predict(inputs, batch_size=batch_size, verbose=0))
     import torch
 
-    softmax = _checkpoint(path)["task_type"] == "classification"
+    checkpoint = _checkpoint(path)  # read once: preprocessing, model and task type all come from it
+    inputs = prepare(x, *_torch_preprocessing(checkpoint))
+    model = _torch_model(checkpoint, path, models_module)
+    softmax = checkpoint["task_type"] == "classification"
     outputs = []
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
