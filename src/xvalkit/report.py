@@ -81,8 +81,8 @@ def _summary_table(summary: list[dict[str, Any]], parameters: list[dict[str, Any
 def _ratio_note(data) -> str:
     ratios = [m.ratio for m in data.marks.values() if not math.isnan(m.ratio)]
     used = f" (here {min(ratios):.3g} to {max(ratios):.3g})" if ratios else ""
-    return ("n_test/n_train per fold: test datapoints / (training items x mean datapoints per item of the "
-            f"test sets), averaged over the compared folds{used}.")
+    return ("n_test/n_train per fold: the test and training datapoints recorded with each fold (estimated from "
+            f"item counts for older records without them), averaged over the compared folds{used}.")
 
 
 def refresh(store: ExperimentStore, plots: bool = False, config: Config | None = None) -> ReportFiles:
