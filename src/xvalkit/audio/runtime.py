@@ -6,12 +6,21 @@ install cannot write, so every fresh process would compile again. `configure_num
 NUMBA_CACHE_DIR at a per-user folder instead (an existing NUMBA_CACHE_DIR is honoured), so the cost
 is paid once per machine. It must run before numba is first imported, hence before librosa.
 
-`limit_threads` keeps each worker of a process pool on one BLAS/OpenMP thread: two workers that
-each start one BLAS thread per core make MFCC 2x slower, not faster (see shared/MEASURED.md).
+`one_blas_thread_while_pooling` (fork pools) and `limit_threads` (spawned workers) keep each worker
+of a process pool on one BLAS/OpenMP thread: two workers that each start one BLAS thread per core
+make MFCC several times slower, not faster (see shared/MEASURED.md).
+
+`keep_freed_memory` stops glibc from handing every large temporary array back to the kernel:
+by default each array over 128 KiB is a fresh mmap, and the kernel zero-fills its pages again on
+first touch. For 3 s files that is 250-400 page faults per file, 0.4-0.7 ms on top of about 2 ms
+of real work, and how many a process gets depends on its allocation history (forked workers got
+the most). Workers that process thousands of same-sized files should simply reuse their memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import sys
 from pathlib import Path
@@ -52,8 +61,26 @@ def single_thread_environment() -> None:
         os.environ[name] = "1"
 
 
+@contextlib.contextmanager
+def one_blas_thread_while_pooling():
+    """BLAS/OpenMP pools of this process at one thread inside the block, restored after it.
+
+    Start a fork pool inside the block and shut it down before leaving: the workers inherit the
+    limit. Measured on 300 3 s files, 2 workers (`python benchmarks/preprocess.py`):
+    - limiting in each forked worker instead (threadpoolctl in the initializer) cost 0.6 ms more
+      per file, even for the STFT, which uses no BLAS;
+    - restoring the parent's threads while the workers still ran cost the parent 100 ms of CPU
+      (OpenBLAS threads waking up) taken from the workers;
+    - with no limit, MFCC workers were 7x slower (oversubscribed OpenBLAS threads).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def limit_threads() -> None:
-    """Process-pool initializer: one BLAS/OpenMP thread, also for libraries already loaded (fork)."""
+    """Process-pool initializer for spawned workers: one BLAS/OpenMP thread in this process."""
     single_thread_environment()
     from threadpoolctl import threadpool_limits
 
@@ -63,3 +90,21 @@ def limit_threads() -> None:
 
 
 _LIMITER = None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(largest: int = 256 << 20) -> bool:
+    """Let glibc's malloc keep and reuse freed blocks up to `largest` bytes; False if not glibc.
+
+    For worker processes of a pool: their memory then stays at the high-water mark of one task.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the symbols already loaded: no library search (find_library forks ldconfig)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, largest)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * largest))
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
