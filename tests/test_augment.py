@@ -177,8 +177,35 @@ def test_stretch_changes_length_by_drawn_rate():
         y, params = aug.random_stretch(x, SR, np.random.default_rng(seed), only("stretch"))
         assert y.ndim == 1 and 0.8 <= params["rate"] <= 1.25
         assert y.size == pytest.approx(x.size / params["rate"], rel=0.005)
-    y, params = aug.random_stretch(x, SR, np.random.default_rng(0), only("stretch", stretch_quality="high"))
-    assert y.size == pytest.approx(x.size / params["rate"], rel=0.005)
+
+
+def dominant_hz(x: np.ndarray) -> float:
+    freqs, power = welch(x, SR, nperseg=8192)
+    return float(freqs[np.argmax(power)])
+
+
+@pytest.mark.parametrize("quality", sorted(aug.STRETCH_QUALITY))
+@pytest.mark.parametrize("rate", [0.8, 1.25])
+def test_every_stretch_quality_keeps_pitch_and_scales_length(quality, rate):
+    x = harmonic(2.0, f0=220.0)
+    y = aug.time_stretch(x, SR, rate, quality)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert y.size == pytest.approx(x.size / rate, rel=0.005)
+    assert dominant_hz(y) == pytest.approx(220.0, abs=SR / 8192)  # the pitch is kept
+    assert np.array_equal(y, aug.time_stretch(x, SR, rate, quality))  # deterministic
+
+
+def test_impulse_response_convolution_equals_scipys(tmp_path):
+    from scipy.signal import fftconvolve
+
+    t = np.arange(int(0.5 * SR)) / SR
+    ir = (np.random.default_rng(3).standard_normal(t.size) * np.exp(-t / 0.1)).astype(np.float32)
+    sf.write(tmp_path / "ir.wav", ir, SR, subtype="FLOAT")
+    x = harmonic(1.0)
+    for clip in (x, x[:1000], x[:7]):  # the cached spectrum is per FFT size
+        expected = fftconvolve(clip, aug._impulse_response(str(tmp_path / "ir.wav"), SR))[: clip.size]
+        np.testing.assert_allclose(aug.convolve_head(clip, str(tmp_path / "ir.wav"), SR), expected,
+                                   rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
 def decay_energy(x: np.ndarray) -> float:

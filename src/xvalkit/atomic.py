@@ -17,29 +17,39 @@ from typing import Any, BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is renamed to `target`, else removed.
-
-    `suffix` keeps an extension that a writer insists on (h5py, openpyxl, numpy's savez).
-    """
+def _replacing(target: str | Path, suffix: str) -> Iterator[tuple[int, Path]]:
+    """Yield (open descriptor, path) of a new temporary file beside `target`; on success it is
+    renamed to `target`, else removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        yield fd, tmp_path
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to `target`, else removed.
+
+    `suffix` keeps an extension that a writer insists on (h5py, openpyxl, numpy's savez).
+    """
+    with _replacing(target, suffix) as (fd, tmp_path):
+        os.close(fd)
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+
 def write_with(target: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Atomically write `target` with `write(handle)` on a binary handle."""
-    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+    with _replacing(target, "") as (fd, _), os.fdopen(fd, "wb") as handle:
         write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

@@ -7,6 +7,7 @@ GPU (CUDA_VISIBLE_DEVICES) before TensorFlow or torch is imported.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import traceback
 from pathlib import Path
@@ -71,7 +72,17 @@ def user_errors(command):
                           "(rerun with --debug, or XVAL_DEBUG=1, for the traceback)", soft_wrap=True)
             raise typer.Exit(1) from None
 
+    wrapper.__doc__ = reflowed(command.__doc__)
     return wrapper
+
+
+def reflowed(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line: typer keeps the line breaks of every paragraph
+    but the first, so --help would break lines where the source does instead of at the terminal's width."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -184,7 +195,8 @@ def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features
     """Shared body of the preprocess commands: config -> spec -> corpus -> dataset."""
     from .audio import datasets
     from .audio.features import FeatureSpec
-    from .audio.preprocess import default_jobs, run_with_progress
+    from .audio.preprocess import run_with_progress
+    from .audio.runtime import default_jobs
     from .config import load_config
 
     cfg = load_config(config)
@@ -272,7 +284,9 @@ def augment(
     seed: Annotated[
         Optional[int], typer.Option("--seed", help="Seed: the same seed gives bit-identical outputs (default: random, logged).")
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files processed in parallel (worker processes).")] = 1,
+    jobs: Annotated[
+        Optional[int], typer.Option("--jobs", "-j", help="Files processed in parallel (worker processes; default: all cores).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -283,16 +297,19 @@ def augment(
     24-bit wavs),
     so labels and foldable items in the names survive. Each version applies a random non-empty subset
     of noise, EQ, reverb and time stretch, in random order, then peak normalisation; the ranges are in
-    config.ini [augmentation]. OUT/augment_log.json records every value drawn and the seed.
+    config.ini, section augmentation (stretch_quality: fast, balanced or high). OUT/augment_log.json
+    records every value drawn and the seed.
 
     Unreadable files are skipped with a warning; the exit status is then 1 (2 for a usage error).
     """
     from .audio.augment import AugmentSpec
     from .audio.augment_files import run_augment
+    from .audio.runtime import default_jobs
     from .config import load_config
 
     spec = AugmentSpec.from_config(load_config(config).section("augmentation"))
-    summary = run_augment(in_dir, out_dir, n, spec, seed=seed, jobs=jobs, overwrite=overwrite, console=console)
+    summary = run_augment(in_dir, out_dir, n, spec, seed=seed, jobs=default_jobs() if jobs is None else jobs, overwrite=overwrite,
+                          console=console)
     speed = summary.seconds_out / summary.wall_seconds if summary.wall_seconds else 0.0
     line = (
         f"augmented {summary.files} files into {summary.outputs} outputs in {out_dir} "

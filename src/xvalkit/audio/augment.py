@@ -28,17 +28,27 @@ from typing import Any
 import numpy as np
 import pedalboard
 import scipy.fft
-from scipy.signal import fftconvolve
+from python_stretch.Signalsmith import Stretch
 
 from ..errors import XvalError
 
 TRANSFORMS = ("noise", "eq", "reverb", "stretch")
 
-# time_stretch settings per quality level; speeds measured on 3 s of 44.1 kHz audio, one core.
+# Time stretch (pitch kept) per quality level: (engine, its settings). Signalsmith Stretch (the
+# python-stretch package, audiomentations' engine) is set by its analysis block and the interval
+# between blocks, in seconds; its own presets are (0.12, 0.03) "default" and (0.10, 0.04) "cheaper".
+# Measured with `python benchmarks/augment.py` (3 s at 44.1 kHz, one core, rates 0.8-1.25): speed
+# in audio-s/s, and the log-mel distance in dB between stretched harmonic glides and the same
+# glides synthesised at the stretched length (low, mid and high f0; lower is closer):
+#   high      pedalboard time_stretch (Rubber Band), high_quality=True     ~23   0.79
+#   balanced  Signalsmith (0.12 s, 0.03 s), its default preset            ~100  0.97
+#   fast      Signalsmith (0.06 s, 0.03 s)                                 ~205  1.36
+#   not offered: Signalsmith's cheaper preset ~175 / 1.30; pedalboard high_quality=False ~70 / 2.5,
+#   with a short window ~93 / 3.25 (the previous default).
 STRETCH_QUALITY = {
-    "high": {"high_quality": True},  # about 24 audio-s/s
-    "balanced": {"high_quality": False},  # about 68 audio-s/s
-    "fast": {"high_quality": False, "use_long_fft_window": False},  # about 125 audio-s/s
+    "high": ("pedalboard", {"high_quality": True}),
+    "balanced": ("signalsmith", {"block_s": 0.12, "interval_s": 0.03}),
+    "fast": ("signalsmith", {"block_s": 0.06, "interval_s": 0.03}),
 }
 
 
@@ -178,10 +188,16 @@ def add_noise(audio: np.ndarray, sr: int, rng: np.random.Generator, spec: Augmen
 
 
 def coloured_noise(n: int, slope_db_per_octave: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise whose power spectrum falls (or rises) by `slope_db_per_octave`: -3 pink, 0 white."""
+    """Gaussian noise whose power spectrum falls (or rises) by `slope_db_per_octave`: -3 pink, 0 white.
+
+    Drawn in the frequency domain: the spectrum of white Gaussian noise has independent Gaussian
+    real and imaginary parts, so drawing those directly skips a forward FFT (a third of the cost).
+    """
     m = scipy.fft.next_fast_len(n, real=True)  # an FFT-friendly length, cut back to n: several times faster
-    spectrum = scipy.fft.rfft(rng.standard_normal(m, dtype=np.float32))  # float32 FFT: half the work
-    freqs = np.arange(spectrum.size, dtype=np.float32)
+    bins = m // 2 + 1
+    parts = rng.standard_normal((2, bins), dtype=np.float32)
+    spectrum = parts[0] + np.complex64(1j) * parts[1]
+    freqs = np.arange(bins, dtype=np.float32)
     freqs[0] = 1.0  # leave DC alone rather than divide by zero
     # power ∝ f^(slope / 3.01) per octave, so amplitude ∝ f^(slope / 6.02)
     spectrum *= freqs ** np.float32(slope_db_per_octave / (20 * np.log10(2)))
@@ -227,9 +243,7 @@ def random_reverb(audio: np.ndarray, sr: int, rng: np.random.Generator, spec: Au
     if spec.impulse_response_folder:
         files = impulse_response_files(spec.impulse_response_folder)
         path = files[int(rng.integers(len(files)))]
-        # one FFT convolution of the whole clip: offline, about 3x faster than pedalboard.Convolution's
-        # block-by-block (real-time) partitioned convolution on 3 s clips with 0.8 s responses
-        reverberant = fftconvolve(audio, _impulse_response(str(path), sr))[: audio.size]
+        reverberant = convolve_head(audio, str(path), sr)
         out = ((1.0 - wet) * audio + wet * reverberant).astype(np.float32)
         return out, {"impulse_response": str(path), "wet": wet}
     room = float(rng.uniform(spec.reverb_min_room_size, spec.reverb_max_room_size))
@@ -241,9 +255,19 @@ def random_reverb(audio: np.ndarray, sr: int, rng: np.random.Generator, spec: Au
 def random_stretch(audio: np.ndarray, sr: int, rng: np.random.Generator, spec: AugmentSpec):
     """Time stretch with the pitch kept: rate > 1 shortens, the length becomes about len / rate."""
     rate = float(rng.uniform(spec.stretch_min_rate, spec.stretch_max_rate))
-    # time_stretch returns (channels, samples) even for 1-D input: take the one channel back
-    out = pedalboard.time_stretch(audio[np.newaxis], sr, rate, **STRETCH_QUALITY[spec.stretch_quality])
-    return out[0], {"rate": rate}
+    return time_stretch(audio, sr, rate, spec.stretch_quality), {"rate": rate}
+
+
+def time_stretch(audio: np.ndarray, sr: int, rate: float, quality: str = "fast") -> np.ndarray:
+    """Mono float32 `audio` played `rate` times as fast, pitch kept (see STRETCH_QUALITY)."""
+    engine, settings = STRETCH_QUALITY[quality]
+    if engine == "pedalboard":
+        # time_stretch returns (channels, samples) even for 1-D input: take the one channel back
+        return pedalboard.time_stretch(audio[np.newaxis], sr, rate, **settings)[0]
+    stretcher = Stretch()  # deterministic: same input, same output (tested)
+    stretcher.configure(1, int(settings["block_s"] * sr), int(settings["interval_s"] * sr))
+    stretcher.setTimeFactor(rate)
+    return stretcher.process(np.ascontiguousarray(audio)[np.newaxis])[0]
 
 
 _APPLY = {"noise": add_noise, "eq": random_eq, "reverb": random_reverb, "stretch": random_stretch}
@@ -260,10 +284,6 @@ def impulse_response_files(folder: str) -> tuple[Path, ...]:
 @functools.lru_cache(maxsize=64)
 def _read_resampled(path: str, sr: int) -> np.ndarray:
     """A noise or impulse-response file as mono float32 at `sr` (read once per process)."""
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
     from .io import AudioReadError, read_audio
 
     try:
@@ -271,10 +291,35 @@ def _read_resampled(path: str, sr: int) -> np.ndarray:
     except AudioReadError as exc:
         raise XvalError(str(exc)) from None
     if file_sr != sr:
+        from math import gcd
+
+        from scipy.signal import resample_poly  # scipy.signal takes about 0.5 s to import: only if needed
+
         g = gcd(sr, file_sr)
         audio = resample_poly(audio, sr // g, file_sr // g).astype(np.float32)
     audio.setflags(write=False)
     return audio
+
+
+def convolve_head(audio: np.ndarray, ir_path: str, sr: int) -> np.ndarray:
+    """The first len(audio) samples of audio convolved with an impulse response file.
+
+    One FFT convolution of the whole clip: offline, about 3x faster than pedalboard.Convolution's
+    block-by-block (real-time) partitioned convolution on 3 s clips with 0.8 s responses. The
+    response's spectrum is cached per FFT size (clips of one corpus share a few sizes), which
+    saves one of the three FFTs.
+    """
+    ir = _impulse_response(ir_path, sr)
+    size = scipy.fft.next_fast_len(audio.size + ir.size - 1, real=True)
+    spectrum = scipy.fft.rfft(audio, size) * _impulse_response_spectrum(ir_path, sr, size)
+    return scipy.fft.irfft(spectrum, size)[: audio.size]
+
+
+@functools.lru_cache(maxsize=256)
+def _impulse_response_spectrum(path: str, sr: int, size: int) -> np.ndarray:
+    spectrum = scipy.fft.rfft(_impulse_response(path, sr), size)
+    spectrum.setflags(write=False)
+    return spectrum
 
 
 @functools.lru_cache(maxsize=64)

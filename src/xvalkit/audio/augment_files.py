@@ -10,6 +10,7 @@ send back only the small record: sending the arrays back to the parent would cos
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -24,7 +25,7 @@ from .. import atomic
 from ..errors import XvalError
 from .augment import AugmentSpec, augment, impulse_response_files, peak_normalize
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
-from .runtime import limit_threads  # one BLAS thread per worker: oversubscription measured 2x slower
+from .runtime import keep_freed_memory, one_blas_thread_while_pooling
 
 LOG_NAME = "augment_log.json"
 # 24-bit PCM, not float: libsndfile stamps float wavs with the time of writing (PEAK chunk), which
@@ -170,24 +171,26 @@ def run_augment(
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     jobs = min(jobs, len(tasks))
-    # The pool forks before the progress bar starts its refresh thread.
-    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=limit_threads) if jobs > 1 else None
-    try:
-        results = pool.imap_unordered(augment_file, tasks) if pool else map(augment_file, tasks)
-        columns = (TextColumn("augmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            bar = progress.add_task("augment", total=len(tasks))
-            for result in results:
-                if "error" in result:
-                    progress.console.print(f"[yellow]warning:[/] {result['error']}; skipped", soft_wrap=True)
-                    summary.skipped.append((result["file"], result["error"]))
-                else:
-                    records.append(result)
-                progress.advance(bar)
-    finally:
-        if pool:
-            pool.terminate()
-            pool.join()
+    # The pool forks before the progress bar starts its refresh thread, inside a one-BLAS-thread
+    # limit that its workers inherit and that lasts until they are gone (see audio.runtime).
+    with one_blas_thread_while_pooling() if jobs > 1 else contextlib.nullcontext():
+        pool = multiprocessing.get_context("fork").Pool(jobs, initializer=keep_freed_memory) if jobs > 1 else None
+        try:
+            results = pool.imap_unordered(augment_file, tasks) if pool else map(augment_file, tasks)
+            columns = (TextColumn("augmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=True) as progress:
+                bar = progress.add_task("augment", total=len(tasks))
+                for result in results:
+                    if "error" in result:
+                        progress.console.print(f"[yellow]warning:[/] {result['error']}; skipped", soft_wrap=True)
+                        summary.skipped.append((result["file"], result["error"]))
+                    else:
+                        records.append(result)
+                    progress.advance(bar)
+        finally:
+            if pool:
+                pool.terminate()
+                pool.join()
     summary.wall_seconds = time.perf_counter() - start
     summary.files = len(records)
     summary.outputs = sum(len(r["outputs"]) for r in records)
@@ -209,4 +212,17 @@ def write_log(out_dir: Path, n: int, spec: AugmentSpec, summary: Summary, record
         "files": sorted(records, key=lambda r: r["file"]),
         "skipped": [{"file": f, "error": e} for f, e in sorted(summary.skipped)],
     }
-    atomic.write_text(out_dir / LOG_NAME, json.dumps(log, indent=1) + "\n")
+    atomic.write_text(out_dir / LOG_NAME, _one_line_per_entry(log))
+
+
+def _one_line_per_entry(log: dict[str, Any]) -> str:
+    """JSON with each file's record on one line: readable, diffable, and written by json's C
+    encoder (indent= makes json use its pure-Python encoder, 10x slower on big logs)."""
+    lines = []
+    for key, value in log.items():
+        if isinstance(value, list):
+            items = ",\n  ".join(json.dumps(item) for item in value)
+            lines.append(f"{json.dumps(key)}: [\n  {items}\n ]" if value else f"{json.dumps(key)}: []")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value)}")
+    return "{\n " + ",\n ".join(lines) + "\n}\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
-import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -158,14 +157,6 @@ def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray |
         except SkipFile as exc:
             results.append((index, None, str(exc)))
     return results
-
-
-def default_jobs() -> int:
-    """All the cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _chunks(paths: list[str], jobs: int) -> list[list[tuple[int, str]]]:

@@ -29,6 +29,14 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def default_jobs() -> int:
+    """All the cores this process may use: the default number of worker processes."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def numba_cache_dir() -> Path:
     """The per-user numba cache of xvalkit: $XDG_CACHE_HOME/xvalkit/numba or ~/.cache/xvalkit/numba."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
