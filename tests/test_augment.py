@@ -302,3 +302,30 @@ def test_help_says_mono(capsys):
         cli.main(["augment", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0 and "mixed to mono" in text and "--overwrite" in text
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_between_files_and_leaves_only_complete_outputs(tmp_path, jobs):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    for i in range(12):
+        sf.write(tmp_path / "in" / f"clip{i:02d}.wav", harmonic(2.0, seed=i), SR)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "augment", str(tmp_path / "in"), str(out), "30",
+                             "--seed", "1", "--jobs", jobs], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*_aug1.wav"))) < 1:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "Exception ignored" not in err
+    written = list(out.iterdir())
+    assert written and not (out / "augment_log.json").exists()
+    assert not [p for p in written if ".tmp" in p.name]  # no temporary file left behind
+    for path in written:
+        assert sf.read(path)[0].size > 0  # every file there is whole

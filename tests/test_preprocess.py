@@ -404,3 +404,35 @@ def test_pool_workers_run_with_one_blas_thread_and_reusable_memory(tmp_path):
     assert in_workers and all(p["num_threads"] == 1 for p in in_workers)
     assert [pool["num_threads"] for pool in threadpool_info()] == before
     assert keep_freed_memory() is sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, jobs):
+    """Ctrl-C at several moments (imports, corpus scan, extraction): each run either finishes or
+    stops with one line, exit 130 and no dataset; at least one of them is interrupted."""
+    import signal
+    import time
+
+    root = tmp_path / "RAVDESS"
+    for i in range(240):  # 4 actors x 8 emotions x 7.5 takes
+        actor = i % 4 + 1
+        write(root / f"Actor_{actor:02d}" / ravdess_name((i // 4) % 8 + 1, actor, i // 32 + 1), tone(150 + i, seed=i))
+    interrupted = 0
+    for delay in (1.0, 2.0, 3.0):
+        name = f"d{int(delay)}"
+        proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
+                                 "--name", name, "--jobs", jobs, "--config", str(config)],
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        err = proc.communicate(timeout=60)[1]
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+        written = sorted(p.name for p in (tmp_path / "data").glob(f"{name}_*"))
+        if written:  # all three files (a Ctrl-C during the save waits for it), and they load
+            assert written == [f"{name}_manifest.json", f"{name}_predictors.npz", f"{name}_target.npz"]
+            assert len(load_dataset(tmp_path / "data", name).predictors) == 4  # actors
+        if proc.returncode == 0 or (proc.returncode == -signal.SIGINT and written and "saved" in err):
+            continue  # finished (at worst the signal came as Python was exiting, after the summary)
+        interrupted += 1
+        assert proc.returncode == 130 and "interrupted: a dataset is saved whole" in err, err
+    assert interrupted

@@ -48,8 +48,15 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def user_errors(command):
-    """Turn a user error into one red line and exit status 2, Ctrl-C into exit status 130."""
+RESUME_HINT = "finished folds are saved; rerun the same command to resume"
+PREPROCESS_INTERRUPTED = "a dataset is saved whole at the end or not at all, so none was half-written"
+
+
+def user_errors(command=None, *, interrupted: str = RESUME_HINT):
+    """Turn a user error into one red line and exit status 2, Ctrl-C into exit status 130 and a
+    line saying what was kept (`interrupted`)."""
+    if command is None:  # used as @user_errors(interrupted=...)
+        return functools.partial(user_errors, interrupted=interrupted)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -60,7 +67,7 @@ def user_errors(command):
                 traceback.print_exc()
             fail(str(exc))
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: finished folds are saved; rerun the same command to resume")
+            console.print(f"[yellow]interrupted[/]: {interrupted}")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, click.exceptions.ClickException):
             raise
@@ -218,7 +225,7 @@ DEMO_SR, DEMO_DURATION = 16000, 1.0
 
 
 @preprocess_app.command("ravdess")
-@user_errors
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
 def preprocess_ravdess(
     input_dir: Annotated[
         Optional[Path],
@@ -239,7 +246,7 @@ def preprocess_ravdess(
 
 
 @preprocess_app.command("folder")
-@user_errors
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
 def preprocess_folder(
     input_dir: Annotated[Path, typer.Option("--input", help="DIR laid out as DIR/<foldable item>/<label>/*.wav.")],
     name: NameOption = None,
@@ -255,7 +262,7 @@ def preprocess_folder(
 
 
 @preprocess_app.command("demo")
-@user_errors
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
 def preprocess_demo(
     output: Annotated[
         Optional[Path], typer.Option("--output", help="Where to write the demo wavs (default: <data folder>/demo_wav).")
@@ -276,7 +283,7 @@ def preprocess_demo(
 
 # --- augment command (issue 4) ---
 @app.command()
-@user_errors
+@user_errors(interrupted="every output written so far is complete, but no log was written; rerun with --overwrite")
 def augment(
     in_dir: Annotated[Path, typer.Argument(metavar="IN", help="Folder of audio files (searched recursively).")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder, outside IN.")],

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import atomic
 from ..errors import XvalError
+from ..interrupts import StopRequest, ignore_interrupts
 from .augment import AugmentSpec, augment, impulse_response_files, peak_normalize
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
 from .runtime import keep_freed_memory, one_blas_thread_while_pooling
@@ -173,10 +174,11 @@ def run_augment(
     jobs = min(jobs, len(tasks))
     # The pool forks before the progress bar starts its refresh thread, inside a one-BLAS-thread
     # limit that its workers inherit and that lasts until they are gone (see audio.runtime).
-    with one_blas_thread_while_pooling() if jobs > 1 else contextlib.nullcontext():
-        pool = multiprocessing.get_context("fork").Pool(jobs, initializer=keep_freed_memory) if jobs > 1 else None
+    with StopRequest("stopping after the files in progress") as stop, \
+            one_blas_thread_while_pooling() if jobs > 1 else contextlib.nullcontext():
+        pool = _Pool(jobs) if jobs > 1 else None
         try:
-            results = pool.imap_unordered(augment_file, tasks) if pool else map(augment_file, tasks)
+            results = pool.results(tasks, stop) if pool else _one_by_one(tasks, stop)
             columns = (TextColumn("augmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=console, transient=True) as progress:
                 bar = progress.add_task("augment", total=len(tasks))
@@ -189,8 +191,7 @@ def run_augment(
                     progress.advance(bar)
         finally:
             if pool:
-                pool.terminate()
-                pool.join()
+                pool.stop()
     summary.wall_seconds = time.perf_counter() - start
     summary.files = len(records)
     summary.outputs = sum(len(r["outputs"]) for r in records)
@@ -199,6 +200,57 @@ def run_augment(
     summary.seconds_out = sum(o["seconds"] for r in records for o in r["outputs"].values() if o["transforms"])
     write_log(out_dir, n, spec, summary, records)
     return summary
+
+
+def _one_by_one(tasks: list[FileTask], stop: StopRequest):
+    for task in tasks:
+        stop.check()
+        yield augment_file(task)
+
+
+class _Pool:
+    """Forked workers that augment files; on Ctrl-C each finishes the file it is writing.
+
+    Terminating a worker mid-write would leave a temporary file behind, so stopping sets an event
+    that makes the files not yet started return at once, then waits for the ones in progress.
+    """
+
+    def __init__(self, jobs: int):
+        context = multiprocessing.get_context("fork")  # forks before the progress bar's thread starts
+        self.stopping = context.Event()
+        self.pool = context.Pool(jobs, initializer=_init_worker, initargs=(self.stopping,))
+
+    def results(self, tasks: list[FileTask], stop: StopRequest):
+        """The results as they come, checking for Ctrl-C while waiting."""
+        iterator = self.pool.imap_unordered(_augment_unless_stopping, tasks)
+        while True:
+            try:
+                yield iterator.next(timeout=0.2)
+            except multiprocessing.TimeoutError:
+                stop.check()
+            except StopIteration:
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.pool.close()
+        self.pool.join()
+
+
+_STOPPING = None  # a worker's copy of _Pool.stopping
+
+
+def _init_worker(stopping) -> None:
+    global _STOPPING
+    _STOPPING = stopping
+    ignore_interrupts()  # Ctrl-C is the parent's to handle
+    keep_freed_memory()
+
+
+def _augment_unless_stopping(task: FileTask) -> dict[str, Any]:
+    if _STOPPING.is_set():
+        return {"file": task.relative, "error": "not started: interrupted"}
+    return augment_file(task)
 
 
 def write_log(out_dir: Path, n: int, spec: AugmentSpec, summary: Summary, records: list[dict]) -> None:

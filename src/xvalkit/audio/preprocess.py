@@ -13,7 +13,7 @@ import mmap
 import multiprocessing
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import soundfile as sf
 
 from .. import data
 from ..errors import XvalError
+from ..interrupts import StopRequest, ignore_interrupts
 from .datasets import Corpus
 from .features import FeatureSpec, features, resample
 from .io import AudioReadError, read_audio
@@ -138,6 +139,7 @@ def _init_worker(spec: FeatureSpec, pool: str | None = None) -> None:
     global _SPEC
     _SPEC = spec
     if pool:
+        ignore_interrupts()
         keep_freed_memory()
     if pool == "spawn":  # forked workers inherit the parent's one-thread limit instead
         limit_threads()
@@ -188,14 +190,22 @@ def extract_all(paths: list[str | Path], spec: FeatureSpec, jobs: int = 1,
     paths = [str(p) for p in paths]
     results: list = [None] * len(paths)
     jobs = max(1, min(jobs, len(paths)))
-    if jobs == 1:
-        _init_worker(spec)
-        for chunk in _chunks(paths, 1):
-            for index, x, info in _extract_chunk(chunk):
-                results[index] = (x, info)
-            if progress:
-                progress(len(chunk))
-        return results
+    with StopRequest("stopping after the files in progress; nothing will be written") as stop:
+        if jobs == 1:
+            _init_worker(spec)
+            for chunk in _chunks(paths, 1):
+                stop.check()
+                for index, x, info in _extract_chunk(chunk):
+                    results[index] = (x, info)
+                if progress:
+                    progress(len(chunk))
+            return results
+        _extract_in_pool(paths, spec, jobs, results, progress, stop)
+    return results
+
+
+def _extract_in_pool(paths: list[str], spec: FeatureSpec, jobs: int, results: list, progress,
+                     stop: StopRequest) -> None:
     global _OUTPUT
     fork = "fork" in multiprocessing.get_all_start_methods()
     features(np.zeros(spec.segment_samples, np.float32), spec)  # warm librosa before forking
@@ -205,20 +215,22 @@ def extract_all(paths: list[str | Path], spec: FeatureSpec, jobs: int = 1,
     with one_blas_thread_while_pooling():
         executor = _pool(spec, jobs, fork)
         try:
-            futures = [executor.submit(_extract_chunk, chunk) for chunk in _chunks(paths, jobs)]
-            for future in as_completed(futures):
-                done = future.result()
-                for index, x, info in done:
-                    results[index] = (output.get(index) if x is True else x, info)
-                if progress:
-                    progress(len(done))
+            pending = {executor.submit(_extract_chunk, chunk) for chunk in _chunks(paths, jobs)}
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                stop.check()
+                for future in done:
+                    chunk = future.result()
+                    for index, x, info in chunk:
+                        results[index] = (output.get(index) if x is True else x, info)
+                    if progress:
+                        progress(len(chunk))
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             _OUTPUT = None
         executor.shutdown()
-    return results
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
@@ -304,7 +316,10 @@ def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str,
                       skipped=list(corpus.skipped))
     results = extract_all([e.path for e in corpus.entries], spec, jobs, progress)
     predictors, targets, manifest = build_dataset(corpus, spec, results, summary, warn)
-    summary.paths = data.save_dataset(folder, name, predictors, targets, manifest)
+    # The dataset is three files: a first Ctrl-C now waits until all three are written, so the
+    # old target file can never sit beside new predictors.
+    with StopRequest("saving the dataset first"):
+        summary.paths = data.save_dataset(folder, name, predictors, targets, manifest)
     summary.seconds = time.perf_counter() - start
     return summary
 

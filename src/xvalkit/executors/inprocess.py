@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 import traceback
 
+from ..interrupts import StopRequest
 from ..jobs import FoldJob, execute
 from . import Listener
-
-
-class StopRequest:
-    """Ctrl-C asks to stop at the end of the current epoch; a second Ctrl-C stops at once.
-
-    A KeyboardInterrupt raised straight from the signal can land in a framework's weakref callback
-    or destructor, where Python ignores it and training goes on: so the first one only sets a flag
-    that the epoch callback (a normal frame) turns into a KeyboardInterrupt.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("stopping at the end of this epoch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
 
 class InProcessExecutor:
@@ -48,7 +14,7 @@ class InProcessExecutor:
         self.where = where
 
     def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
-        with StopRequest() as stop:
+        with StopRequest("stopping at the end of this epoch") as stop:
             for job in jobs:
                 stop.check()
                 if listener.should_skip(job):
