@@ -304,18 +304,19 @@ def test_help_says_mono(capsys):
     assert exit_info.value.code == 0 and "mixed to mono" in text and "--overwrite" in text
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_ctrl_c_stops_between_files_and_leaves_only_complete_outputs(tmp_path, jobs):
+@pytest.mark.parametrize("jobs, n, files", [("1", "30", 12), ("2", "30", 12), ("2", "1", 80)])
+def test_ctrl_c_stops_between_files_and_leaves_only_complete_outputs(tmp_path, jobs, n, files):
+    """Also with results coming faster than the parent's wait for them (N=1, short files)."""
     import os
     import signal
     import subprocess
     import sys
 
     (tmp_path / "in").mkdir()
-    for i in range(12):
+    for i in range(files):
         sf.write(tmp_path / "in" / f"clip{i:02d}.wav", harmonic(2.0, seed=i), SR)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "augment", str(tmp_path / "in"), str(out), "30",
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "augment", str(tmp_path / "in"), str(out), n,
                              "--seed", "1", "--jobs", jobs], stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("*_aug1.wav"))) < 1:
@@ -326,6 +327,23 @@ def test_ctrl_c_stops_between_files_and_leaves_only_complete_outputs(tmp_path, j
     assert "interrupted" in err and "Traceback" not in err and "Exception ignored" not in err
     written = list(out.iterdir())
     assert written and not (out / "augment_log.json").exists()
+    assert len(written) < files * (int(n) + 1)  # it stopped before the end
     assert not [p for p in written if ".tmp" in p.name]  # no temporary file left behind
     for path in written:
         assert sf.read(path)[0].size > 0  # every file there is whole
+
+
+def test_spawned_workers_give_the_same_files_as_forked_ones(corpus, tmp_path, monkeypatch):
+    """Where fork is unsafe (macOS, Windows) the pool spawns its workers: same outputs."""
+    from rich.console import Console
+
+    from xvalkit.audio import augment_files
+
+    def run(out: Path) -> dict[str, bytes]:
+        augment_files.run_augment(corpus, out, 2, AugmentSpec(), seed=5, jobs=2,
+                                  console=Console(stderr=True, quiet=True))
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.wav")}
+
+    forked = run(tmp_path / "forked")
+    monkeypatch.setattr(augment_files, "fork_is_safe", lambda: False)
+    assert run(tmp_path / "spawned") == forked

@@ -272,6 +272,27 @@ def test_failed_save_leaves_no_partial_files(tmp_path, monkeypatch, ravdess_dir)
     assert leftovers == []
 
 
+def test_a_save_stopped_halfway_never_mixes_new_predictors_with_old_targets(tmp_path, monkeypatch, ravdess_dir):
+    from xvalkit import data
+    from xvalkit.audio.preprocess import preprocess
+    from xvalkit.data import DatasetError
+
+    corpus = datasets.ravdess(ravdess_dir)
+    preprocess(corpus, spec_for(), tmp_path / "data", "rav", jobs=1)  # an existing dataset
+    write_npz = data._write_npz
+
+    def stop_before_target(path, arrays):
+        if path.name.endswith("_target.npz"):
+            raise KeyboardInterrupt  # a second Ctrl-C between the predictors and the targets
+        write_npz(path, arrays)
+
+    monkeypatch.setattr(data, "_write_npz", stop_before_target)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(corpus, spec_for(features_type="mfcc"), tmp_path / "data", "rav", jobs=1)
+    with pytest.raises(DatasetError):
+        load_dataset(tmp_path / "data", "rav")  # not loadable, rather than mfcc predictors with old targets
+
+
 def test_misplaced_file_in_labelled_folder_is_skipped(tmp_path):
     write(tmp_path / "c" / "spk1" / "yes" / "a.wav", tone(200))
     write(tmp_path / "c" / "spk1" / "stray.wav", tone(200))

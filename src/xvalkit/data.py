@@ -59,10 +59,15 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def save_dataset(folder: str | Path, name: str, predictors: dict, targets: dict,
                  manifest: dict | None = None) -> dict[str, Path]:
-    """Write a dataset atomically (the target file last, so a dataset is never half there)."""
+    """Write a dataset: each file atomically, the target file last, so a dataset is never half there.
+
+    An existing target file is removed first: a save stopped halfway then leaves a dataset that
+    does not load, rather than new predictors beside the old targets.
+    """
     folder = Path(folder)
     check_dataset(name, predictors, targets)
     paths = dataset_paths(folder, name)
+    paths["target"].unlink(missing_ok=True)
     if manifest is not None:
         atomic.write_text(paths["manifest"], json.dumps(manifest, indent=2, default=str))
     _write_npz(paths["predictors"], predictors)

@@ -45,3 +45,11 @@ class StopRequest:
 def ignore_interrupts() -> None:
     """For pool workers: Ctrl-C reaches the whole process group, and the parent alone decides."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def exit_on_terminate() -> None:
+    """For pool workers: SIGTERM raises SystemExit, so `finally` blocks (temporary files) run."""
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

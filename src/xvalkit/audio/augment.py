@@ -306,8 +306,8 @@ def convolve_head(audio: np.ndarray, ir_path: str, sr: int) -> np.ndarray:
 
     One FFT convolution of the whole clip: offline, about 3x faster than pedalboard.Convolution's
     block-by-block (real-time) partitioned convolution on 3 s clips with 0.8 s responses. The
-    response's spectrum is cached per FFT size (clips of one corpus share a few sizes), which
-    saves one of the three FFTs.
+    response's spectrum is cached for the last few FFT sizes, which saves one of the three FFTs
+    when clips share a length (fixed-length corpora; versions not stretched before the reverb).
     """
     ir = _impulse_response(ir_path, sr)
     size = scipy.fft.next_fast_len(audio.size + ir.size - 1, real=True)
@@ -315,7 +315,7 @@ def convolve_head(audio: np.ndarray, ir_path: str, sr: int) -> np.ndarray:
     return scipy.fft.irfft(spectrum, size)[: audio.size]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=16)  # at most 16 spectra (about 1.4 MB each for 6 s at 48 kHz)
 def _impulse_response_spectrum(path: str, sr: int, size: int) -> np.ndarray:
     spectrum = scipy.fft.rfft(_impulse_response(path, sr), size)
     spectrum.setflags(write=False)

@@ -23,10 +23,10 @@ import numpy as np
 
 from .. import atomic
 from ..errors import XvalError
-from ..interrupts import StopRequest, ignore_interrupts
+from ..interrupts import StopRequest, exit_on_terminate, ignore_interrupts
 from .augment import AugmentSpec, augment, impulse_response_files, peak_normalize
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
-from .runtime import keep_freed_memory, one_blas_thread_while_pooling
+from .runtime import fork_is_safe, keep_freed_memory, limit_threads, one_blas_thread_while_pooling
 
 LOG_NAME = "augment_log.json"
 # 24-bit PCM, not float: libsndfile stamps float wavs with the time of writing (PEAK chunk), which
@@ -216,20 +216,23 @@ class _Pool:
     """
 
     def __init__(self, jobs: int):
-        context = multiprocessing.get_context("fork")  # forks before the progress bar's thread starts
+        fork = fork_is_safe()  # forked before the progress bar's thread starts
+        context = multiprocessing.get_context("fork" if fork else "spawn")
         self.stopping = context.Event()
-        self.pool = context.Pool(jobs, initializer=_init_worker, initargs=(self.stopping,))
+        self.pool = context.Pool(jobs, initializer=_init_worker, initargs=(self.stopping, fork))
 
     def results(self, tasks: list[FileTask], stop: StopRequest):
         """The results as they come, checking for Ctrl-C while waiting."""
         iterator = self.pool.imap_unordered(_augment_unless_stopping, tasks)
         while True:
+            stop.check()  # before every result, not only while waiting: results can come fast
             try:
-                yield iterator.next(timeout=0.2)
+                result = iterator.next(timeout=0.2)
             except multiprocessing.TimeoutError:
-                stop.check()
+                continue
             except StopIteration:
                 return
+            yield result
 
     def stop(self) -> None:
         self.stopping.set()
@@ -240,11 +243,14 @@ class _Pool:
 _STOPPING = None  # a worker's copy of _Pool.stopping
 
 
-def _init_worker(stopping) -> None:
+def _init_worker(stopping, forked: bool) -> None:
     global _STOPPING
     _STOPPING = stopping
     ignore_interrupts()  # Ctrl-C is the parent's to handle
+    exit_on_terminate()  # Pool.terminate: leave through `finally`, which removes a half-written file
     keep_freed_memory()
+    if not forked:  # forked workers inherit the parent's one-thread limit instead
+        limit_threads()
 
 
 def _augment_unless_stopping(task: FileTask) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from ..interrupts import StopRequest, ignore_interrupts
 from .datasets import Corpus
 from .features import FeatureSpec, features, resample
 from .io import AudioReadError, read_audio
-from .runtime import keep_freed_memory, limit_threads, one_blas_thread_while_pooling, single_thread_environment
+from .runtime import (fork_is_safe, keep_freed_memory, limit_threads, one_blas_thread_while_pooling,
+                      single_thread_environment)
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this a file holds nothing to learn from
 
@@ -199,15 +200,16 @@ def extract_all(paths: list[str | Path], spec: FeatureSpec, jobs: int = 1,
                     results[index] = (x, info)
                 if progress:
                     progress(len(chunk))
-            return results
-        _extract_in_pool(paths, spec, jobs, results, progress, stop)
+        else:
+            _extract_in_pool(paths, spec, jobs, results, progress, stop)
+        stop.check()  # a Ctrl-C during the last files
     return results
 
 
 def _extract_in_pool(paths: list[str], spec: FeatureSpec, jobs: int, results: list, progress,
                      stop: StopRequest) -> None:
     global _OUTPUT
-    fork = "fork" in multiprocessing.get_all_start_methods()
+    fork = fork_is_safe()
     features(np.zeros(spec.segment_samples, np.float32), spec)  # warm librosa before forking
     output = _OUTPUT = SharedOutput.plan(paths, spec) if fork else None
     # One BLAS thread in this process from before the workers fork (they inherit it) until
@@ -316,8 +318,8 @@ def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str,
                       skipped=list(corpus.skipped))
     results = extract_all([e.path for e in corpus.entries], spec, jobs, progress)
     predictors, targets, manifest = build_dataset(corpus, spec, results, summary, warn)
-    # The dataset is three files: a first Ctrl-C now waits until all three are written, so the
-    # old target file can never sit beside new predictors.
+    # A first Ctrl-C now waits until the dataset's three files are written (a second one stops at
+    # once: save_dataset removes the old target first, so a half-replaced dataset does not load).
     with StopRequest("saving the dataset first"):
         summary.paths = data.save_dataset(folder, name, predictors, targets, manifest)
     summary.seconds = time.perf_counter() - start

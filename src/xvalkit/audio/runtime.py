@@ -29,6 +29,12 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def fork_is_safe() -> bool:
+    """Whether pools may fork this process (sharing its warmed state): on Linux. macOS offers fork
+    but system libraries (Accelerate) break in forked children; Windows has no fork."""
+    return sys.platform.startswith("linux")
+
+
 def default_jobs() -> int:
     """All the cores this process may use: the default number of worker processes."""
     try:
