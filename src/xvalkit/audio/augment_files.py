@@ -172,8 +172,8 @@ def run_augment(
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     jobs = min(jobs, len(tasks))
-    # The pool forks before the progress bar starts its refresh thread, inside a one-BLAS-thread
-    # limit that its workers inherit and that lasts until they are gone (see audio.runtime).
+    # The pool starts before the progress bar's refresh thread, inside a one-BLAS-thread limit that
+    # forked workers inherit and that lasts until they are gone (see audio.runtime).
     with StopRequest("stopping after the files in progress") as stop, \
             one_blas_thread_while_pooling() if jobs > 1 else contextlib.nullcontext():
         pool = _Pool(jobs) if jobs > 1 else None
@@ -209,7 +209,8 @@ def _one_by_one(tasks: list[FileTask], stop: StopRequest):
 
 
 class _Pool:
-    """Forked workers that augment files; on Ctrl-C each finishes the file it is writing.
+    """Worker processes (forked on Linux, spawned elsewhere) that augment files; on Ctrl-C each
+    finishes the file it is writing.
 
     Terminating a worker mid-write would leave a temporary file behind, so stopping sets an event
     that makes the files not yet started return at once, then waits for the ones in progress.
