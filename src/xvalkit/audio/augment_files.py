@@ -23,10 +23,10 @@ import numpy as np
 
 from .. import atomic
 from ..errors import XvalError
-from ..interrupts import StopRequest, exit_on_terminate, ignore_interrupts
+from ..interrupts import StopRequest
 from .augment import AugmentSpec, augment, impulse_response_files, peak_normalize
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
-from .runtime import fork_is_safe, keep_freed_memory, limit_threads, one_blas_thread_while_pooling
+from .runtime import fork_is_safe, one_blas_thread_while_pooling, set_up_pool_worker
 
 LOG_NAME = "augment_log.json"
 # 24-bit PCM, not float: libsndfile stamps float wavs with the time of writing (PEAK chunk), which
@@ -247,11 +247,7 @@ _STOPPING = None  # a worker's copy of _Pool.stopping
 def _init_worker(stopping, forked: bool) -> None:
     global _STOPPING
     _STOPPING = stopping
-    ignore_interrupts()  # Ctrl-C is the parent's to handle
-    exit_on_terminate()  # Pool.terminate: leave through `finally`, which removes a half-written file
-    keep_freed_memory()
-    if not forked:  # forked workers inherit the parent's one-thread limit instead
-        limit_threads()
+    set_up_pool_worker(forked)
 
 
 def _augment_unless_stopping(task: FileTask) -> dict[str, Any]:

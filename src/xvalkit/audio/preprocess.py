@@ -22,12 +22,11 @@ import soundfile as sf
 
 from .. import data
 from ..errors import XvalError
-from ..interrupts import StopRequest, ignore_interrupts
+from ..interrupts import StopRequest
 from .datasets import Corpus
 from .features import FeatureSpec, features, resample
 from .io import AudioReadError, read_audio
-from .runtime import (fork_is_safe, keep_freed_memory, limit_threads, one_blas_thread_while_pooling,
-                      single_thread_environment)
+from .runtime import fork_is_safe, one_blas_thread_while_pooling, set_up_pool_worker, single_thread_environment
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this a file holds nothing to learn from
 
@@ -140,10 +139,7 @@ def _init_worker(spec: FeatureSpec, pool: str | None = None) -> None:
     global _SPEC
     _SPEC = spec
     if pool:
-        ignore_interrupts()
-        keep_freed_memory()
-    if pool == "spawn":  # forked workers inherit the parent's one-thread limit instead
-        limit_threads()
+        set_up_pool_worker(forked=pool == "fork")
 
 
 def _extract_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, np.ndarray | bool | None, int | str]]:

@@ -93,6 +93,19 @@ def one_blas_thread_while_pooling():
         yield
 
 
+def set_up_pool_worker(forked: bool) -> None:
+    """What every worker of an audio pool does first: leave Ctrl-C to the parent, leave through
+    `finally` on SIGTERM (so a half-written temporary file is removed), reuse freed memory, and
+    run one BLAS thread (forked workers inherit that from the parent's limit)."""
+    from ..interrupts import exit_on_terminate, ignore_interrupts
+
+    ignore_interrupts()
+    exit_on_terminate()
+    keep_freed_memory()
+    if not forked:
+        limit_threads()
+
+
 def limit_threads() -> None:
     """Process-pool initializer for spawned workers: one BLAS/OpenMP thread in this process."""
     single_thread_environment()
