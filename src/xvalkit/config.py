@@ -92,3 +92,11 @@ def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Con
                 )
             merged[name].update(values)
     return Config(sections=merged, files=files)
+
+
+def check_keys(section_name: str, section: dict[str, Any], known) -> None:
+    """XvalError naming the first key of config section `section_name` that is not in `known`."""
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise XvalError(f"config [{section_name}]: unknown key '{unknown[0]}'; "
+                        f"the keys are {', '.join(sorted(known))}")

@@ -30,6 +30,7 @@ import pedalboard
 import scipy.fft
 from python_stretch.Signalsmith import Stretch
 
+from ..config import check_keys
 from ..errors import XvalError
 
 TRANSFORMS = ("noise", "eq", "reverb", "stretch")
@@ -83,11 +84,7 @@ class AugmentSpec:
     def from_config(cls, section: dict[str, Any]) -> AugmentSpec:
         """Build from config.ini [augmentation]; unknown keys and bad ranges are one-line errors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - set(fields))
-        if unknown:
-            raise XvalError(
-                f"config [augmentation]: unknown key {unknown[0]!r}; the keys are {', '.join(fields)}"
-            )
+        check_keys("augmentation", section, fields)
         values = {}
         for key, value in section.items():
             default = fields[key].default

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import check_keys
 from ..errors import XvalError
 from .runtime import configure_numba_cache
 
@@ -57,12 +58,7 @@ class FeatureSpec:
     @classmethod
     def from_config(cls, section: dict[str, Any], **overrides: Any) -> FeatureSpec:
         """Build from config.ini [features] values; `overrides` (CLI options) win unless None."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise XvalError(
-                f"config [features]: unknown key '{unknown[0]}'; the keys are {', '.join(sorted(known))}"
-            )
+        check_keys("features", section, (f.name for f in dataclasses.fields(cls)))
         values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
         spec = cls(**values)
         spec.check()
