@@ -264,6 +264,14 @@ def test_corrupt_file_skipped_named_counted(corpus, tmp_path, capsys):
     assert [s["file"] for s in log["skipped"]] == ["Actor_01/broken.wav"]
 
 
+def test_names_with_brackets_are_printed_as_they_are(corpus, tmp_path, capsys):
+    """Paths go through rich: "[take 1]" must not be taken for markup and dropped."""
+    (corpus / "[take 1]").mkdir()
+    (corpus / "[take 1]" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    status, err = xval(capsys, "augment", corpus, tmp_path / "[out]", 1, "--seed", 1)
+    assert status == 1 and "[take 1]/broken.wav" in err and f"in {tmp_path / '[out]'}" in err
+
+
 def test_existing_outputs_need_overwrite(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     assert xval(capsys, "augment", corpus, out, 1, "--seed", 1)[0] == 0
@@ -284,7 +292,7 @@ def test_same_stem_collision(corpus, tmp_path, capsys):
 
 
 def test_bad_config_values(corpus, tmp_path, capsys):
-    for text, message in [("colour = 1", "unknown key 'colour'"),
+    for text, message in [("colour = 1", "config [augmentation]: unknown key 'colour'"),
                           ("snr_min_db = 40", "snr_min_db = 40.0 is above snr_max_db"),
                           ("stretch_quality = best", "stretch_quality = 'best'"),
                           ("eq_max_peaks = 1.5", "expected a whole number"),

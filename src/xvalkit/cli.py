@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import XvalError
 
@@ -44,7 +45,9 @@ def _root() -> None:
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit with `code`."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # escaped: messages name config sections ("config [augmentation]: ..."), which rich would
+    # otherwise take for markup and drop
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -75,7 +78,7 @@ def user_errors(command=None, *, interrupted: str = RESUME_HINT):
             if _DEBUG or os.environ.get("XVAL_DEBUG"):
                 raise
             text = str(exc).strip().splitlines()
-            console.print(f"[bold red]error:[/] {type(exc).__name__}: {text[0] if text else ''} "
+            console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(text[0]) if text else ''} "
                           "(rerun with --debug, or XVAL_DEBUG=1, for the traceback)", soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -315,11 +318,11 @@ def augment(
     from .config import load_config
 
     spec = AugmentSpec.from_config(load_config(config).section("augmentation"))
-    summary = run_augment(in_dir, out_dir, n, spec, seed=seed, jobs=default_jobs() if jobs is None else jobs, overwrite=overwrite,
-                          console=console)
+    summary = run_augment(in_dir, out_dir, n, spec, seed=seed, jobs=default_jobs() if jobs is None else jobs,
+                          overwrite=overwrite, console=console)
     speed = summary.seconds_out / summary.wall_seconds if summary.wall_seconds else 0.0
     line = (
-        f"augmented {summary.files} files into {summary.outputs} outputs in {out_dir} "
+        f"augmented {summary.files} files into {summary.outputs} outputs in {escape(str(out_dir))} "
         f"({summary.seconds_out:.1f} s of augmented audio in {summary.wall_seconds:.1f} s, {speed:.0f} audio-s/s; "
         f"seed {summary.seed})"
     )

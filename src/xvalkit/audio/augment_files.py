@@ -159,6 +159,7 @@ def run_augment(
 ) -> Summary:
     """Augment every audio file under `in_dir` into `out_dir`; print progress and warnings."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if jobs < 1:
@@ -184,7 +185,7 @@ def run_augment(
                 bar = progress.add_task("augment", total=len(tasks))
                 for result in results:
                     if "error" in result:
-                        progress.console.print(f"[yellow]warning:[/] {result['error']}; skipped", soft_wrap=True)
+                        progress.console.print(f"[yellow]warning:[/] {escape(result['error'])}; skipped", soft_wrap=True)
                         summary.skipped.append((result["file"], result["error"]))
                     else:
                         records.append(result)
