@@ -212,7 +212,7 @@ def Flaky_model(input_shape, num_outputs, task_type, *, width: int = 4):
     global calls
     calls += 1
     if calls > 1:
-        raise RuntimeError("flaky model exploded")
+        raise RuntimeError("flaky model exploded [at shape (None, 3)]")  # brackets: not rich markup
     import keras
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Flatten()(inputs)
@@ -227,7 +227,7 @@ def test_failing_instance_is_recorded_and_the_run_goes_on(tmp_path, config_file)
                             models="flaky.py", global_parameters=["num_epochs=2"], num_folds=2)
     result = xval("run", path, "--cpu", "--config", config_file)
     assert result.exit_code == 1
-    assert "instance 1 fold 1/2 failed: RuntimeError: flaky model exploded" in result.output
+    assert "instance 1 fold 1/2 failed: RuntimeError: flaky model exploded [at shape (None, 3)]" in result.output
     assert "done 2" in result.output and "failed 1" in result.output
     folder = exp_folder(path)
     assert "flaky model exploded" in (folder / "results" / "error_demo_exp1_run1.txt").read_text()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from . import report
 from .data import Dataset, load_dataset
@@ -221,7 +222,8 @@ class RunListener:
         if not first:
             text = (self.store.error_text(job.instance) or "") + "\n" + text
         self.store.save_error(job.instance, text)
-        self.view.print(f"[red]{job.label} failed[/]: {line} (traceback in {self.store.error_path(job.instance)})")
+        where = self.store.error_path(job.instance)
+        self.view.print(f"[red]{job.label} failed[/]: {escape(line)} (traceback in {escape(str(where))})")
         report.refresh(self.store)
 
 
