@@ -160,3 +160,186 @@ def test_tess(tmp_path, capsys, config):
         exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="tess", num_folds=folds, global_parameters=[])
         code, err = xval(capsys, "run", str(exp), "--cpu", "--config", str(config))
         one_line_error(code, err, *words)
+
+
+# --- FSDD ------------------------------------------------------------------------------------------
+
+def test_fsdd(tmp_path, capsys, config):
+    root = tmp_path / "free-spoken-digit-dataset" / "recordings"
+    for speaker in ("jackson", "theo", "yweweler"):
+        for digit in (0, 1, 2):
+            write(root / f"{digit}_{speaker}_0.wav", 200 + 50 * digit)
+    write(root / "7_jackson_32.wav")
+    write(root / "jackson_7.wav")  # misnamed
+    ds, err = preprocess(capsys, config, "fsdd", "--input", str(tmp_path / "free-spoken-digit-dataset"),
+                         "--name", "fsdd")
+    assert ds.manifest["classes"] == list("0123456789")
+    assert ds.items == ["jackson", "theo", "yweweler"]
+    assert targets(ds) == {"jackson": [0, 1, 2, 7], "theo": [0, 1, 2], "yweweler": [0, 1, 2]}
+    assert ds.manifest["datapoints_per_class"] == {"0": 3, "1": 3, "2": 3, "3": 0, "4": 0, "5": 0, "6": 0,
+                                                   "7": 1, "8": 0, "9": 0}
+    assert skipped(ds, tmp_path / "free-spoken-digit-dataset") == {
+        "recordings/jackson_7.wav": "file name not in FSDD form {digit}_{speaker}_{index} (7_jackson_32)"}
+    assert "no datapoints of class 3, 4, 5, 6, 8, 9" in err  # the model would still get 10 outputs
+    ds, err = preprocess(capsys, config, "fsdd", "--input", str(root), "--name", "fsdd3", "--labels", "0,1,2")
+    assert ds.manifest["classes"] == ["0", "1", "2"] and "no datapoints" not in err
+    assert ds.manifest["corpus"]["dropped_files_per_label"] == {"7": 1}
+
+
+# --- Speech Commands -------------------------------------------------------------------------------
+
+@pytest.fixture
+def speechcommands(tmp_path: Path) -> Path:
+    root = tmp_path / "speech_commands_v0.02"
+    for w, word in enumerate(("yes", "no", "up", "down")):
+        for speaker in ("0a7c2a8d", "1c3f50ad"):
+            write(root / word / f"{speaker}_nohash_0.wav", 200 + 60 * w)
+    write(root / "yes" / "0a7c2a8d_nohash_1.wav")
+    write(root / "up" / "b0ae6326_nohash_0.wav")
+    write(root / "yes" / "recording.wav")  # misnamed
+    write(root / "_background_noise_" / "white_noise.wav")
+    write(root / "_background_noise_" / "running_tap.wav")
+    (root / "validation_list.txt").write_text("yes/1c3f50ad_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("no/0a7c2a8d_nohash_0.wav\n")
+    return root
+
+
+def test_speechcommands_words_and_unknown(tmp_path, capsys, config, speechcommands):
+    root = speechcommands
+    ds, err = preprocess(capsys, config, "speechcommands", "--input", str(root), "--name", "sc",
+                         "--labels", "yes,no", "--unknown")
+    assert ds.manifest["classes"] == ["yes", "no", "unknown"]
+    assert ds.items == ["0a7c2a8d", "1c3f50ad", "b0ae6326"]
+    # path order: down, no, up, yes
+    assert targets(ds) == {"0a7c2a8d": [2, 1, 2, 0, 0], "1c3f50ad": [2, 1, 2, 0], "b0ae6326": [2]}
+    assert ds.manifest["datapoints_per_class"] == {"yes": 3, "no": 2, "unknown": 5}
+    assert skipped(ds, root) == {"yes/recording.wav": "file name not in Speech Commands form {speaker hash}_nohash_{n}"}
+    corpus = ds.manifest["corpus"]
+    assert corpus["ignored_files"] == {"background noise (not a class)": 2}
+    assert corpus["other_labels_class"] == "unknown" and corpus["dropped_files_per_label"] == {}
+    assert "ignored 2 background noise (not a class)" in err
+    assert not any("_background_noise_" in line for line in err.splitlines() if line.startswith("warning"))
+
+
+def test_speechcommands_default_is_every_word_and_other_words_are_dropped(tmp_path, capsys, config, speechcommands):
+    ds, _ = preprocess(capsys, config, "speechcommands", "--input", str(speechcommands), "--name", "all")
+    assert ds.manifest["classes"] == ["down", "no", "up", "yes"]  # sorted; _background_noise_ is no class
+    assert ds.manifest["datapoints_per_class"] == {"down": 2, "no": 2, "up": 3, "yes": 3}
+    ds, err = preprocess(capsys, config, "speechcommands", "--input", str(speechcommands), "--name", "two",
+                         "--labels", "up,down")
+    assert ds.manifest["classes"] == ["up", "down"]
+    assert targets(ds) == {"0a7c2a8d": [1, 0], "1c3f50ad": [1, 0], "b0ae6326": [0]}
+    assert ds.manifest["corpus"]["dropped_files_per_label"] == {"no": 2, "yes": 3}
+    assert "dropped 5 files of other labels: no 2, yes 3" in err
+
+
+# --- IEMOCAP ---------------------------------------------------------------------------------------
+
+# (utterance, label) per dialog, as EmoEvaluation lists them
+IEMOCAP = {
+    ("Session1", "Ses01F_impro01"): [("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M000", "exc"),
+                                     ("Ses01F_impro01_F001", "fru"), ("Ses01F_impro01_M001", "ang")],
+    ("Session1", "Ses01M_script01_1b"): [("Ses01M_script01_1b_F000", "sad"), ("Ses01M_script01_1b_M000", "hap"),
+                                         ("Ses01M_script01_1b_M001", "xxx")],
+    ("Session2", "Ses02F_impro02"): [("Ses02F_impro02_F000", "ang"), ("Ses02F_impro02_M000", "neu"),
+                                     ("Ses02F_impro02_F001", "sur"), ("Ses02F_impro02_M001", "exc")],
+}
+
+
+@pytest.fixture
+def iemocap(tmp_path: Path) -> Path:
+    root = tmp_path / "IEMOCAP_full_release"
+    for (session, dialog), utterances in IEMOCAP.items():
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        for i, (utterance, label) in enumerate(utterances):
+            write(root / session / "sentences" / "wav" / dialog / f"{utterance}.wav", 180 + 40 * i)
+            lines += [f"[{i + 1.25:.4f} - {i + 2.5:.4f}]\t{utterance}\t{label}\t[2.5000, 3.0000, 2.5000]",
+                      "C-E2:\tNeutral;\t()", "A-E3:\tval 3; act 2; dom  2;\t()", ""]
+        evaluation = root / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+        evaluation.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.write_text("\n".join(lines))
+        write(root / session / "dialog" / "wav" / f"{dialog}.wav")  # the whole dialog: not an utterance
+    (root / "Session1" / "dialog" / "EmoEvaluation" / "Categorical").mkdir()
+    (root / "Session1" / "dialog" / "EmoEvaluation" / "Categorical" / "Ses01F_impro01_e2_cat.txt").write_text(
+        "Ses01F_impro01_F000 :Anger; ()\n")
+    write(root / "Session2" / "sentences" / "wav" / "Ses02F_impro02" / "Ses02F_impro02_M002.wav")  # no label line
+    return root
+
+
+def test_iemocap_four_class_protocol(tmp_path, capsys, config, iemocap):
+    ds, err = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "iemocap")
+    assert ds.manifest["classes"] == ["neu", "hap", "ang", "sad"]
+    assert ds.items == ["Ses01F", "Ses01M", "Ses02F", "Ses02M"]
+    # path order within a dialog folder: F000, F001, M000, M001 (exc counts as hap)
+    assert targets(ds) == {"Ses01F": [0, 3], "Ses01M": [1, 2, 1], "Ses02F": [2], "Ses02M": [0, 1]}
+    assert ds.manifest["datapoints_per_class"] == {"neu": 2, "hap": 3, "ang": 2, "sad": 1}
+    assert ds.manifest["sources"]["Ses01M"] == [
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav",
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav",
+        "Session1/sentences/wav/Ses01M_script01_1b/Ses01M_script01_1b_M000.wav"]
+    corpus = ds.manifest["corpus"]
+    assert corpus["classes_kept"] == ["neu", "hap", "ang", "sad"] and corpus["merge"] == {"exc": "hap"}
+    assert corpus["dropped_files_per_label"] == {"fru": 1, "sur": 1, "xxx": 1}
+    assert corpus["ignored_files"] == {"not an utterance (outside Session*/sentences/wav)": 3}  # dialog/wav
+    assert skipped(ds, iemocap) == {
+        "Session2/sentences/wav/Ses02F_impro02/Ses02F_impro02_M002.wav":
+            "no label line for it in Session2/dialog/EmoEvaluation/Ses02F_impro02.txt"}
+    assert "dropped 3 files of other labels: fru 1, sur 1, xxx 1" in err
+    assert "8 of 9 files" in err  # the 3 dropped and 2 dialog recordings are not the corpus's files
+
+
+def test_iemocap_every_label_without_merging(tmp_path, capsys, config, iemocap):
+    ds, _ = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "all",
+                       "--labels", "all", "--merge", "none")
+    assert ds.manifest["classes"] == ["neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx"]
+    assert targets(ds) == {"Ses01F": [0, 5, 4], "Ses01M": [2, 3, 1, 10], "Ses02F": [3, 6], "Ses02M": [0, 2]}
+    assert ds.manifest["corpus"]["dropped_files_per_label"] == {}
+
+
+# --- pattern ---------------------------------------------------------------------------------------
+
+def test_pattern(tmp_path, capsys, config):
+    root = tmp_path / "mycorpus"
+    for speaker in ("spk1", "spk2"):
+        for take, label in enumerate(("calm", "tense", "calm", "angry")):
+            write(root / speaker / f"take{take}_{label}.wav", 200 + 50 * take)
+    write(root / "spk2" / "take9.wav")  # no label
+    write(root / "loose_calm.wav")  # not in a speaker folder
+    regex = r"(?P<item>spk\d+)/take\d+_(?P<label>[a-z]+)\.wav"
+    ds, err = preprocess(capsys, config, "pattern", "--input", str(root), "--regex", regex, "--name", "pat",
+                         "--merge", "angry=tense")
+    assert ds.manifest["classes"] == ["calm", "tense"]
+    assert targets(ds) == {"spk1": [0, 1, 0, 1], "spk2": [0, 1, 0, 1]}
+    assert skipped(ds, root) == {"loose_calm.wav": f"path does not match --regex {regex}",
+                                 "spk2/take9.wav": f"path does not match --regex {regex}"}
+    assert warned(err, root) == {"loose_calm.wav", "spk2/take9.wav"}
+    assert ds.manifest["corpus"]["foldable_item"] == f"group 'item' of {regex}"
+
+
+@pytest.mark.parametrize("regex, words", [
+    (r"(?P<item>spk\d+)/.*\.wav", ["--regex", "no named group label", "(?P<label>...)"]),
+    (r"(?P<speaker>\w+)/(?P<emotion>\w+)", ["no named group item or label"]),
+    (r"(?P<item>spk\d+/(?P<label>", ["--regex", "not a valid regular expression"]),
+])
+def test_pattern_regex_without_both_groups_is_a_one_line_error(tmp_path, capsys, config, regex, words):
+    write(tmp_path / "c" / "spk1" / "take0_calm.wav")
+    code, err = xval(capsys, "preprocess", "pattern", "--input", str(tmp_path / "c"), "--regex", regex,
+                     "--config", str(config))
+    one_line_error(code, err, *words)
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+def test_xval_run_on_a_preset_dataset_trains_and_reports(tmp_path, capsys, config, emodb):
+    import openpyxl
+
+    preprocess(capsys, config, "emodb", "--input", str(emodb), "--name", "emodb", "--features", "mfcc")
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="emodb", num_folds=3, global_parameters=[])
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    assert code == 0, err
+    folder = tmp_path / "exp" / "results" / "emodb" / "experiment_1"
+    sheet = openpyxl.load_workbook(folder / "emodb_exp1_results.xlsx")["folds"]
+    rows = list(sheet.iter_rows(values_only=True))
+    assert len(rows) - 1 == 3  # one row per fold
+    test_items = sorted(str(row[list(rows[0]).index("test_items")]) for row in rows[1:])
+    assert test_items == ["03", "08", "16"]  # every speaker tested once

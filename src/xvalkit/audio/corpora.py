@@ -362,6 +362,8 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
         where = f"of {preset.name}" if preset.vocabulary else "found under --input"
         raise XvalError(f"--merge {source}={merge[source]}: {source} is not a label {where} ({', '.join(known)})")
     merged = _merged_order(known, merge)
+    if preset.vocabulary is None:
+        merged.sort()  # the labels found: sorted, merged or not
     if labels is None:
         classes = list(merged)
     else:
