@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath
 from typing import Any
 
 from ..errors import XvalError
@@ -78,11 +78,11 @@ class Preset:
     def prepare(self, root: Path) -> None:
         """Read what the names need besides themselves (IEMOCAP's label files)."""
 
-    def ignore(self, rel: PurePosixPath) -> str | None:
+    def ignore(self, rel: PurePath) -> str | None:
         """Why a file is not part of the corpus at all (not a fault, only counted), or None."""
         return None
 
-    def parse(self, rel: PurePosixPath) -> tuple[str, str]:
+    def parse(self, rel: PurePath) -> tuple[str, str]:
         """(foldable item, label) of the file at `rel` (relative to --input); Skip(why) if misnamed."""
         raise NotImplementedError
 
@@ -343,7 +343,7 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     labels = preset.default_labels if labels is None else None if labels == ALL else labels
     found, skipped, ignored = [], [], Counter()
     for path in files:
-        rel = PurePosixPath(path.relative_to(root).as_posix())
+        rel = path.relative_to(root)  # parsers use its parts and stem; Pattern its as_posix()
         why_ignored = preset.ignore(rel)
         if why_ignored:
             ignored[why_ignored] += 1
