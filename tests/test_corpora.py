@@ -343,3 +343,25 @@ def test_xval_run_on_a_preset_dataset_trains_and_reports(tmp_path, capsys, confi
     assert len(rows) - 1 == 3  # one row per fold
     test_items = sorted(str(row[list(rows[0]).index("test_items")]) for row in rows[1:])
     assert test_items == ["03", "08", "16"]  # every speaker tested once
+
+
+# --- the two first presets take --labels and --merge too -------------------------------------------
+
+def test_ravdess_and_folder_take_labels_and_merge(tmp_path, capsys, config):
+    rav = tmp_path / "RAVDESS"
+    for actor in (1, 2):
+        for emotion in (1, 2, 5, 8):  # neutral, calm, angry, surprised
+            write(rav / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav", 150 + 30 * emotion)
+    ds, err = preprocess(capsys, config, "ravdess", "--input", str(rav), "--name", "rav",
+                         "--merge", "calm=neutral", "--labels", "neutral,angry")
+    assert ds.manifest["classes"] == ["neutral", "angry"]
+    assert targets(ds) == {"Actor_01": [0, 0, 1], "Actor_02": [0, 0, 1]}
+    assert ds.manifest["corpus"]["dropped_files_per_label"] == {"surprised": 2}
+    assert ds.manifest["corpus"]["label_codes"]["02"] == "calm"
+    folder = tmp_path / "byfolder"
+    for item in ("a", "b"):
+        for label in ("x", "y", "z"):
+            write(folder / item / label / "1.wav")
+    ds, _ = preprocess(capsys, config, "folder", "--input", str(folder), "--name", "fold", "--merge", "z=x")
+    assert ds.manifest["classes"] == ["x", "y"]
+    assert targets(ds) == {"a": [0, 1, 0], "b": [0, 1, 0]}

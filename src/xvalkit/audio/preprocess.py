@@ -77,7 +77,7 @@ class Summary:
 def _fold_limit(items: int) -> list[str]:
     """What the number of foldable items allows `xval run` (each fold needs a test, a validation
     and a training item)."""
-    if items >= 10 or not items:
+    if items >= 5 or not items:  # k = 5 or 10 is usual: say nothing when 5 folds are possible
         return []
     if items <= 2:
         return [f"only {items} foldable item(s): grouped folds need at least one test, one validation and one "
