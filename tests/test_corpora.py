@@ -328,6 +328,14 @@ def test_pattern_regex_without_both_groups_is_a_one_line_error(tmp_path, capsys,
     one_line_error(code, err, *words)
 
 
+def test_pattern_matching_no_file_names_the_files_not_the_labels(tmp_path, capsys, config):
+    write(tmp_path / "c" / "spk1" / "take0_calm.wav")
+    code, err = xval(capsys, "preprocess", "pattern", "--input", str(tmp_path / "c"), "--config", str(config),
+                     "--regex", r"(?P<item>S\d+)/(?P<label>\w+)\.wav", "--labels", "calm")
+    one_line_error(code, err, "none of its 1 audio files is usable")
+    assert warned(err, tmp_path / "c") == {"spk1/take0_calm.wav"}
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 def test_xval_run_on_a_preset_dataset_trains_and_reports(tmp_path, capsys, config, emodb):

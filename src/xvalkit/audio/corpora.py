@@ -333,51 +333,17 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     """The corpus under `root` as `preset` names it.
 
     merge: {label: class} applied first (None: the preset's default); labels: the classes kept, in
-    this order (None: the preset's default, else every label; ALL: every label); rest: a class for every other label
-    (None: those files are dropped, and counted per label in the description).
+    this order (None: the preset's default, else every label; ALL: every label); rest: a class for
+    every other label (None: those files are dropped, and counted per label in the description).
     """
     root = Path(root)
     files = audio_files(root)
     preset.prepare(root)
     merge = dict(preset.default_merge if merge is None else merge)
     labels = preset.default_labels if labels is None else None if labels == ALL else labels
-    found, skipped, ignored = [], [], Counter()
-    for path in files:
-        rel = path.relative_to(root)  # parsers use its parts and stem; Pattern its as_posix()
-        why_ignored = preset.ignore(rel)
-        if why_ignored:
-            ignored[why_ignored] += 1
-            continue
-        try:
-            item, label = preset.parse(rel)
-        except Skip as exc:
-            skipped.append((path, str(exc)))
-            continue
-        found.append((path, item, label))
-
-    known = preset.vocabulary or tuple(sorted({label for _, _, label in found}))
-    unknown_sources = [source for source in merge if source not in known]
-    if unknown_sources:
-        source = unknown_sources[0]
-        where = f"of {preset.name}" if preset.vocabulary else "found under --input"
-        raise XvalError(f"--merge {source}={merge[source]}: {source} is not a label {where} ({', '.join(known)})")
-    merged = _merged_order(known, merge)
-    if preset.vocabulary is None:
-        merged.sort()  # the labels found: sorted, merged or not
-    if labels is None:
-        classes = list(merged)
-    else:
-        missing = [label for label in labels if label not in merged]
-        if missing:
-            raise XvalError(f"--labels {missing[0]}: not a class of this corpus after merging; "
-                            f"its classes: {', '.join(merged)}")
-        classes = list(labels)
-    if rest is not None:
-        if rest in classes:
-            raise XvalError(f"the class for the other labels, {rest}, is also one of --labels; remove it there")
-        classes.append(rest)
+    found, skipped, ignored = _parse_all(preset, root, files)
+    classes = _classes(preset, {label for _, _, label in found}, labels, merge, rest)
     index = {name: i for i, name in enumerate(classes)}
-
     entries, dropped = [], Counter()
     for path, item, label in found:
         name = merge.get(label, label)
@@ -402,6 +368,53 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     if ignored:
         notes.append("ignored " + "; ".join(f"{n} {why}" for why, n in ignored.items()))
     return Corpus(root, entries, classes, skipped, description, notes)
+
+
+def _parse_all(preset: Preset, root: Path, files: list[Path]):
+    """([(path, item, label)], [(path, why skipped)], Counter of why files were ignored)."""
+    found, skipped, ignored = [], [], Counter()
+    for path in files:
+        rel = path.relative_to(root)  # parsers use its parts and stem; Pattern its as_posix()
+        why_ignored = preset.ignore(rel)
+        if why_ignored:
+            ignored[why_ignored] += 1
+            continue
+        try:
+            item, label = preset.parse(rel)
+        except Skip as exc:
+            skipped.append((path, str(exc)))
+            continue
+        found.append((path, item, label))
+    return found, skipped, ignored
+
+
+def _classes(preset: Preset, found: set[str], labels: tuple[str, ...] | None, merge: dict[str, str],
+             rest: str | None) -> list[str]:
+    """The class names in index order; XvalError for a --merge or --labels that names no label."""
+    known = preset.vocabulary or tuple(sorted(found))
+    # With no file named right there is nothing to check the labels against: the files' warnings
+    # and "none of its files is usable" say what is wrong.
+    check = bool(found or preset.vocabulary)
+    unknown_sources = [source for source in merge if source not in known]
+    if unknown_sources and check:
+        source = unknown_sources[0]
+        where = f"of {preset.name}" if preset.vocabulary else "found under --input"
+        raise XvalError(f"--merge {source}={merge[source]}: {source} is not a label {where} ({', '.join(known)})")
+    merged = _merged_order(known, merge)
+    if preset.vocabulary is None:
+        merged.sort()  # the labels found: sorted, merged or not
+    classes = list(merged)
+    if labels is not None:
+        missing = [label for label in labels if label not in merged]
+        if missing and check:
+            raise XvalError(f"--labels {missing[0]}: not a class of this corpus after merging; "
+                            f"its classes: {', '.join(merged)}")
+        classes = list(labels)
+    if rest is not None:
+        if rest in classes:
+            raise XvalError(f"the class for the other labels, {rest}, is also one of --labels; remove it there")
+        classes.append(rest)
+    return classes
 
 
 def _merged_order(known: tuple[str, ...], merge: dict[str, str]) -> list[str]:
