@@ -313,7 +313,14 @@ def test_pattern(tmp_path, capsys, config):
     assert skipped(ds, root) == {"loose_calm.wav": f"path does not match --regex {regex}",
                                  "spk2/take9.wav": f"path does not match --regex {regex}"}
     assert warned(err, root) == {"loose_calm.wav", "spk2/take9.wav"}
-    assert ds.manifest["corpus"]["foldable_item"] == f"group 'item' of {regex}"
+    assert ds.manifest["corpus"]["foldable_item"] == f"{{item}} of --regex {regex}"
+    # the same corpus through a glob-like template instead of the regex
+    template = "{item}/take*_{label}.wav"
+    ds2, err = preprocess(capsys, config, "pattern", "--input", str(root), "--template", template, "--name", "tpl",
+                          "--merge", "angry=tense")
+    assert ds2.manifest["classes"] == ["calm", "tense"] and targets(ds2) == targets(ds)
+    assert skipped(ds2, root) == {"loose_calm.wav": f"path does not match --template {template}",
+                                  "spk2/take9.wav": f"path does not match --template {template}"}
 
 
 @pytest.mark.parametrize("regex, words", [
@@ -325,6 +332,17 @@ def test_pattern_regex_without_both_groups_is_a_one_line_error(tmp_path, capsys,
     write(tmp_path / "c" / "spk1" / "take0_calm.wav")
     code, err = xval(capsys, "preprocess", "pattern", "--input", str(tmp_path / "c"), "--regex", regex,
                      "--config", str(config))
+    one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["give --regex or --template"]),
+    (["--regex", "(?P<item>a)(?P<label>b)", "--template", "{item}/{label}"], ["give --regex or --template"]),
+    (["--template", "{item}/*.wav"], ["--template", "needs both {item} and {label}"]),
+])
+def test_pattern_needs_one_regex_or_template_with_both_fields(tmp_path, capsys, config, args, words):
+    write(tmp_path / "c" / "spk1" / "take0_calm.wav")
+    code, err = xval(capsys, "preprocess", "pattern", "--input", str(tmp_path / "c"), *args, "--config", str(config))
     one_line_error(code, err, *words)
 
 

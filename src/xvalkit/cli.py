@@ -215,7 +215,7 @@ MergeOption = Annotated[
 def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features: Optional[str],
                 jobs: Optional[int], config: Optional[Path], demo_output: Optional[Path] = None,
                 labels: Optional[str] = None, merge: Optional[list[str]] = None, rest: Optional[str] = None,
-                regex: Optional[str] = None) -> None:
+                regex: Optional[str] = None, template: Optional[str] = None) -> None:
     """Shared body of the preprocess commands: config -> spec -> corpus -> dataset."""
     from .audio import corpora, datasets
     from .audio.features import FeatureSpec
@@ -236,7 +236,7 @@ def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features
         if corpus_kind == "ravdess":
             corpus = datasets.ravdess(input_dir or cfg.data_folder / "RAVDESS", **selection)
         else:
-            preset = corpora.Pattern(regex) if corpus_kind == "pattern" else corpora.PRESETS[corpus_kind]()
+            preset = corpora.Pattern(regex, template) if corpus_kind == "pattern" else corpora.PRESETS[corpus_kind]()
             corpus = corpora.read(preset, input_dir, **selection)
     run_with_progress(corpus, spec, cfg.data_folder, name, jobs or default_jobs(), console)
 
@@ -382,18 +382,22 @@ def preprocess_iemocap(input_dir: InputOption, name: NameOption = None, features
 @user_errors(interrupted=PREPROCESS_INTERRUPTED)
 def preprocess_pattern(
     input_dir: Annotated[Path, typer.Option("--input", help="The corpus folder.")],
-    regex: Annotated[str, typer.Option("--regex", help="Regular expression with named groups item and label, "
-                                       "matched against each file's whole path below --input (/ between folders).")],
+    regex: Annotated[Optional[str], typer.Option("--regex", help="Regular expression with named groups item and "
+                     "label, matched against each file's whole path below --input (/ between folders).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Instead of --regex: a glob-like path "
+                        "with {item} and {label}, e.g. '**/{item}/{label}_*.wav' (* any characters but /, "
+                        "** any folders, ? one character).")] = None,
     name: NameOption = None, features: FeaturesOption = None, jobs: JobsOption = None,
     config: ConfigOption = None, labels: LabelsOption = None, merge: MergeOption = None,
 ) -> None:
-    """Any corpus, named by a regex: `--regex '(?P<item>[^/]+)/(?P<label>\\w+)_\\d+\\.wav'`.
+    """Any corpus, named by a regex or a template: `--template '{item}/{label}_*.wav'` or
+    `--regex '(?P<item>[^/]+)/(?P<label>\\w+)_\\d+\\.wav'`.
 
     A file whose path does not match is skipped and named. Classes: the labels found, sorted (or
     --labels). The dataset is named after DIR unless --name is given.
     """
     _preprocess("pattern", input_dir, name or input_dir.resolve().name, features, jobs, config, labels=labels,
-                merge=merge, regex=regex)
+                merge=merge, regex=regex, template=template)
 
 
 # --- augment command (issue 4) ---

@@ -259,13 +259,33 @@ class IEMOCAP(Preset):
         return match.group(1) + match.group(2), label
 
 
+def template_regex(template: str) -> str:
+    """A glob-like template -> its regex: {item} and {label} are one folder or name part each
+    (no /), * any characters but /, ** any folders, ? one character; the rest is literal.
+
+    '{item}/{label}_*.wav' -> '(?P<item>[^/]+?)/(?P<label>[^/]+?)_[^/]*\\.wav'
+    """
+    pieces = {"{item}": "(?P<item>[^/]+?)", "{label}": "(?P<label>[^/]+?)", "**/": "(?:[^/]+/)*",
+              "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    tokens = re.split(r"(\{item\}|\{label\}|\*\*/|\*\*|\*|\?)", template)
+    return "".join(pieces.get(token) or re.escape(token) for token in tokens)
+
+
 class Pattern(Preset):
     """Any corpus: a regex with named groups `item` and `label`, matched against the whole path
     relative to --input (with / between folders)."""
 
     name = "pattern"
 
-    def __init__(self, regex: str):
+    def __init__(self, regex: str | None = None, template: str | None = None):
+        if (regex is None) == (template is None):
+            raise XvalError("pattern: give --regex or --template (one of them)")
+        if template is not None:
+            if "{item}" not in template or "{label}" not in template:
+                raise XvalError(f"--template {template!r}: it needs both {{item}} and {{label}} "
+                                "('{item}/{label}_*.wav')")
+        self.given = f"--regex {regex}" if template is None else f"--template {template}"
+        regex = regex if template is None else template_regex(template)
         try:
             self.regex = re.compile(regex)
         except re.error as exc:
@@ -274,16 +294,16 @@ class Pattern(Preset):
         if missing:
             raise XvalError(f"--regex {regex!r}: it has no named group {' or '.join(missing)}; "
                             "write (?P<item>...) and (?P<label>...) around the foldable item and the label")
-        self.label = f"group 'label' of {regex}"
-        self.foldable_item = f"group 'item' of {regex}"
+        self.label = f"{{label}} of {self.given}"
+        self.foldable_item = f"{{item}} of {self.given}"
 
     def parse(self, rel):
         match = self.regex.fullmatch(rel.as_posix())
         if not match:
-            raise Skip(f"path does not match --regex {self.regex.pattern}")
+            raise Skip(f"path does not match {self.given}")
         item, label = match.group("item"), match.group("label")
         if not item or not label:
-            raise Skip("--regex matched an empty item or label")
+            raise Skip(f"{self.given.split()[0]} matched an empty item or label")
         return item, label
 
 
