@@ -12,11 +12,12 @@ while extracting features.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..errors import XvalError
 from .io import AUDIO_EXTENSIONS, find_audio_files
@@ -61,6 +62,25 @@ def audio_files(root: str | Path) -> list[Path]:
     return files
 
 
+class RelPath(NamedTuple):
+    """A file's path below --input, as its parts: a pathlib path per file (relative_to) cost as
+    much as listing the files."""
+
+    parts: tuple[str, ...]
+
+    @property
+    def stem(self) -> str:
+        return os.path.splitext(self.parts[-1])[0]
+
+    @property
+    def folder(self) -> str:
+        """The name of the folder that holds the file ('' at the top)."""
+        return self.parts[-2] if len(self.parts) > 1 else ""
+
+    def as_posix(self) -> str:
+        return "/".join(self.parts)
+
+
 class Skip(Exception):
     """A file whose name does not fit the preset; the message says why."""
 
@@ -78,11 +98,11 @@ class Preset:
     def prepare(self, root: Path) -> None:
         """Read what the names need besides themselves (IEMOCAP's label files)."""
 
-    def ignore(self, rel: PurePath) -> str | None:
+    def ignore(self, rel: RelPath) -> str | None:
         """Why a file is not part of the corpus at all (not a fault, only counted), or None."""
         return None
 
-    def parse(self, rel: PurePath) -> tuple[str, str]:
+    def parse(self, rel: RelPath) -> tuple[str, str]:
         """(foldable item, label) of the file at `rel` (relative to --input); Skip(why) if misnamed."""
         raise NotImplementedError
 
@@ -162,7 +182,7 @@ class TESS(Preset):
     FILE = re.compile(r"^(OAF|YAF)_", re.IGNORECASE)
 
     def parse(self, rel):
-        folder = self.FOLDER.match(rel.parent.name)
+        folder = self.FOLDER.match(rel.folder)
         if not folder:
             raise Skip("not in a folder <OAF|YAF>_<emotion> (OAF_angry)")
         speaker = self.FILE.match(rel.stem)
@@ -252,7 +272,7 @@ class IEMOCAP(Preset):
             raise Skip("file name not in IEMOCAP form Ses01F_<dialog>_F000")
         label = self.labels.get(rel.stem)
         if label is None:
-            dialog = rel.parent.name
+            dialog = rel.folder
             raise Skip(f"no label line for it in {rel.parts[0]}/dialog/EmoEvaluation/{dialog}.txt")
         if label not in self.vocabulary:
             raise Skip(f"label {label} is not one of {' '.join(self.vocabulary)}")
@@ -393,8 +413,9 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
 def _parse_all(preset: Preset, root: Path, files: list[Path]):
     """([(path, item, label)], [(path, why skipped)], Counter of why files were ignored)."""
     found, skipped, ignored = [], [], Counter()
+    depth = len(root.parts)  # the files were listed below root: their parts start with its parts
     for path in files:
-        rel = path.relative_to(root)  # parsers use its parts and stem; Pattern its as_posix()
+        rel = RelPath(path.parts[depth:])
         why_ignored = preset.ignore(rel)
         if why_ignored:
             ignored[why_ignored] += 1
