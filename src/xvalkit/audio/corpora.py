@@ -110,6 +110,10 @@ class Preset:
         return {"corpus": self.name, "label": self.label, "foldable_item": self.foldable_item}
 
 
+# RAVDESS emotion codes 01..08, in code order.
+EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+
 class Ravdess(Preset):
     """RAVDESS: `MM-VV-EE-II-SS-RR-AA.wav` (folders Actor_01.. or flat); label emotion EE, item actor AA."""
 
@@ -118,7 +122,7 @@ class Ravdess(Preset):
     foldable_item = "actor AA"
     NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 
-    def __init__(self, classes: tuple[str, ...]):
+    def __init__(self, classes: tuple[str, ...] = EMOTIONS):
         self.vocabulary = tuple(classes)
 
     def parse(self, rel):

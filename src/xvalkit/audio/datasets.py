@@ -14,11 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .corpora import Corpus, Entry, LabelledFolder, Ravdess, audio_files, read  # noqa: F401 (re-exported)
+from .corpora import EMOTIONS, Corpus, Entry, LabelledFolder, Ravdess, audio_files, read  # noqa: F401 (re-exported)
 from .io import write_wav
-
-# RAVDESS emotion codes 01..08, in code order.
-EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
 
 def ravdess(root: str | Path, classes: tuple[str, ...] = EMOTIONS, **selection) -> Corpus:
