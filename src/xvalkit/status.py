@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .executors import plan_slots
@@ -19,7 +20,7 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     from .runner import RunOptions, prepare
 
     options = RunOptions(first=first, last=last, num_folds=num_folds)
-    dataset, instances, store = prepare(exp, options)
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
     slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
     differ = differing_parameters([inst.params for inst in instances])
     table = Table(title=f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
@@ -36,6 +37,7 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
                       ", ".join(map(str, todo)) or "-", ", ".join(map(str, done)) or "-")
     console.print(table)
     fold = instances[0].folds[0]
+    console.print(f"fold seed {instances[0].fold_seed} (the same folds for every instance; `seed` drives training)")
     console.print(f"folds ({len(instances[0].folds)}): e.g. fold 1 trains on {len(fold.train)} items, "
                   f"validates on {len(fold.val)}, tests on {len(fold.test)} ({', '.join(fold.test)})")
     console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}; "

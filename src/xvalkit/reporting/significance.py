@@ -10,6 +10,11 @@ where d holds the per-fold differences of the metric between two instances over 
 folds (folds with the same test items), and n_test / n_train is the ratio of the test and training
 set sizes (datapoints). The p-value is two-sided.
 
+When every fold gives the same non-zero difference, var(d) = 0 and t would be infinite: no
+variance to test against. Such a comparison is reported as untested ('identical differences'),
+with t and p NaN, never as t = inf, p = 0. Identical results (every difference 0) are not
+different (t = 0, p = 1).
+
 >>> result = corrected_t_test([0.8, 0.9, 1.0], [0.7, 0.7, 0.7], test_train_ratio=0.5)
 >>> round(result.t, 4), result.df
 (2.1909, 2)
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BEST, SAME, DIFFERENT, UNTESTED = "best", "not different", "different", "untested"
+IDENTICAL_DIFFERENCES = "identical differences"
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
     """Corrected resampled paired t-test of a - b over k paired folds (k >= 2).
 
     Zero variance: identical results (mean difference 0) give t = 0, p = 1; a constant non-zero
-    difference gives t = ±inf, p = 0.
+    difference cannot be tested and gives t = p = NaN (see the module docstring).
     """
     if len(a) != len(b):
         raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
@@ -55,7 +61,7 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
     if var <= (1e-12 * scale) ** 2:
         if abs(mean) <= 1e-12 * scale:
             return TestResult(0.0, 1.0, k - 1, k, mean)
-        return TestResult(math.copysign(math.inf, mean), 0.0, k - 1, k, mean)
+        return TestResult(math.nan, math.nan, k - 1, k, mean)
     t = mean / math.sqrt((1.0 / k + test_train_ratio) * var)
     from scipy import stats
 
@@ -137,6 +143,9 @@ def mark_instances(
                   for n_test, n_train in [fold_sizes(folds[r][f], per_item)] if n_train > 0]
         ratio = sum(ratios) / len(ratios) if ratios else 0.0
         result = corrected_t_test([per_run[best][f] for f in common], [per_run[run][f] for f in common], ratio)
+        if math.isnan(result.p):
+            marks[run] = Mark(UNTESTED, k=result.k, why=IDENTICAL_DIFFERENCES, ratio=ratio)
+            continue
         verdict = SAME if result.p >= level else DIFFERENT
         marks[run] = Mark(verdict, p=result.p, t=result.t, k=result.k, ratio=ratio)
     return best, marks

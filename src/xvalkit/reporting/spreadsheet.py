@@ -147,7 +147,9 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
         f"Significance ({main_set} {METRIC_TITLES[main_metric]}, best: {best_id}): corrected resampled paired "
         f"t-test of Nadeau and Bengio (2003) over the folds both instances completed on the same test items, "
         f"two-sided, level {level:g}. Yellow ('{sig.SAME}'): p >= {level:g}, not significantly different from the "
-        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds. {ratio_note}",
+        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds, or "
+        f"'{sig.UNTESTED}: {sig.IDENTICAL_DIFFERENCES}': the same difference in every fold (no variance to test). "
+        f"{ratio_note}",
         "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
         "the best unless no instance is complete.",
     ]

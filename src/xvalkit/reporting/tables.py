@@ -130,7 +130,10 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         row.update(status=inst.status, folds_done=len(inst.folds), num_folds=inst.num_folds)
         row.update({k: cell(inst.params.get(k)) for k in data.varying})
         mark = data.marks.get(inst.id)
-        row.update(significance=mark.verdict if mark else sig.UNTESTED,
+        verdict = mark.verdict if mark else sig.UNTESTED
+        if mark and mark.why == sig.IDENTICAL_DIFFERENCES:  # said explicitly: no variance to test
+            verdict = f"{sig.UNTESTED}: {sig.IDENTICAL_DIFFERENCES}"
+        row.update(significance=verdict,
                    p_value=None if mark is None or math.isnan(mark.p) else mark.p)
         if inst.folds:
             summary = summarize(inst.folds, data.task_type)
