@@ -68,8 +68,15 @@ def compute(task_type: str, y_true, y_pred, num_outputs: int) -> dict:
     return regression_metrics(y_true, y_pred)
 
 
+def valid_folds(folds: dict[int, dict]) -> dict[int, dict]:
+    """The folds whose model did not diverge (a diverged fold has no metrics to average)."""
+    return {index: fold for index, fold in folds.items() if not fold.get("diverged")}
+
+
 def summarize(folds: dict[int, dict], task_type: str) -> dict[str, dict[str, float]]:
-    """{'train'|'val'|'test': {'mean_<metric>', 'std_<metric>'}} over the given folds."""
+    """{'train'|'val'|'test': {'mean_<metric>', 'std_<metric>'}} over the given folds that did not
+    diverge (NaN means when none is left)."""
+    folds = valid_folds(folds)
     summary: dict[str, dict[str, float]] = {}
     for set_name in SETS:
         block = {}

@@ -244,17 +244,24 @@ class RunListener:
         self.view.ended(job)
         inst = self.instances[job.instance]
         results = self.store.rebuild_instance(inst.id, base_results(self.exp, inst))
-        self.view.print(
-            f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
-            f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
-        )
+        if record.get("diverged"):
+            self.view.print(f"[yellow]{job.label} diverged[/]: {escape(record['diverged'])}; recorded, "
+                            "not averaged")
+        else:
+            self.view.print(
+                f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
+                f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
+            )
         self.todo[inst.id].discard(job.fold.index)
         if not self.todo[inst.id] and inst.id not in self.summary.failed:
             self.store.clear_error(inst.id)
             self.summary.done.append(inst.id)
             s = results["summary"]["test"]
+            diverged = [i for i, f in results["folds"].items() if f.get("diverged")]
+            note = f" over {len(results['folds']) - len(diverged)} folds; diverged in fold(s) " \
+                   f"{', '.join(map(str, diverged))}" if diverged else ""
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
-                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}")
+                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
             report.refresh(self.store)
 
     def failed(self, job: FoldJob, error: str) -> None:
@@ -288,6 +295,10 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) x {len(instances[0].folds)} fold(s) on "
         f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"
     )
+    if dataset.has_augmented:
+        from .status import augmented_line
+
+        console.print(augmented_line(dataset))
     choice = current_choice()
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
         console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")

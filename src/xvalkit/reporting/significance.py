@@ -29,6 +29,7 @@ from typing import Any
 
 BEST, SAME, DIFFERENT, UNTESTED = "best", "not different", "different", "untested"
 IDENTICAL_DIFFERENCES = "identical differences"
+DIVERGED = "diverged in fold"
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,14 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
 def fold_sizes(record: Mapping[str, Any], datapoints_per_item: float) -> tuple[float, float]:
     """(n_test, n_train) of one fold record, in datapoints.
 
-    Exact from the record's `n_test` / `n_train` (every fold trained by xvalkit records them). For
+    Exact from the record's `n_test` / `n_train_original` or `n_train` (every fold trained by xvalkit
+    records them; test and validation hold original datapoints only when the data is augmented). For
     records without them: len(test_true), and len(train_items) x the mean datapoints per item of
     the experiment's test sets (exact when items have equal sizes).
     """
     n_test = float(record.get("n_test", len(record["test_true"])))
-    n_train = float(record.get("n_train", len(record["train_items"]) * datapoints_per_item))
+    # With augmented data n_train counts the original datapoints, like n_test (copies are not new data).
+    n_train = float(record.get("n_train_original", record.get("n_train", len(record["train_items"]) * datapoints_per_item)))
     return n_test, n_train
 
 
@@ -122,7 +125,9 @@ def mark_instances(
         return out
 
     per_run = {run: values(run) for run in folds}
-    pool = [r for r in (candidates if candidates is not None else folds) if per_run.get(r)]
+    # An instance whose model diverged in a fold is compared on none: its other folds alone would flatter it.
+    diverged = {run: [f for f, record in folds[run].items() if record.get("diverged")] for run in folds}
+    pool = [r for r in (candidates if candidates is not None else folds) if per_run.get(r) and not diverged[r]]
     if not pool:
         return None, {run: Mark(UNTESTED, why="no folds") for run in folds}
     sign = 1.0 if higher_is_better else -1.0
@@ -130,6 +135,10 @@ def mark_instances(
     per_item = datapoints_per_item([rec for run in folds.values() for rec in run.values()])
     marks: dict[int, Mark] = {}
     for run in folds:
+        if diverged[run]:
+            marks[run] = Mark(UNTESTED, why=f"{DIVERGED}{'s' if len(diverged[run]) > 1 else ''} "
+                                            f"{', '.join(map(str, diverged[run]))}")
+            continue
         if run == best:
             marks[run] = Mark(BEST, k=len(per_run[run]))
             continue
