@@ -150,7 +150,7 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         mark = data.marks.get(inst.id)
         verdict = mark.verdict if mark else sig.UNTESTED
         if mark and (mark.why == sig.IDENTICAL_DIFFERENCES or mark.why.startswith(sig.DIVERGED)):
-            verdict = f"{sig.UNTESTED}: {sig.IDENTICAL_DIFFERENCES}"
+            verdict = f"{sig.UNTESTED}: {mark.why}"
         row.update(significance=verdict,
                    p_value=None if mark is None or math.isnan(mark.p) else mark.p)
         valid = valid_folds(inst.folds)  # diverged folds are not averaged
