@@ -10,8 +10,8 @@ Sparse classes: when StratifiedGroupKFold cannot stratify (every class has fewer
 k), the test sets come from unstratified GroupKFold, with a warning.
 
 Held-out sets and classes (classification): validation items (and the k = 1 test and validation
-items) are a seeded random draw, kept when it holds every class of the items it is drawn from and
-leaves every class to the rest. Otherwise they are chosen class by class: items that add a class
+items) are a seeded random draw, kept when it holds every class that has two or more items to
+draw from and leaves every class to the rest. Otherwise they are chosen class by class: items that add a class
 not yet held, never the last item of a class (so training keeps every class), then random ones.
 
 >>> plan = plan_folds(["a", "b", "c", "d"], num_folds=2, validation_split=0.25, seed=0)
