@@ -216,13 +216,9 @@ def test_fold_seed_setting_and_old_results_resume(tmp_path, config_file):
 # --- 6. sparse classes ----------------------------------------------------------------------------
 
 def test_sparse_classes_fall_back_to_unstratified_folds(tmp_path):
+    # ten items of one datapoint each, five classes, k = 3: through `xval plan`, a warning line, exit 0
     items = [f"item{i}" for i in range(10)]
     labels = {item: np.array([i % 5]) for i, item in enumerate(items)}
-    warnings = []
-    folds = plan_folds(items, 3, validation_split=0.1, seed=0, labels=labels, warn=warnings.append)
-    assert sorted(i for f in folds for i in f.test) == items
-    assert len(warnings) == 1 and "unstratified grouped folds" in warnings[0] and "\n" not in warnings[0]
-    # through `xval plan`: one warning line, exit 0
     data = tmp_path / "data"
     save_dataset(data, "sparse", {item: np.full((1, 3, 2), i, np.float32) for i, item in enumerate(items)}, labels)
     config = tmp_path / "c.ini"
@@ -231,6 +227,10 @@ def test_sparse_classes_fall_back_to_unstratified_folds(tmp_path):
     result = xval("plan", path, "--config", config)
     assert result.exit_code == 0, result.output
     assert "warning: folds: cannot stratify 10 items into 3 folds" in result.output
+    warnings = []
+    folds = plan_folds(items, 3, validation_split=0.1, seed=0, labels=labels, warn=warnings.append)
+    assert sorted(i for f in folds for i in f.test) == items
+    assert len(warnings) == 1 and "unstratified grouped folds" in warnings[0] and "\n" not in warnings[0]
 
 
 # --- 7. held-out sets hold every class ------------------------------------------------------------
