@@ -34,6 +34,7 @@ SETTINGS = {
     "gpu_ID": (int, False),
     "global_parameters": ((list, tuple, dict), False),
     "models": (str, False),
+    "fold_seed": (int, False),
 }
 
 
@@ -74,6 +75,7 @@ class Experiment:
     generator: bool = False
     gpu_ID: int | None = None
     models_path: Path | None = None
+    fold_seed: int | None = None  # None: the seed of config.ini / global_parameters (runner.fold_seed)
     config: Config = field(default_factory=load_config)
 
     @property
@@ -190,5 +192,6 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         generator=values.get("generator", False),
         gpu_ID=values.get("gpu_ID"),
         models_path=(base / models).resolve() if models else None,
+        fold_seed=values.get("fold_seed"),
         config=load_config(config_file),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
+import re
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -268,6 +269,14 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(first, shape=(rows, *first.shape[1:]), writeable=False)
 
 
+AUGMENTED_NAME = re.compile(r"_aug\d+$")
+
+
+def is_augmented(path: Path) -> bool:
+    """Whether a file is an augmented copy written by `xval augment` (<stem>_aug<N>.wav)."""
+    return bool(AUGMENTED_NAME.search(Path(path).stem))
+
+
 def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Summary,
                   warn=None) -> tuple[dict, dict, dict]:
     """Predictors, targets and manifest from the results of `extract_all` on corpus.entries.
@@ -276,6 +285,7 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
     """
     feats: dict[str, list[np.ndarray]] = {}
     sources: dict[str, list[str]] = {}
+    augmented: dict[str, list[bool]] = {}
     starts: dict[str, list[float]] = {}
     labels: dict[str, list[int]] = {}
     step_s = spec.segment_step / spec.sr_target
@@ -292,6 +302,7 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
         labels.setdefault(entry.item, []).extend([entry.label] * len(x))
         source = str(entry.path.relative_to(corpus.root))
         sources.setdefault(entry.item, []).extend([source] * len(x))
+        augmented.setdefault(entry.item, []).extend([is_augmented(entry.path)] * len(x))
         starts.setdefault(entry.item, []).extend(round(i * step_s, 6) for i in range(len(x)))
     if not feats:
         raise XvalError(f"--input {corpus.root}: none of its {summary.files} audio files is usable "
@@ -312,6 +323,9 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
         "sr": spec.sr_target,
         "datapoints_per_item": {item: len(targets[item]) for item in items},
         "sources": {item: sources[item] for item in items},
+        # Per datapoint: from an `xval augment` copy (<stem>_aug<N>.wav)? `xval run` trains on every
+        # datapoint but validates and tests on the others (the originals) only.
+        "augmented": {item: augmented[item] for item in items},
         "skipped": [{"file": str(path), "reason": reason} for path, reason in summary.skipped],
         **_counts(corpus.classes, targets, summary),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -10,6 +10,11 @@ where d holds the per-fold differences of the metric between two instances over 
 folds (folds with the same test items), and n_test / n_train is the ratio of the test and training
 set sizes (datapoints). The p-value is two-sided.
 
+When every fold gives the same non-zero difference, var(d) = 0 and t would be infinite: no
+variance to test against. Such a comparison is reported as untested ('identical differences'),
+with t and p NaN, never as t = inf, p = 0. Identical results (every difference 0) are not
+different (t = 0, p = 1).
+
 >>> result = corrected_t_test([0.8, 0.9, 1.0], [0.7, 0.7, 0.7], test_train_ratio=0.5)
 >>> round(result.t, 4), result.df
 (2.1909, 2)
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 BEST, SAME, DIFFERENT, UNTESTED = "best", "not different", "different", "untested"
+IDENTICAL_DIFFERENCES = "identical differences"
+DIVERGED = "diverged in fold"
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
     """Corrected resampled paired t-test of a - b over k paired folds (k >= 2).
 
     Zero variance: identical results (mean difference 0) give t = 0, p = 1; a constant non-zero
-    difference gives t = ±inf, p = 0.
+    difference cannot be tested and gives t = p = NaN (see the module docstring).
     """
     if len(a) != len(b):
         raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
@@ -55,7 +62,7 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
     if var <= (1e-12 * scale) ** 2:
         if abs(mean) <= 1e-12 * scale:
             return TestResult(0.0, 1.0, k - 1, k, mean)
-        return TestResult(math.copysign(math.inf, mean), 0.0, k - 1, k, mean)
+        return TestResult(math.nan, math.nan, k - 1, k, mean)
     t = mean / math.sqrt((1.0 / k + test_train_ratio) * var)
     from scipy import stats
 
@@ -66,12 +73,14 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
 def fold_sizes(record: Mapping[str, Any], datapoints_per_item: float) -> tuple[float, float]:
     """(n_test, n_train) of one fold record, in datapoints.
 
-    Exact from the record's `n_test` / `n_train` (every fold trained by xvalkit records them). For
+    Exact from the record's `n_test` / `n_train_original` or `n_train` (every fold trained by xvalkit
+    records them; test and validation hold original datapoints only when the data is augmented). For
     records without them: len(test_true), and len(train_items) x the mean datapoints per item of
     the experiment's test sets (exact when items have equal sizes).
     """
     n_test = float(record.get("n_test", len(record["test_true"])))
-    n_train = float(record.get("n_train", len(record["train_items"]) * datapoints_per_item))
+    # With augmented data n_train counts the original datapoints, like n_test (copies are not new data).
+    n_train = float(record.get("n_train_original", record.get("n_train", len(record["train_items"]) * datapoints_per_item)))
     return n_test, n_train
 
 
@@ -116,7 +125,9 @@ def mark_instances(
         return out
 
     per_run = {run: values(run) for run in folds}
-    pool = [r for r in (candidates if candidates is not None else folds) if per_run.get(r)]
+    # An instance whose model diverged in a fold is compared on none: its other folds alone would flatter it.
+    diverged = {run: [f for f, record in folds[run].items() if record.get("diverged")] for run in folds}
+    pool = [r for r in (candidates if candidates is not None else folds) if per_run.get(r) and not diverged[r]]
     if not pool:
         return None, {run: Mark(UNTESTED, why="no folds") for run in folds}
     sign = 1.0 if higher_is_better else -1.0
@@ -124,6 +135,10 @@ def mark_instances(
     per_item = datapoints_per_item([rec for run in folds.values() for rec in run.values()])
     marks: dict[int, Mark] = {}
     for run in folds:
+        if diverged[run]:
+            marks[run] = Mark(UNTESTED, why=f"{DIVERGED}{'s' if len(diverged[run]) > 1 else ''} "
+                                            f"{', '.join(map(str, diverged[run]))}")
+            continue
         if run == best:
             marks[run] = Mark(BEST, k=len(per_run[run]))
             continue
@@ -137,6 +152,9 @@ def mark_instances(
                   for n_test, n_train in [fold_sizes(folds[r][f], per_item)] if n_train > 0]
         ratio = sum(ratios) / len(ratios) if ratios else 0.0
         result = corrected_t_test([per_run[best][f] for f in common], [per_run[run][f] for f in common], ratio)
+        if math.isnan(result.p):
+            marks[run] = Mark(UNTESTED, k=result.k, why=IDENTICAL_DIFFERENCES, ratio=ratio)
+            continue
         verdict = SAME if result.p >= level else DIFFERENT
         marks[run] = Mark(verdict, p=result.p, t=result.t, k=result.k, ratio=ratio)
     return best, marks

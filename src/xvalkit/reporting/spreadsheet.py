@@ -22,7 +22,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.hyperlink import Hyperlink
 
 from . import significance as sig
-from .tables import ReportData, best_rows, cell, metric_columns
+from .tables import ReportData, best_rows, cell, evaluation_note, metric_columns
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -147,10 +147,17 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
         f"Significance ({main_set} {METRIC_TITLES[main_metric]}, best: {best_id}): corrected resampled paired "
         f"t-test of Nadeau and Bengio (2003) over the folds both instances completed on the same test items, "
         f"two-sided, level {level:g}. Yellow ('{sig.SAME}'): p >= {level:g}, not significantly different from the "
-        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds. {ratio_note}",
+        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds, or "
+        f"'{sig.UNTESTED}: {sig.IDENTICAL_DIFFERENCES}': the same difference in every fold (no variance to test). "
+        f"{ratio_note}",
+        "A fold whose model diverged (NaN or infinite predictions) has no metrics: it is not averaged, its "
+        "instance is 'diverged', neither tested nor a candidate for the best (reason in the folds sheet).",
         "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
         "the best unless no instance is complete.",
     ]
+    augmented = evaluation_note(data)
+    if augmented:
+        notes.append(augmented)
     start = len(rows) + HEADER_ROWS + 2
     for n, text in enumerate(notes):
         ws.cell(row=start + n, column=1, value=text).font = Font(italic=True, color="555555")
