@@ -25,6 +25,7 @@ SETTINGS = {
     "dataset": (str, True),
     "num_experiment": (int, True),
     "num_folds": (int, True),
+    "num_repeats": (int, False),
     "experiment_folder": (str, True),
     "task_type": (str, True),
     "experiment": (dict, True),
@@ -73,6 +74,7 @@ class Experiment:
     debug_mode: bool = False
     generator: bool = False
     gpu_ID: int | None = None
+    num_repeats: int = 1  # repeated grouped k-fold: num_repeats partitions of num_folds folds
     models_path: Path | None = None
     config: Config = field(default_factory=load_config)
 
@@ -165,6 +167,8 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         raise XvalError(f"{path}: task_type = {values['task_type']!r} is not 'classification' or 'regression'")
     if values["num_folds"] < 1:
         raise XvalError(f"{path}: num_folds = {values['num_folds']} must be at least 1")
+    if values.get("num_repeats", 1) < 1:
+        raise XvalError(f"{path}: num_repeats = {values['num_repeats']} must be at least 1")
     if not values["experiment"]:
         raise XvalError(f"{path}: the experiment dict has no instances")
     instances = {}
@@ -189,6 +193,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         debug_mode=values.get("debug_mode", False),
         generator=values.get("generator", False),
         gpu_ID=values.get("gpu_ID"),
+        num_repeats=values.get("num_repeats", 1),
         models_path=(base / models).resolve() if models else None,
         config=load_config(config_file),
     )

@@ -22,7 +22,7 @@ from .errors import XvalError
 from .executors import plan_slots
 from .experiment import Experiment
 from .fold_data import model_input_shape, num_outputs, targets_for
-from .folds import Fold, plan_folds
+from .folds import Fold, plan_repeated_folds
 from .jobs import FoldJob
 from .progress import ProgressView
 from .snapshot import provenance, write_snapshot
@@ -83,7 +83,7 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset) -> li
         params = exp.resolve(run)
         key = (params["validation_split"], params["test_split"], params["seed"])
         if key not in plans:
-            plans[key] = plan_folds(dataset.items, num_folds, *key, labels=labels)
+            plans[key] = plan_repeated_folds(dataset.items, num_folds, exp.num_repeats, *key, labels=labels)
         instances.append(Instance(run, params, plans[key], f"{exp.path}: instance {run}"))
     return instances
 
@@ -145,7 +145,7 @@ def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
 
 def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
     return [
-        FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), params=inst.params,
+        FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), num_repeats=exp.num_repeats, params=inst.params,
                 task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
                 store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
                 models_path=str(exp.models_path) if exp.models_path else None)

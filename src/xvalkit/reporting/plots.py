@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import atomic
+from . import significance as sig
 from .tables import InstanceInfo, ReportData
 
 
@@ -94,14 +95,14 @@ def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.2))
     means = [r[f"{set_name}_mean_{metric}"] for r in rows]
     stds = [r[f"{set_name}_std_{metric}"] or 0.0 for r in rows]
-    colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == "not different"
+    colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == sig.SAME
                else "tab:gray" for r in rows]
     labels = [str(r["ID"]) if r["status"] == "done" else f"{r['ID']} ({r['folds_done']}/{r['num_folds']})" for r in rows]
     ax.bar(labels, means, yerr=stds, capsize=3, color=colours)
     ax.set_xlabel("instance (folds done where not all)")
     ax.set_ylabel(f"{set_name} {metric}")
     ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green best, olive not "
-                 "significantly different)", fontsize=8)
+                 "distinguishable from it)", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -34,6 +34,7 @@ METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "f1": "F1", "precision": "pr
                  "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
 SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
 NUMBER_FORMAT = "0.0000"
+PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent", "prob_other_better")
 HEADER_ROWS = 2
 
 
@@ -71,7 +72,11 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     ]
     layout += [(k, "parameters that differ", k, VARYING_FILL) for k in data.varying]
     sig_title = f"{METRIC_TITLES[main_metric]} ({SET_SHORT[main_set]}) vs best"
-    layout += [("significance", sig_title, "verdict", SAME_FILL), ("p_value", sig_title, "p", SAME_FILL)]
+    layout += [("significance", sig_title, "verdict", SAME_FILL), ("p_value", sig_title, "p", SAME_FILL),
+               ("p_holm", sig_title, "p (Holm)", SAME_FILL),
+               ("prob_best_better", sig_title, "P(best better)", SAME_FILL),
+               ("prob_equivalent", sig_title, f"P(within ±{data.rope:g})", SAME_FILL),
+               ("prob_other_better", sig_title, "P(this better)", SAME_FILL)]
     for g, metric in enumerate(data.metrics):
         fill = GROUP_FILLS[g % len(GROUP_FILLS)]
         layout += [(c, METRIC_TITLES.get(metric, metric), f"{SET_SHORT[c.split('_')[0]]} {c.split('_')[1]}", fill)
@@ -121,7 +126,7 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
                     c.fill, c.font = best_fill, Font(bold=True)
                 elif same and key == main_column:
                     c.fill = same_fill
-            elif key == "p_value":
+            elif key in PROBABILITY_COLUMNS:
                 c.number_format = "0.000"
             elif key == "significance" and same:
                 c.fill = same_fill
@@ -134,28 +139,66 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     for j, (key, group, sub, _fill) in enumerate(layout, start=1):
         values = [len(str(v)) for v in (cell(r.get(key)) for r in rows) if v is not None]
         longest = max([len(sub) + 2, 7] + [min(v, 40) for v in values])
-        width = 11 if key in best or key == "p_value" else longest + 1
+        width = 11 if key in best or key in PROBABILITY_COLUMNS else longest + 1
         ws.column_dimensions[get_column_letter(j)].width = min(width, 42)
     ws.row_dimensions[2].height = 30
     ws.freeze_panes = ws.cell(row=HEADER_ROWS + 1, column=5)  # ID to comment_2 stay in view
 
-    level = data.level
-    best_id = "none" if data.best is None else f"ID {data.best}"
-    notes = [
-        "Green: the best value of each column among complete instances (highest for accuracy, F1, precision, "
-        "recall, R²; lowest for loss, MAE, RMSE and for every std).",
-        f"Significance ({main_set} {METRIC_TITLES[main_metric]}, best: {best_id}): corrected resampled paired "
-        f"t-test of Nadeau and Bengio (2003) over the folds both instances completed on the same test items, "
-        f"two-sided, level {level:g}. Yellow ('{sig.SAME}'): p >= {level:g}, not significantly different from the "
-        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds. {ratio_note}",
-        "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
-        "the best unless no instance is complete.",
-    ]
     start = len(rows) + HEADER_ROWS + 2
-    for n, text in enumerate(notes):
+    if data.selection is not None:  # below a blank row: not an instance
+        _selection_row(ws, data, layout, start, main_column)
+        start += 2
+    for n, text in enumerate(_notes(data, ratio_note)):
         ws.cell(row=start + n, column=1, value=text).font = Font(italic=True, color="555555")
 
 
+def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> None:
+    """The row of the selection procedure: in each fold the instance best on the selection metric,
+    its test value; mean and std over the folds, under the main metric's columns."""
+    est = data.selection
+    columns = {key: j for j, (key, *_rest) in enumerate(layout, start=1)}
+    set_name, _, metric = main_column.partition("_mean_")
+    ws.cell(row=r, column=1, value="selection").font = Font(bold=True, italic=True)
+    picked = ", ".join(f"{f}:{i}" for f, i in est.picks.items())
+    ws.cell(row=r, column=columns["comment_1"], value=f"selection procedure (best {_metric_text(data.selection_metric)} per fold)")
+    ws.cell(row=r, column=columns["comment_2"], value=f"fold:instance {picked}")
+    ws.cell(row=r, column=columns["folds_done"], value=len(est.values))
+    for key, value in ((main_column, est.mean), (f"{set_name}_std_{metric}", est.std)):
+        c = ws.cell(row=r, column=columns[key], value=None if value != value else value)
+        c.number_format, c.font = NUMBER_FORMAT, Font(bold=True, italic=True)
+
+
+def _metric_text(column: str) -> str:
+    set_name, _, metric = column.partition("_")
+    return f"{SET_SHORT.get(set_name, set_name)} {METRIC_TITLES.get(metric, metric)}"
+
+
+def _notes(data: ReportData, ratio_note: str) -> list[str]:
+    level = data.level
+    best_id = "none" if data.best is None else f"ID {data.best}"
+    main, chooser = _metric_text(data.main_metric), _metric_text(data.selection_metric or data.main_metric)
+    notes = [
+        "Green: the best value of each column among complete instances (highest for accuracy, F1, precision, "
+        "recall, R²; lowest for loss, MAE, RMSE and for every std).",
+        f"The best instance ({best_id}) is the one with the best mean {chooser} among complete instances; every "
+        f"other instance is compared with it on {main}.",
+        f"p: corrected resampled paired t-test of Nadeau and Bengio (2003) over the folds both instances completed "
+        f"on the same test items (with repeats: over all k x r folds, Bouckaert and Frank 2004), two-sided, level {level:g}. "
+        f"p (Holm): adjusted with Holm's step-down procedure over the instances tested. Yellow ('{sig.SAME}'): "
+        f"Holm p >= {level:g}, the folds cannot tell it from the best (which does not make it equivalent); "
+        f"'{sig.DIFFERENT}' / '{sig.BETTER}': Holm p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds. "
+        f"{ratio_note}",
+        f"P(...): Bayesian correlated t-test (Benavoli, Corani, Demsar and Zaffalon 2017): posterior probabilities "
+        f"that the best is better by more than {data.rope:g}, that the two are within ±{data.rope:g} "
+        f"(practically equivalent), or that this instance is better by more than {data.rope:g}.",
+        "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
+        "the best unless no instance is complete.",
+    ]
+    if data.selection is not None:
+        notes.insert(2, f"Selection row: in each fold the instance with the best {chooser} is taken and its {main} "
+                        "recorded; its mean estimates what choosing the best instance this way gives on new items, "
+                        "without the optimism of the best test mean (the test items took no part in the choice).")
+    return notes
 def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:
     """A plain table: one bold header row, number formats, widths, a filter, frozen panes."""
     columns: list[str] = []

@@ -67,6 +67,9 @@ class ReportData:
     varying: list[str] = field(default_factory=list)
     best: int | None = None
     marks: dict[int, sig.Mark] = field(default_factory=dict)
+    selection_metric: str = ""  # '<set>_<metric>' that chose the best ('' : the main metric)
+    rope: float = 0.0
+    selection: sig.SelectionEstimate | None = None  # the selection procedure's test estimate
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -83,22 +86,40 @@ class ReportData:
         return done or [i.id for i in self.instances if i.folds]
 
 
-def collect(store: ExperimentStore, main_metrics: dict[str, str], level: float) -> ReportData:
-    """Read every instance of the folder and test the main metric against the best instance."""
+def _check_metric(column: str, key: str, task_type: str, metrics: tuple[str, ...]) -> None:
+    set_name, _, metric = column.partition("_")
+    if set_name not in SETS or metric not in metrics:
+        from ..errors import XvalError
+
+        choices = ", ".join(f"{s}_{m}" for s in SETS for m in metrics)
+        raise XvalError(f"config [report] {key}_{task_type} = {column!r} is not a {task_type} metric; "
+                        f"use one of {choices}")
+
+
+def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
+    """Read every instance of the folder, choose the best on the selection metric, test the main
+    metric of every other instance against it, and estimate the selection procedure.
+
+    `settings`: the [report] section (main_metric_<task>, selection_metric_<task>, rope_<task>,
+    significance_level).
+    """
     instances = [InstanceInfo(run, store.load_instance(run), store.error_text(run)) for run in store.instance_ids()]
     task_types = {i.results["task_type"] for i in instances if i.results is not None}
     task_type = task_types.pop() if len(task_types) == 1 else "classification"
-    main = main_metrics[task_type]
-    data = ReportData(instances, task_type, main, level, varying=varying_parameters(instances))
-    set_name, _, metric = main.partition("_")
-    if set_name not in SETS or metric not in data.metrics:
-        from ..errors import XvalError
-
-        choices = ", ".join(f"{s}_{m}" for s in SETS for m in data.metrics)
-        raise XvalError(f"config [report] main metric {main!r} is not a {task_type} metric; use one of {choices}")
-    data.best, data.marks = sig.mark_instances(
-        {i.id: i.folds for i in instances}, main, data.main_higher_is_better, level, data.best_candidates
-    )
+    main = str(settings[f"main_metric_{task_type}"])
+    selection = str(settings.get(f"selection_metric_{task_type}") or main)
+    data = ReportData(instances, task_type, main, float(settings["significance_level"]),
+                      varying=varying_parameters(instances), selection_metric=selection,
+                      rope=float(settings.get(f"rope_{task_type}", 0.0)))
+    _check_metric(main, "main_metric", task_type, data.metrics)
+    _check_metric(selection, "selection_metric", task_type, data.metrics)
+    folds = {i.id: i.folds for i in instances}
+    select_higher = HIGHER_IS_BETTER[selection.split("_", 1)[1]]
+    chosen = sig.choose_best(folds, selection, select_higher, data.best_candidates)
+    data.best, data.marks = sig.mark_instances(folds, main, data.main_higher_is_better, data.level,
+                                               data.best_candidates, best=chosen, rope=data.rope)
+    if selection != main:
+        data.selection = sig.selection_estimate(folds, main, selection, select_higher, data.best_candidates)
     return data
 
 
@@ -130,8 +151,13 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         row.update(status=inst.status, folds_done=len(inst.folds), num_folds=inst.num_folds)
         row.update({k: cell(inst.params.get(k)) for k in data.varying})
         mark = data.marks.get(inst.id)
+        posterior = mark.posterior if mark else None
         row.update(significance=mark.verdict if mark else sig.UNTESTED,
-                   p_value=None if mark is None or math.isnan(mark.p) else mark.p)
+                   p_value=None if mark is None or math.isnan(mark.p) else mark.p,
+                   p_holm=None if mark is None or math.isnan(mark.p_adjusted) else mark.p_adjusted,
+                   prob_best_better=posterior.below if posterior else None,
+                   prob_equivalent=posterior.within if posterior else None,
+                   prob_other_better=posterior.above if posterior else None)
         if inst.folds:
             summary = summarize(inst.folds, data.task_type)
             for column in metric_columns(data.metrics):
@@ -150,7 +176,8 @@ def fold_rows(data: ReportData) -> list[dict[str, Any]]:
     rows = []
     for inst in data.instances:
         for fold, record in inst.folds.items():
-            row: dict[str, Any] = {"ID": inst.id, "fold": fold}
+            row: dict[str, Any] = {"ID": inst.id, "fold": fold, "repeat": record.get("repeat", 1),
+                                   "fold_in_repeat": record.get("fold_in_repeat", fold)}
             row.update({c: inst.params.get(c) for c in COMMENTS})
             row["status"] = inst.status
             row.update({f"{s}_{m}": cell(record.get(f"{s}_{m}")) for m in data.metrics for s in SETS})
