@@ -26,6 +26,7 @@ SETTINGS = {
     "num_experiment": (int, True),
     "num_folds": (int, True),
     "num_repeats": (int, False),
+    "sweep": (dict, False),
     "experiment_folder": (str, True),
     "task_type": (str, True),
     "experiment": (dict, True),
@@ -75,6 +76,7 @@ class Experiment:
     generator: bool = False
     gpu_ID: int | None = None
     num_repeats: int = 1  # repeated grouped k-fold: num_repeats partitions of num_folds folds
+    swept: dict[int, list[str]] = field(default_factory=dict)  # instance -> its swept parameters
     models_path: Path | None = None
     config: Config = field(default_factory=load_config)
 
@@ -176,6 +178,11 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         if not isinstance(key, int) or isinstance(key, bool):
             raise XvalError(f"{path}: instance key {key!r} should be an int, as in experiment[1] = [...]")
         instances[key] = P.parse_instance(spec, f"{path}: instance {key}")
+    swept: dict[int, list[str]] = {}
+    if "sweep" in values:
+        from .sweeps import expand
+
+        instances, swept = expand(instances, values["sweep"], str(path))
     global_parameters = P.parse_instance(values.get("global_parameters", []), f"{path}: global_parameters")
     base = path.resolve().parent
     models = values.get("models")
@@ -194,6 +201,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         generator=values.get("generator", False),
         gpu_ID=values.get("gpu_ID"),
         num_repeats=values.get("num_repeats", 1),
+        swept=swept,
         models_path=(base / models).resolve() if models else None,
         config=load_config(config_file),
     )

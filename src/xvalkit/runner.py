@@ -140,7 +140,7 @@ def prepare(exp: Experiment, options: RunOptions):
 def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
     """An instance's results dict, less its folds and summary (rebuilt from the fold files)."""
     return {"instance": inst.id, "parameters": inst.params, "task_type": exp.task_type, "dataset": exp.dataset,
-            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan}
+            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "swept": exp.swept.get(inst.id, [])}
 
 
 def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import atomic
 from . import significance as sig
-from .tables import InstanceInfo, ReportData
+from .tables import InstanceInfo, Pivot, ReportData, pivot
 
 
 def _pyplot():
@@ -108,6 +108,31 @@ def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     return fig
 
 
+def pivot_figure(plt, data: ReportData, grid: Pivot):
+    """Heatmap of the main metric over two swept parameters, each cell annotated mean ± std."""
+    means = np.full((len(grid.rows), len(grid.columns)), np.nan)
+    for (r, c), info in grid.cells.items():
+        means[r, c] = info["mean"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(grid.columns) + 2), max(3.0, 0.7 * len(grid.rows) + 1.5)))
+    # Better is always darker: reverse the colour map for lower-is-better metrics.
+    image = ax.imshow(means, cmap="viridis" if data.main_higher_is_better else "viridis_r", aspect="auto")
+    fig.colorbar(image, ax=ax, label=data.main_metric.replace("_", " "))
+    sign = 1.0 if data.main_higher_is_better else -1.0
+    best = max(grid.cells, key=lambda k: (sign * grid.cells[k]["mean"], -grid.cells[k]["ID"]))
+    for (r, c), info in grid.cells.items():
+        std = "" if info["std"] is None else f"\n± {info['std']:.3f}"
+        ax.text(c, r, f"{info['mean']:.3f}{std}", ha="center", va="center", fontsize=8,
+                fontweight="bold" if (r, c) == best else "normal",
+                color="white" if sign * info["mean"] < sign * np.nanmean(means) else "black")  # dark: worse
+    ax.set_xticks(range(len(grid.columns)), [repr(v) for v in grid.columns])
+    ax.set_yticks(range(len(grid.rows)), [repr(v) for v in grid.rows])
+    ax.set_xlabel(grid.column_parameter)
+    ax.set_ylabel(grid.row_parameter)
+    ax.set_title(f"{data.main_metric.replace('_', ' ')}: mean ± std over folds (bold: best)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths."""
     plt = _pyplot()
@@ -115,6 +140,11 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
     fig = metric_bar_figure(plt, data, summary)
     paths.append(_save(fig, folder / f"{prefix}_{data.main_metric}.png"))
     plt.close(fig)
+    grid = pivot(data, summary)
+    if grid is not None:
+        fig = pivot_figure(plt, data, grid)
+        paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
+        plt.close(fig)
     for inst in data.instances:
         if not inst.folds:
             continue

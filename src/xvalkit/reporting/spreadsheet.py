@@ -22,7 +22,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.hyperlink import Hyperlink
 
 from . import significance as sig
-from .tables import ReportData, best_rows, cell, metric_columns
+from .tables import Pivot, ReportData, best_rows, cell, metric_columns, pivot
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -45,6 +45,9 @@ def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[
     ws.title = "summary"
     param_row = {row["ID"]: i + 2 for i, row in enumerate(parameters)}
     _summary_sheet(ws, data, summary, param_row, ratio_note)
+    grid = pivot(data, summary)
+    if grid is not None:
+        _pivot_sheet(wb.create_sheet("pivot"), data, grid)
     _table_sheet(wb.create_sheet("folds"), [{k: v for k, v in r.items() if not k.startswith("param_")} for r in folds],
                  frozen="C2")
     _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
@@ -199,6 +202,38 @@ def _notes(data: ReportData, ratio_note: str) -> list[str]:
                         "recorded; its mean estimates what choosing the best instance this way gives on new items, "
                         "without the optimism of the best test mean (the test items took no part in the choice).")
     return notes
+def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
+    """The main metric over two swept parameters: 'mean ± std' per cell, the best cell green."""
+    title = _metric_text(data.main_metric)
+    ws.cell(row=1, column=1, value=f"{title}: mean ± std over folds, by {grid.row_parameter} (rows) and "
+                                   f"{grid.column_parameter} (columns)").font = Font(bold=True)
+    _header(ws.cell(row=2, column=1), f"{grid.row_parameter} \\ {grid.column_parameter}", VARYING_FILL)
+    for j, value in enumerate(grid.columns, start=2):
+        _header(ws.cell(row=2, column=j), repr(value), VARYING_FILL)
+    for i, value in enumerate(grid.rows, start=3):
+        _header(ws.cell(row=i, column=1), repr(value), VARYING_FILL)
+    sign = 1.0 if data.main_higher_is_better else -1.0
+    best = max(grid.cells.values(), key=lambda c: (sign * c["mean"], -c["ID"]))
+    shared = False
+    for (r, c), info in grid.cells.items():
+        std = "" if info["std"] is None else f" ± {info['std']:.4f}"
+        of = f", best of {info['count']}" if info["count"] > 1 else ""
+        text = f"{info['mean']:.4f}{std} (ID {info['ID']}{of})"
+        shared |= info["count"] > 1
+        target = ws.cell(row=r + 3, column=c + 2, value=text)
+        target.alignment = Alignment(horizontal="center")
+        if info is best:
+            target.fill, target.font = PatternFill("solid", fgColor=BEST_FILL), Font(bold=True)
+    ws.column_dimensions["A"].width = max(18, len(grid.row_parameter) + len(grid.column_parameter) + 6)
+    for j in range(2, len(grid.columns) + 2):
+        ws.column_dimensions[get_column_letter(j)].width = 30
+    note = "Complete instances only; green: the best cell."
+    if shared:
+        note += (f" Several instances share a cell where more than {grid.row_parameter} and "
+                 f"{grid.column_parameter} vary: the cell shows the best of them.")
+    ws.cell(row=len(grid.rows) + 4, column=1, value=note).font = Font(italic=True, color="555555")
+
+
 def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:
     """A plain table: one bold header row, number formats, widths, a filter, frozen panes."""
     columns: list[str] = []

@@ -70,6 +70,7 @@ class ReportData:
     selection_metric: str = ""  # '<set>_<metric>' that chose the best ('' : the main metric)
     rope: float = 0.0
     selection: sig.SelectionEstimate | None = None  # the selection procedure's test estimate
+    swept: list[str] = field(default_factory=list)  # parameters swept by the experiment's `sweep`
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -111,6 +112,8 @@ def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
     data = ReportData(instances, task_type, main, float(settings["significance_level"]),
                       varying=varying_parameters(instances), selection_metric=selection,
                       rope=float(settings.get(f"rope_{task_type}", 0.0)))
+    for inst in instances:
+        data.swept += [n for n in (inst.results or {}).get("swept", ()) if n not in data.swept]
     _check_metric(main, "main_metric", task_type, data.metrics)
     _check_metric(selection, "selection_metric", task_type, data.metrics)
     folds = {i.id: i.folds for i in instances}
@@ -211,3 +214,50 @@ def best_rows(rows: list[dict[str, Any]], column: str, candidates: set[int] | No
     best = (max if higher else min)(v for _, v in values)
     # Ties count, up to float noise (a std of 1e-16 ties with 0).
     return {i for i, v in values if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)}
+
+
+@dataclass
+class Pivot:
+    """The main metric over two swept parameters: one cell per pair of values."""
+
+    row_parameter: str
+    column_parameter: str
+    rows: list[Any]
+    columns: list[Any]
+    cells: dict[tuple[int, int], dict[str, Any]]  # (row, column) positions -> {'mean', 'std', 'ID', 'count'}
+
+
+def pivot(data: ReportData, summary: list[dict[str, Any]]) -> Pivot | None:
+    """The main metric's mean ± std over the first two swept parameters (None if fewer were swept).
+
+    Only instances that swept both parameters count. Values keep the order of their instances' IDs
+    (their order in the sweep's lists). Where several
+    instances share a cell (a third swept parameter, several swept base instances), the cell shows
+    the best mean among the complete ones and says how many shared it.
+    """
+    if len(data.swept) < 2:
+        return None
+    a, b = data.swept[:2]
+    set_name, _, metric = data.main_metric.partition("_")
+    mean_key, std_key = f"{set_name}_mean_{metric}", f"{set_name}_std_{metric}"
+    params = {i.id: i.params for i in data.instances if {a, b} <= set((i.results or {}).get("swept", ()))}
+    rows_, columns = [], []
+    candidates: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in summary:
+        p = params.get(row["ID"])
+        if p is None or row.get(mean_key) is None or row["status"] != "done":
+            continue
+        for values, value in ((rows_, p[a]), (columns, p[b])):
+            if not any(repr(v) == repr(value) for v in values):
+                values.append(value)
+        key = (next(i for i, v in enumerate(rows_) if repr(v) == repr(p[a])),
+               next(i for i, v in enumerate(columns) if repr(v) == repr(p[b])))
+        candidates.setdefault(key, []).append(row)
+    sign = 1.0 if data.main_higher_is_better else -1.0
+    cells = {}
+    for key, group in candidates.items():
+        best = max(group, key=lambda r: (sign * r[mean_key], -r["ID"]))
+        cells[key] = {"mean": best[mean_key], "std": best[std_key], "ID": best["ID"], "count": len(group)}
+    if not cells:
+        return None
+    return Pivot(a, b, rows_, columns, cells)
