@@ -25,6 +25,8 @@ SETTINGS = {
     "dataset": (str, True),
     "num_experiment": (int, True),
     "num_folds": (int, True),
+    "num_repeats": (int, False),
+    "sweep": (dict, False),
     "experiment_folder": (str, True),
     "task_type": (str, True),
     "experiment": (dict, True),
@@ -74,6 +76,8 @@ class Experiment:
     debug_mode: bool = False
     generator: bool = False
     gpu_ID: int | None = None
+    num_repeats: int = 1  # repeated grouped k-fold: num_repeats partitions of num_folds folds
+    swept: dict[int, list[str]] = field(default_factory=dict)  # instance -> its swept parameters
     models_path: Path | None = None
     fold_seed: int | None = None  # None: the seed of config.ini / global_parameters (runner.fold_seed)
     config: Config = field(default_factory=load_config)
@@ -167,6 +171,8 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         raise XvalError(f"{path}: task_type = {values['task_type']!r} is not 'classification' or 'regression'")
     if values["num_folds"] < 1:
         raise XvalError(f"{path}: num_folds = {values['num_folds']} must be at least 1")
+    if values.get("num_repeats", 1) < 1:
+        raise XvalError(f"{path}: num_repeats = {values['num_repeats']} must be at least 1")
     if not values["experiment"]:
         raise XvalError(f"{path}: the experiment dict has no instances")
     instances = {}
@@ -174,6 +180,11 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         if not isinstance(key, int) or isinstance(key, bool):
             raise XvalError(f"{path}: instance key {key!r} should be an int, as in experiment[1] = [...]")
         instances[key] = P.parse_instance(spec, f"{path}: instance {key}")
+    swept: dict[int, list[str]] = {}
+    if "sweep" in values:
+        from .sweeps import expand
+
+        instances, swept = expand(instances, values["sweep"], str(path))
     global_parameters = P.parse_instance(values.get("global_parameters", []), f"{path}: global_parameters")
     base = path.resolve().parent
     models = values.get("models")
@@ -191,6 +202,8 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         debug_mode=values.get("debug_mode", False),
         generator=values.get("generator", False),
         gpu_ID=values.get("gpu_ID"),
+        num_repeats=values.get("num_repeats", 1),
+        swept=swept,
         models_path=(base / models).resolve() if models else None,
         fold_seed=values.get("fold_seed"),
         config=load_config(config_file),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,6 +37,13 @@ class Fold:
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+    repeat: int = 1  # repeated k-fold: which partition (1-based); index counts on across repeats
+    in_repeat: int = 0  # the fold's number within its repeat (0: the same as index)
+
+    @property
+    def number(self) -> int:
+        """The fold's number within its repeat (1 to k)."""
+        return self.in_repeat or self.index
 
     def as_dict(self) -> dict[str, list[str]]:
         return {"train_items": list(self.train), "val_items": list(self.val), "test_items": list(self.test)}
@@ -196,4 +203,44 @@ def plan_folds(
         val = [item for item in rest if item in chosen]
         train = [item for item in rest if item not in chosen]
         folds.append(Fold(index, tuple(train), tuple(sorted(val)), tuple(sorted(test))))
+    return folds
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat `repeat`: repeat 1 uses `seed` itself (so one-repeat plans are unchanged);
+    later repeats a seed derived from both, so that every repeat is a different partition."""
+    if repeat == 1:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed) % 2**32, repeat]).generate_state(1)[0])
+
+
+def plan_repeated_folds(
+    items: Sequence[str],
+    num_folds: int,
+    num_repeats: int = 1,
+    validation_split: float = 0.2,
+    test_split: float = 0.2,
+    seed: int = 0,
+    labels: dict[str, np.ndarray] | None = None,
+    warn: Callable[[str], None] | None = None,
+    stratify_held_out: bool = True,
+) -> list[Fold]:
+    """`num_repeats` grouped k-fold partitions, each a new seeded shuffle (repeated k-fold, as
+    scikit-learn's RepeatedStratifiedKFold composes its splitter). Every item is tested once per
+    repeat. Folds are numbered on across repeats: fold F of repeat R has index (R - 1) x k + F.
+
+    >>> plan = plan_repeated_folds(list("abcdef"), num_folds=3, num_repeats=2, validation_split=0.2)
+    >>> [(f.index, f.repeat, f.number) for f in plan]
+    [(1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 1), (5, 2, 2), (6, 2, 3)]
+    >>> all(sorted(sum((list(f.test) for f in plan if f.repeat == r), [])) == list("abcdef") for r in (1, 2))
+    True
+    """
+    if num_repeats < 1:
+        raise XvalError(f"num_repeats = {num_repeats} must be at least 1")
+    folds: list[Fold] = []
+    for repeat in range(1, num_repeats + 1):
+        plan = plan_folds(items, num_folds, validation_split, test_split, repeat_seed(seed, repeat), labels,
+                          warn=warn, stratify_held_out=stratify_held_out)
+        folds += [replace(f, index=(repeat - 1) * len(plan) + f.index, repeat=repeat, in_repeat=f.index)
+                  for f in plan]
     return folds

@@ -33,6 +33,7 @@ class FoldJob:
     num_experiment: int
     generator: bool
     models_path: str | None = None
+    num_repeats: int = 1
 
     @property
     def key(self) -> tuple[int, int]:
@@ -40,6 +41,9 @@ class FoldJob:
 
     @property
     def label(self) -> str:
+        if self.num_repeats > 1:
+            k = self.num_folds // self.num_repeats
+            return f"instance {self.instance} repeat {self.fold.repeat} fold {self.fold.number}/{k}"
         return f"instance {self.instance} fold {self.fold.index}/{self.num_folds}"
 
     def store(self):
@@ -127,7 +131,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             else:
                 values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
             record.update({f"{set_name}_{metric}": value for metric, value in values.items()})
-        record.update(job.fold.as_dict())
+        record.update(job.fold.as_dict(), repeat=job.fold.repeat, fold_in_repeat=job.fold.number)
         record.update(
             history=out.history, epochs=out.epochs, best_epoch=out.best_epoch, seed=seed, device=out.device,
             test_true=data.test.y, test_pred=out.predictions["test"],

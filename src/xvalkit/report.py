@@ -58,16 +58,17 @@ def report_settings(store: ExperimentStore, config: Config | None = None) -> dic
     level = settings.get("significance_level")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise XvalError(f"config [report] significance_level = {level!r}: use a number between 0 and 1, e.g. 0.05")
+    for key in ("rope_classification", "rope_regression"):
+        rope = settings.get(key, 0.0)
+        if isinstance(rope, bool) or not isinstance(rope, (int, float)) or not rope >= 0:
+            raise XvalError(f"config [report] {key} = {rope!r}: use a number >= 0 in the main metric's units, e.g. 0.01")
     return settings
 
 
 def _tables(store: ExperimentStore, config: Config | None):
     from .reporting import tables
 
-    settings = report_settings(store, config)
-    main = {"classification": str(settings["main_metric_classification"]),
-            "regression": str(settings["main_metric_regression"])}
-    data = tables.collect(store, main, float(settings["significance_level"]))
+    data = tables.collect(store, report_settings(store, config))
     summary = tables.summary_rows(data)
     return data, summary, tables.fold_rows(data), tables.parameter_rows(data)
 

@@ -24,7 +24,7 @@ from .errors import XvalError
 from .executors import plan_slots
 from .experiment import Experiment
 from .fold_data import model_input_shape, num_outputs, targets_for
-from .folds import Fold, plan_folds
+from .folds import Fold, plan_repeated_folds
 from .jobs import FoldJob
 from .progress import ProgressView
 from .snapshot import provenance, write_snapshot
@@ -111,8 +111,8 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
     def plan(validation_split, test_split, seed, stratify_held_out=True) -> list[Fold]:
         key = (validation_split, test_split, seed, stratify_held_out)
         if key not in plans:
-            plans[key] = plan_folds(dataset.items, num_folds, validation_split, test_split, seed, labels=labels,
-                                    warn=warn, stratify_held_out=stratify_held_out)
+            plans[key] = plan_repeated_folds(dataset.items, num_folds, exp.num_repeats, validation_split, test_split,
+                                             seed, labels=labels, warn=warn, stratify_held_out=stratify_held_out)
         return plans[key]
 
     seed = fold_seed(exp)
@@ -185,12 +185,13 @@ def prepare(exp: Experiment, options: RunOptions, warn=None):
 def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
     """An instance's results dict, less its folds and summary (rebuilt from the fold files)."""
     return {"instance": inst.id, "parameters": inst.params, "task_type": exp.task_type, "dataset": exp.dataset,
-            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "fold_seed": inst.fold_seed}
+            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "fold_seed": inst.fold_seed,
+            "swept": exp.swept.get(inst.id, [])}
 
 
 def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
     return [
-        FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), params=inst.params,
+        FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), num_repeats=exp.num_repeats, params=inst.params,
                 task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
                 store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
                 models_path=str(exp.models_path) if exp.models_path else None)

@@ -64,7 +64,7 @@ def print_status(exp: Experiment) -> None:
     ids = sorted(set(exp.instances) | set(store.instance_ids()))
     for run in ids:
         folds = store.load_folds(run)
-        num = next((f["num_folds"] for f in folds.values()), exp.num_folds)
+        num = next((f["num_folds"] for f in folds.values()), exp.num_folds * exp.num_repeats)
         now = sorted(f for (r, f) in running if r == run)
         pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
         error = store.error_text(run)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .. import atomic
-from .tables import InstanceInfo, ReportData
+from . import significance as sig
+from .tables import InstanceInfo, Pivot, ReportData, pivot
 
 
 def _pyplot():
@@ -94,15 +95,40 @@ def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.2))
     means = [r[f"{set_name}_mean_{metric}"] for r in rows]
     stds = [r[f"{set_name}_std_{metric}"] or 0.0 for r in rows]
-    colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == "not different"
+    colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == sig.SAME
                else "tab:gray" for r in rows]
     labels = [str(r["ID"]) if r["status"] == "done" else f"{r['ID']} ({r['folds_done']}/{r['num_folds']})" for r in rows]
     ax.bar(labels, means, yerr=stds, capsize=3, color=colours)
     ax.set_xlabel("instance (folds done where not all)")
     ax.set_ylabel(f"{set_name} {metric}")
     ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green best, olive not "
-                 "significantly different)", fontsize=8)
+                 "distinguishable from it)", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pivot_figure(plt, data: ReportData, grid: Pivot):
+    """Heatmap of the main metric over two swept parameters, each cell annotated mean ± std."""
+    means = np.full((len(grid.rows), len(grid.columns)), np.nan)
+    for (r, c), info in grid.cells.items():
+        means[r, c] = info["mean"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(grid.columns) + 2), max(3.0, 0.7 * len(grid.rows) + 1.5)))
+    # Better is always darker: reverse the colour map for lower-is-better metrics.
+    image = ax.imshow(means, cmap="viridis" if data.main_higher_is_better else "viridis_r", aspect="auto")
+    fig.colorbar(image, ax=ax, label=data.main_metric.replace("_", " "))
+    sign = 1.0 if data.main_higher_is_better else -1.0
+    best = max(grid.cells, key=lambda k: (sign * grid.cells[k]["mean"], -grid.cells[k]["ID"]))
+    for (r, c), info in grid.cells.items():
+        std = "" if info["std"] is None else f"\n± {info['std']:.3f}"
+        ax.text(c, r, f"{info['mean']:.3f}{std}", ha="center", va="center", fontsize=8,
+                fontweight="bold" if (r, c) == best else "normal",
+                color="white" if sign * info["mean"] < sign * np.nanmean(means) else "black")  # dark: worse
+    ax.set_xticks(range(len(grid.columns)), [repr(v) for v in grid.columns])
+    ax.set_yticks(range(len(grid.rows)), [repr(v) for v in grid.rows])
+    ax.set_xlabel(grid.column_parameter)
+    ax.set_ylabel(grid.row_parameter)
+    ax.set_title(f"{data.main_metric.replace('_', ' ')}: mean ± std over folds (bold: best)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -114,6 +140,11 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
     fig = metric_bar_figure(plt, data, summary)
     paths.append(_save(fig, folder / f"{prefix}_{data.main_metric}.png"))
     plt.close(fig)
+    grid = pivot(data, summary)
+    if grid is not None:
+        fig = pivot_figure(plt, data, grid)
+        paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
+        plt.close(fig)
     for inst in data.instances:
         if not inst.folds:
             continue

@@ -15,9 +15,22 @@ variance to test against. Such a comparison is reported as untested ('identical 
 with t and p NaN, never as t = inf, p = 0. Identical results (every difference 0) are not
 different (t = 0, p = 1).
 
+With r repeats of k-fold cross-validation the same formula runs over all J = k x r paired folds,
+with J - 1 degrees of freedom: the corrected repeated k-fold t-test of Bouckaert and Frank (2004,
+"Evaluating the replicability of significance tests for comparing learning algorithms", PAKDD).
+
+Comparing m instances with the best makes m - 1 tests: their p-values are adjusted with Holm's
+step-down procedure (Holm 1979), which keeps the chance of any false "worse" at the level. Beside
+the frequentist test, the Bayesian correlated t-test (Corani and Benavoli 2015; Benavoli, Corani,
+Demsar and Zaffalon 2017, "Time for a change", JMLR 18) gives the posterior probabilities that the
+best is better, practically equivalent (within a region of practical equivalence, the rope), or
+worse, from the same corrected variance.
+
 >>> result = corrected_t_test([0.8, 0.9, 1.0], [0.7, 0.7, 0.7], test_train_ratio=0.5)
 >>> round(result.t, 4), result.df
 (2.1909, 2)
+>>> holm([0.01, 0.04, 0.03])
+[0.03, 0.06, 0.06]
 """
 
 from __future__ import annotations
@@ -27,7 +40,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-BEST, SAME, DIFFERENT, UNTESTED = "best", "not different", "different", "untested"
+# Verdicts. A p-value >= level does not show two instances equivalent, only that the folds could
+# not tell them apart: hence "not distinguishable", never "equivalent".
+BEST, SAME, DIFFERENT, BETTER, UNTESTED = (
+    "best", "not distinguishable from the best", "worse than the best", "better than the best", "untested")
 IDENTICAL_DIFFERENCES = "identical differences"
 DIVERGED = "diverged in fold"
 
@@ -90,9 +106,69 @@ def datapoints_per_item(all_folds: Sequence[Mapping[str, Any]]) -> float:
     return points / items if items else 1.0
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the order given.
+
+    The i-th smallest of m p-values is multiplied by m - i + 1 (i from 1), then made monotone and
+    capped at 1. An instance is "worse than the best" when its adjusted p-value is below the level.
+    """
+    m = len(p_values)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Posterior probabilities that the difference a - b is below -rope, within ±rope, above rope."""
+
+    below: float
+    within: float
+    above: float
+
+
+def bayesian_correlated_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: float,
+                               rope: float) -> Posterior:
+    """The Bayesian correlated t-test of a - b over n paired folds (Corani and Benavoli 2015).
+
+    The posterior of the mean difference is Student's t with n - 1 degrees of freedom, located at
+    mean(d), with scale sqrt((1/n + n_test/n_train) var(d, ddof=1)): the variance Nadeau and Bengio
+    correct for the folds' overlap (rho / (1 - rho) = n_test / n_train). With zero variance the
+    posterior is a point mass at mean(d).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 2:
+        raise ValueError(f"the Bayesian correlated t-test needs at least 2 paired folds, got {n}")
+    if not rope >= 0:
+        raise ValueError(f"rope must be >= 0, got {rope}")
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    scale = math.sqrt((1.0 / n + test_train_ratio) * var)
+    if scale <= 1e-12 * max([abs(x) for x in (*a, *b)] + [1.0]):
+        return Posterior(float(mean < -rope), float(-rope <= mean <= rope), float(mean > rope))
+    from scipy import stats
+
+    posterior = stats.t(df=n - 1, loc=mean, scale=scale)
+    below, above = float(posterior.cdf(-rope)), float(posterior.sf(rope))
+    return Posterior(below, max(0.0, 1.0 - below - above), above)
+
+
 @dataclass(frozen=True)
 class Mark:
-    """The verdict on one instance against the best: BEST, SAME, DIFFERENT or UNTESTED (why)."""
+    """The verdict on one instance against the best: BEST, SAME, DIFFERENT, BETTER or UNTESTED (why).
+
+    `p` is the two-sided p-value of the corrected t-test, `p_adjusted` its Holm adjustment over the
+    instances tested (the verdict uses it); `posterior` the Bayesian correlated t-test's
+    probabilities that the best is better (`below`: the other is below the best by more than the
+    rope, in the metric's "better" direction), practically equivalent (`within`), or that the other
+    is better (`above`).
+    """
 
     verdict: str
     p: float = math.nan
@@ -100,6 +176,36 @@ class Mark:
     k: int = 0
     why: str = ""
     ratio: float = math.nan  # the n_test / n_train used
+    p_adjusted: float = math.nan
+    posterior: Posterior | None = None
+
+
+def fold_values(folds: Mapping[int, Mapping[str, Any]], column: str) -> dict[int, float]:
+    """{fold: value} of one instance's finite values of `column`."""
+    out = {}
+    for fold, record in folds.items():
+        value = record.get(column)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[fold] = float(value)
+    return out
+
+
+def diverged_folds(folds: Mapping[int, Mapping[str, Any]]) -> list[int]:
+    """The folds of one instance whose model diverged (non-finite predictions)."""
+    return [f for f, record in folds.items() if record.get("diverged")]
+
+
+def choose_best(folds: Mapping[int, Mapping[int, Mapping[str, Any]]], column: str, higher_is_better: bool,
+                candidates: Sequence[int] | None = None) -> int | None:
+    """The candidate with the best mean of `column` over its folds (ties: the lowest ID); an
+    instance that diverged in a fold is no candidate."""
+    per_run = {run: fold_values(folds[run], column) for run in (candidates if candidates is not None else folds)
+               if run in folds and not diverged_folds(folds[run])}
+    pool = [r for r, v in per_run.items() if v]
+    if not pool:
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    return max(pool, key=lambda r: (sign * sum(per_run[r].values()) / len(per_run[r]), -r))
 
 
 def mark_instances(
@@ -108,32 +214,29 @@ def mark_instances(
     higher_is_better: bool,
     level: float,
     candidates: Sequence[int] | None = None,
+    *,
+    best: int | None = None,
+    rope: float = 0.0,
 ) -> tuple[int | None, dict[int, Mark]]:
     """Test every instance against the best on `column` ('test_acc') over their common folds.
 
-    `folds` is {instance: {fold: record}}; the best is the instance with the best mean over its
-    folds among `candidates` (default: all). Folds pair only when their test items are the same.
-    Returns (best instance or None, {instance: Mark}).
+    `folds` is {instance: {fold: record}}; the best is `best` when given (e.g. chosen on a
+    validation metric by `choose_best`), else the instance with the best mean of `column` among
+    `candidates` (default: all). Folds pair only when their test items are the same. The p-values
+    of all tested instances are Holm-adjusted together; the verdict compares the adjusted p-value
+    with `level` and the sign of the mean difference. Returns (best instance or None, {instance: Mark}).
     """
-
-    def values(run: int) -> dict[int, float]:
-        out = {}
-        for fold, record in folds[run].items():
-            value = record.get(column)
-            if isinstance(value, (int, float)) and not math.isnan(value):
-                out[fold] = float(value)
-        return out
-
-    per_run = {run: values(run) for run in folds}
+    per_run = {run: fold_values(folds[run], column) for run in folds}
     # An instance whose model diverged in a fold is compared on none: its other folds alone would flatter it.
-    diverged = {run: [f for f, record in folds[run].items() if record.get("diverged")] for run in folds}
-    pool = [r for r in (candidates if candidates is not None else folds) if per_run.get(r) and not diverged[r]]
-    if not pool:
+    diverged = {run: diverged_folds(folds[run]) for run in folds}
+    if best is None or not per_run.get(best) or diverged.get(best):
+        best = choose_best(folds, column, higher_is_better, candidates)
+    if best is None:
         return None, {run: Mark(UNTESTED, why="no folds") for run in folds}
     sign = 1.0 if higher_is_better else -1.0
-    best = max(pool, key=lambda r: (sign * sum(per_run[r].values()) / len(per_run[r]), -r))
     per_item = datapoints_per_item([rec for run in folds.values() for rec in run.values()])
     marks: dict[int, Mark] = {}
+    tested: dict[int, tuple[TestResult, float, Posterior]] = {}
     for run in folds:
         if diverged[run]:
             marks[run] = Mark(UNTESTED, why=f"{DIVERGED}{'s' if len(diverged[run]) > 1 else ''} "
@@ -151,10 +254,64 @@ def mark_instances(
         ratios = [n_test / n_train for r in (best, run) for f in common
                   for n_test, n_train in [fold_sizes(folds[r][f], per_item)] if n_train > 0]
         ratio = sum(ratios) / len(ratios) if ratios else 0.0
-        result = corrected_t_test([per_run[best][f] for f in common], [per_run[run][f] for f in common], ratio)
+        ours = [per_run[run][f] for f in common]
+        theirs = [per_run[best][f] for f in common]
+        result = corrected_t_test(theirs, ours, ratio)
         if math.isnan(result.p):
             marks[run] = Mark(UNTESTED, k=result.k, why=IDENTICAL_DIFFERENCES, ratio=ratio)
             continue
-        verdict = SAME if result.p >= level else DIFFERENT
-        marks[run] = Mark(verdict, p=result.p, t=result.t, k=result.k, ratio=ratio)
+        # In the metric's "better" direction: above = the other instance is better than the best.
+        posterior = bayesian_correlated_t_test([sign * x for x in ours], [sign * x for x in theirs], ratio, rope)
+        tested[run] = (result, ratio, posterior)
+    adjusted = dict(zip(tested, holm([result.p for result, _, _ in tested.values()])))
+    for run, (result, ratio, posterior) in tested.items():
+        if adjusted[run] >= level:
+            verdict = SAME
+        else:
+            verdict = DIFFERENT if sign * result.mean_difference > 0 else BETTER
+        marks[run] = Mark(verdict, p=result.p, t=result.t, k=result.k, ratio=ratio, p_adjusted=adjusted[run],
+                          posterior=posterior)
     return best, marks
+
+
+@dataclass(frozen=True)
+class SelectionEstimate:
+    """The test metric of the instance a validation metric selects, fold by fold."""
+
+    mean: float
+    std: float  # ddof=1; nan with one fold
+    picks: dict[int, int]  # fold -> the instance selected on it
+    values: dict[int, float]  # fold -> its test value
+
+
+def selection_estimate(
+    folds: Mapping[int, Mapping[int, Mapping[str, Any]]],
+    column: str,
+    select_column: str,
+    select_higher_is_better: bool,
+    candidates: Sequence[int] | None = None,
+) -> SelectionEstimate | None:
+    """Estimate the whole selection procedure: in each fold, the candidate with the best
+    `select_column` (a validation metric; ties: the lowest ID) is chosen, and its `column` (the test
+    metric) recorded. The test items took no part in the choice, so the mean over folds estimates
+    what "pick the best instance on validation" gives on new items, without the optimism of
+    reporting the best test mean. Folds pair by index and identical test items."""
+    pool = [r for r in (candidates if candidates is not None else folds) if r in folds]
+    sign = 1.0 if select_higher_is_better else -1.0
+    picks, values = {}, {}
+    for fold in sorted({f for r in pool for f in folds[r]}):
+        records = {r: folds[r][fold] for r in pool if fold in folds[r]}
+        reference = next(iter(records.values()))["test_items"]
+        scores = {r: (fold_values({fold: rec}, select_column).get(fold), fold_values({fold: rec}, column).get(fold))
+                  for r, rec in records.items() if list(rec["test_items"]) == list(reference)}
+        scores = {r: v for r, v in scores.items() if None not in v}
+        if not scores:
+            continue
+        chosen = max(scores, key=lambda r: (sign * scores[r][0], -r))
+        picks[fold], values[fold] = chosen, scores[chosen][1]
+    if not values:
+        return None
+    v = list(values.values())
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+    return SelectionEstimate(mean, std, picks, values)

@@ -22,7 +22,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.hyperlink import Hyperlink
 
 from . import significance as sig
-from .tables import ReportData, best_rows, cell, evaluation_note, metric_columns
+from .tables import Pivot, ReportData, best_rows, cell, evaluation_note, metric_columns, pivot
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -34,6 +34,7 @@ METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "f1": "F1", "precision": "pr
                  "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
 SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
 NUMBER_FORMAT = "0.0000"
+PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent", "prob_other_better")
 HEADER_ROWS = 2
 
 
@@ -44,6 +45,9 @@ def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[
     ws.title = "summary"
     param_row = {row["ID"]: i + 2 for i, row in enumerate(parameters)}
     _summary_sheet(ws, data, summary, param_row, ratio_note)
+    grid = pivot(data, summary)
+    if grid is not None:
+        _pivot_sheet(wb.create_sheet("pivot"), data, grid)
     _table_sheet(wb.create_sheet("folds"), [{k: v for k, v in r.items() if not k.startswith("param_")} for r in folds],
                  frozen="C2")
     _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
@@ -71,7 +75,11 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     ]
     layout += [(k, "parameters that differ", k, VARYING_FILL) for k in data.varying]
     sig_title = f"{METRIC_TITLES[main_metric]} ({SET_SHORT[main_set]}) vs best"
-    layout += [("significance", sig_title, "verdict", SAME_FILL), ("p_value", sig_title, "p", SAME_FILL)]
+    layout += [("significance", sig_title, "verdict", SAME_FILL), ("p_value", sig_title, "p", SAME_FILL),
+               ("p_holm", sig_title, "p (Holm)", SAME_FILL),
+               ("prob_best_better", sig_title, "P(best better)", SAME_FILL),
+               ("prob_equivalent", sig_title, f"P(within ±{data.rope:g})", SAME_FILL),
+               ("prob_other_better", sig_title, "P(this better)", SAME_FILL)]
     for g, metric in enumerate(data.metrics):
         fill = GROUP_FILLS[g % len(GROUP_FILLS)]
         layout += [(c, METRIC_TITLES.get(metric, metric), f"{SET_SHORT[c.split('_')[0]]} {c.split('_')[1]}", fill)
@@ -121,7 +129,7 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
                     c.fill, c.font = best_fill, Font(bold=True)
                 elif same and key == main_column:
                     c.fill = same_fill
-            elif key == "p_value":
+            elif key in PROBABILITY_COLUMNS:
                 c.number_format = "0.000"
             elif key == "significance" and same:
                 c.fill = same_fill
@@ -134,22 +142,59 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     for j, (key, group, sub, _fill) in enumerate(layout, start=1):
         values = [len(str(v)) for v in (cell(r.get(key)) for r in rows) if v is not None]
         longest = max([len(sub) + 2, 7] + [min(v, 40) for v in values])
-        width = 11 if key in best or key == "p_value" else longest + 1
+        width = 11 if key in best or key in PROBABILITY_COLUMNS else longest + 1
         ws.column_dimensions[get_column_letter(j)].width = min(width, 42)
     ws.row_dimensions[2].height = 30
     ws.freeze_panes = ws.cell(row=HEADER_ROWS + 1, column=5)  # ID to comment_2 stay in view
 
+    start = len(rows) + HEADER_ROWS + 2
+    if data.selection is not None:  # below a blank row: not an instance
+        _selection_row(ws, data, layout, start, main_column)
+        start += 2
+    for n, text in enumerate(_notes(data, ratio_note)):
+        ws.cell(row=start + n, column=1, value=text).font = Font(italic=True, color="555555")
+
+
+def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> None:
+    """The row of the selection procedure: in each fold the instance best on the selection metric,
+    its test value; mean and std over the folds, under the main metric's columns."""
+    est = data.selection
+    columns = {key: j for j, (key, *_rest) in enumerate(layout, start=1)}
+    set_name, _, metric = main_column.partition("_mean_")
+    ws.cell(row=r, column=1, value="selection").font = Font(bold=True, italic=True)
+    picked = ", ".join(f"{f}:{i}" for f, i in est.picks.items())
+    ws.cell(row=r, column=columns["comment_1"], value=f"selection procedure (best {_metric_text(data.selection_metric)} per fold)")
+    ws.cell(row=r, column=columns["comment_2"], value=f"fold:instance {picked}")
+    ws.cell(row=r, column=columns["folds_done"], value=len(est.values))
+    for key, value in ((main_column, est.mean), (f"{set_name}_std_{metric}", est.std)):
+        c = ws.cell(row=r, column=columns[key], value=None if value != value else value)
+        c.number_format, c.font = NUMBER_FORMAT, Font(bold=True, italic=True)
+
+
+def _metric_text(column: str) -> str:
+    set_name, _, metric = column.partition("_")
+    return f"{SET_SHORT.get(set_name, set_name)} {METRIC_TITLES.get(metric, metric)}"
+
+
+def _notes(data: ReportData, ratio_note: str) -> list[str]:
     level = data.level
     best_id = "none" if data.best is None else f"ID {data.best}"
+    main, chooser = _metric_text(data.main_metric), _metric_text(data.selection_metric or data.main_metric)
     notes = [
         "Green: the best value of each column among complete instances (highest for accuracy, F1, precision, "
         "recall, R²; lowest for loss, MAE, RMSE and for every std).",
-        f"Significance ({main_set} {METRIC_TITLES[main_metric]}, best: {best_id}): corrected resampled paired "
-        f"t-test of Nadeau and Bengio (2003) over the folds both instances completed on the same test items, "
-        f"two-sided, level {level:g}. Yellow ('{sig.SAME}'): p >= {level:g}, not significantly different from the "
-        f"best; '{sig.DIFFERENT}': p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds, or "
+        f"The best instance ({best_id}) is the one with the best mean {chooser} among complete instances; every "
+        f"other instance is compared with it on {main}.",
+        f"p: corrected resampled paired t-test of Nadeau and Bengio (2003) over the folds both instances completed "
+        f"on the same test items (with repeats: over all k x r folds, Bouckaert and Frank 2004), two-sided, level {level:g}. "
+        f"p (Holm): adjusted with Holm's step-down procedure over the instances tested. Yellow ('{sig.SAME}'): "
+        f"Holm p >= {level:g}, the folds cannot tell it from the best (which does not make it equivalent); "
+        f"'{sig.DIFFERENT}' / '{sig.BETTER}': Holm p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds, or "
         f"'{sig.UNTESTED}: {sig.IDENTICAL_DIFFERENCES}': the same difference in every fold (no variance to test). "
         f"{ratio_note}",
+        f"P(...): Bayesian correlated t-test (Benavoli, Corani, Demsar and Zaffalon 2017): posterior probabilities "
+        f"that the best is better by more than {data.rope:g}, that the two are within ±{data.rope:g} "
+        f"(practically equivalent), or that this instance is better by more than {data.rope:g}.",
         "A fold whose model diverged (NaN or infinite predictions) has no metrics: it is not averaged, its "
         "instance is 'diverged', neither tested nor a candidate for the best (reason in the folds sheet).",
         "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
@@ -158,9 +203,41 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     augmented = evaluation_note(data)
     if augmented:
         notes.append(augmented)
-    start = len(rows) + HEADER_ROWS + 2
-    for n, text in enumerate(notes):
-        ws.cell(row=start + n, column=1, value=text).font = Font(italic=True, color="555555")
+    if data.selection is not None:
+        notes.insert(2, f"Selection row: in each fold the instance with the best {chooser} is taken and its {main} "
+                        "recorded; its mean estimates what choosing the best instance this way gives on new items, "
+                        "without the optimism of the best test mean (the test items took no part in the choice).")
+    return notes
+def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
+    """The main metric over two swept parameters: 'mean ± std' per cell, the best cell green."""
+    title = _metric_text(data.main_metric)
+    ws.cell(row=1, column=1, value=f"{title}: mean ± std over folds, by {grid.row_parameter} (rows) and "
+                                   f"{grid.column_parameter} (columns)").font = Font(bold=True)
+    _header(ws.cell(row=2, column=1), f"{grid.row_parameter} \\ {grid.column_parameter}", VARYING_FILL)
+    for j, value in enumerate(grid.columns, start=2):
+        _header(ws.cell(row=2, column=j), repr(value), VARYING_FILL)
+    for i, value in enumerate(grid.rows, start=3):
+        _header(ws.cell(row=i, column=1), repr(value), VARYING_FILL)
+    sign = 1.0 if data.main_higher_is_better else -1.0
+    best = max(grid.cells.values(), key=lambda c: (sign * c["mean"], -c["ID"]))
+    shared = False
+    for (r, c), info in grid.cells.items():
+        std = "" if info["std"] is None else f" ± {info['std']:.4f}"
+        of = f", best of {info['count']}" if info["count"] > 1 else ""
+        text = f"{info['mean']:.4f}{std} (ID {info['ID']}{of})"
+        shared |= info["count"] > 1
+        target = ws.cell(row=r + 3, column=c + 2, value=text)
+        target.alignment = Alignment(horizontal="center")
+        if info is best:
+            target.fill, target.font = PatternFill("solid", fgColor=BEST_FILL), Font(bold=True)
+    ws.column_dimensions["A"].width = max(18, len(grid.row_parameter) + len(grid.column_parameter) + 6)
+    for j in range(2, len(grid.columns) + 2):
+        ws.column_dimensions[get_column_letter(j)].width = 30
+    note = "Complete instances only; green: the best cell."
+    if shared:
+        note += (f" Several instances share a cell where more than {grid.row_parameter} and "
+                 f"{grid.column_parameter} vary: the cell shows the best of them.")
+    ws.cell(row=len(grid.rows) + 4, column=1, value=note).font = Font(italic=True, color="555555")
 
 
 def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:

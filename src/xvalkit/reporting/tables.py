@@ -74,6 +74,10 @@ class ReportData:
     varying: list[str] = field(default_factory=list)
     best: int | None = None
     marks: dict[int, sig.Mark] = field(default_factory=dict)
+    selection_metric: str = ""  # '<set>_<metric>' that chose the best ('' : the main metric)
+    rope: float = 0.0
+    selection: sig.SelectionEstimate | None = None  # the selection procedure's test estimate
+    swept: list[str] = field(default_factory=list)  # parameters swept by the experiment's `sweep`
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -90,22 +94,42 @@ class ReportData:
         return done or [i.id for i in self.instances if i.folds]
 
 
-def collect(store: ExperimentStore, main_metrics: dict[str, str], level: float) -> ReportData:
-    """Read every instance of the folder and test the main metric against the best instance."""
+def _check_metric(column: str, key: str, task_type: str, metrics: tuple[str, ...]) -> None:
+    set_name, _, metric = column.partition("_")
+    if set_name not in SETS or metric not in metrics:
+        from ..errors import XvalError
+
+        choices = ", ".join(f"{s}_{m}" for s in SETS for m in metrics)
+        raise XvalError(f"config [report] {key}_{task_type} = {column!r} is not a {task_type} metric; "
+                        f"use one of {choices}")
+
+
+def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
+    """Read every instance of the folder, choose the best on the selection metric, test the main
+    metric of every other instance against it, and estimate the selection procedure.
+
+    `settings`: the [report] section (main_metric_<task>, selection_metric_<task>, rope_<task>,
+    significance_level).
+    """
     instances = [InstanceInfo(run, store.load_instance(run), store.error_text(run)) for run in store.instance_ids()]
     task_types = {i.results["task_type"] for i in instances if i.results is not None}
     task_type = task_types.pop() if len(task_types) == 1 else "classification"
-    main = main_metrics[task_type]
-    data = ReportData(instances, task_type, main, level, varying=varying_parameters(instances))
-    set_name, _, metric = main.partition("_")
-    if set_name not in SETS or metric not in data.metrics:
-        from ..errors import XvalError
-
-        choices = ", ".join(f"{s}_{m}" for s in SETS for m in data.metrics)
-        raise XvalError(f"config [report] main metric {main!r} is not a {task_type} metric; use one of {choices}")
-    data.best, data.marks = sig.mark_instances(
-        {i.id: i.folds for i in instances}, main, data.main_higher_is_better, level, data.best_candidates
-    )
+    main = str(settings[f"main_metric_{task_type}"])
+    selection = str(settings.get(f"selection_metric_{task_type}") or main)
+    data = ReportData(instances, task_type, main, float(settings["significance_level"]),
+                      varying=varying_parameters(instances), selection_metric=selection,
+                      rope=float(settings.get(f"rope_{task_type}", 0.0)))
+    for inst in instances:
+        data.swept += [n for n in (inst.results or {}).get("swept", ()) if n not in data.swept]
+    _check_metric(main, "main_metric", task_type, data.metrics)
+    _check_metric(selection, "selection_metric", task_type, data.metrics)
+    folds = {i.id: i.folds for i in instances}
+    select_higher = HIGHER_IS_BETTER[selection.split("_", 1)[1]]
+    chosen = sig.choose_best(folds, selection, select_higher, data.best_candidates)
+    data.best, data.marks = sig.mark_instances(folds, main, data.main_higher_is_better, data.level,
+                                               data.best_candidates, best=chosen, rope=data.rope)
+    if selection != main:
+        data.selection = sig.selection_estimate(folds, main, selection, select_higher, data.best_candidates)
     return data
 
 
@@ -148,11 +172,16 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         row.update(status=inst.status, folds_done=len(inst.folds), num_folds=inst.num_folds)
         row.update({k: cell(inst.params.get(k)) for k in data.varying})
         mark = data.marks.get(inst.id)
+        posterior = mark.posterior if mark else None
         verdict = mark.verdict if mark else sig.UNTESTED
         if mark and (mark.why == sig.IDENTICAL_DIFFERENCES or mark.why.startswith(sig.DIVERGED)):
             verdict = f"{sig.UNTESTED}: {mark.why}"
         row.update(significance=verdict,
-                   p_value=None if mark is None or math.isnan(mark.p) else mark.p)
+                   p_value=None if mark is None or math.isnan(mark.p) else mark.p,
+                   p_holm=None if mark is None or math.isnan(mark.p_adjusted) else mark.p_adjusted,
+                   prob_best_better=posterior.below if posterior else None,
+                   prob_equivalent=posterior.within if posterior else None,
+                   prob_other_better=posterior.above if posterior else None)
         valid = valid_folds(inst.folds)  # diverged folds are not averaged
         if valid:
             summary = summarize(valid, data.task_type)
@@ -172,7 +201,8 @@ def fold_rows(data: ReportData) -> list[dict[str, Any]]:
     rows = []
     for inst in data.instances:
         for fold, record in inst.folds.items():
-            row: dict[str, Any] = {"ID": inst.id, "fold": fold}
+            row: dict[str, Any] = {"ID": inst.id, "fold": fold, "repeat": record.get("repeat", 1),
+                                   "fold_in_repeat": record.get("fold_in_repeat", fold)}
             row.update({c: inst.params.get(c) for c in COMMENTS})
             row["status"] = inst.status
             diverged = record.get("diverged")
@@ -211,3 +241,50 @@ def best_rows(rows: list[dict[str, Any]], column: str, candidates: set[int] | No
     best = (max if higher else min)(v for _, v in values)
     # Ties count, up to float noise (a std of 1e-16 ties with 0).
     return {i for i, v in values if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)}
+
+
+@dataclass
+class Pivot:
+    """The main metric over two swept parameters: one cell per pair of values."""
+
+    row_parameter: str
+    column_parameter: str
+    rows: list[Any]
+    columns: list[Any]
+    cells: dict[tuple[int, int], dict[str, Any]]  # (row, column) positions -> {'mean', 'std', 'ID', 'count'}
+
+
+def pivot(data: ReportData, summary: list[dict[str, Any]]) -> Pivot | None:
+    """The main metric's mean ± std over the first two swept parameters (None if fewer were swept).
+
+    Only instances that swept both parameters count. Values keep the order of their instances' IDs
+    (their order in the sweep's lists). Where several
+    instances share a cell (a third swept parameter, several swept base instances), the cell shows
+    the best mean among the complete ones and says how many shared it.
+    """
+    if len(data.swept) < 2:
+        return None
+    a, b = data.swept[:2]
+    set_name, _, metric = data.main_metric.partition("_")
+    mean_key, std_key = f"{set_name}_mean_{metric}", f"{set_name}_std_{metric}"
+    params = {i.id: i.params for i in data.instances if {a, b} <= set((i.results or {}).get("swept", ()))}
+    rows_, columns = [], []
+    candidates: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in summary:
+        p = params.get(row["ID"])
+        if p is None or row.get(mean_key) is None or row["status"] != "done":
+            continue
+        for values, value in ((rows_, p[a]), (columns, p[b])):
+            if not any(repr(v) == repr(value) for v in values):
+                values.append(value)
+        key = (next(i for i, v in enumerate(rows_) if repr(v) == repr(p[a])),
+               next(i for i, v in enumerate(columns) if repr(v) == repr(p[b])))
+        candidates.setdefault(key, []).append(row)
+    sign = 1.0 if data.main_higher_is_better else -1.0
+    cells = {}
+    for key, group in candidates.items():
+        best = max(group, key=lambda r: (sign * r[mean_key], -r["ID"]))
+        cells[key] = {"mean": best[mean_key], "std": best[std_key], "ID": best["ID"], "count": len(group)}
+    if not cells:
+        return None
+    return Pivot(a, b, rows_, columns, cells)
