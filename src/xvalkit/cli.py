@@ -178,6 +178,8 @@ def run(
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
     )
     _set_debug(options.debug)
+    if options.debug:  # jobs (here, in workers, in Ray tasks) then leave the frameworks' output on the console
+        os.environ["XVAL_DEBUG"] = "1"
     summary = run_experiment(exp, options, console=console)
     raise typer.Exit(0 if summary.ok else 1)
 

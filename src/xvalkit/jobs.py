@@ -90,6 +90,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
     """Train one fold and write its model and completion record; returns the fold record."""
     from .fold_data import FoldData
     from .metrics import compute
+    from .quiet import framework_output_to
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
     store = job.store()
@@ -106,7 +107,8 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             model_path=store.model_path(job.instance, job.fold.index, MODEL_EXTENSIONS[p["framework"]]),
             log_dir=store.tensorboard_dir(*job.key), generator=job.generator, on_epoch=log,
         )
-        out = trainer_for(p["framework"]).fit_predict(train_job)
+        with framework_output_to(log.handle):  # the frameworks' chatter goes to the fold's log
+            out = trainer_for(p["framework"]).fit_predict(train_job)
         record: dict[str, Any] = {}
         for set_name, set_data in data.sets().items():
             values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)

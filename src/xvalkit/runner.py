@@ -25,6 +25,7 @@ from .fold_data import model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_folds
 from .jobs import FoldJob
 from .progress import ProgressView
+from .quiet import framework_output_to
 from .snapshot import provenance, write_snapshot
 from .store import ExperimentStore, error_line
 from .trainers import trainer_for
@@ -133,7 +134,8 @@ def prepare(exp: Experiment, options: RunOptions):
     if not options.overwrite:
         for inst in instances:
             check_resumable(store, inst)
-    check_models(exp, instances, dataset)
+    with framework_output_to(None):  # the builds' warnings show again in each fold's log
+        check_models(exp, instances, dataset)
     return dataset, instances, store
 
 
