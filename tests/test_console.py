@@ -71,3 +71,32 @@ def test_debug_shows_everything(chatty, config_file):
     console = proc.stdout + proc.stderr
     for chatter in CHATTER:
         assert chatter in console, chatter
+
+
+def commands(group, path=()):
+    """(words, click command) for every command and group of `xval`."""
+    yield path, group
+    if hasattr(group, "commands"):  # a group (typer's own click)
+        for name, command in group.commands.items():
+            yield from commands(command, path + (name,))
+
+
+def test_help_texts_keep_their_brackets():
+    import typer
+    from typer.testing import CliRunner
+
+    from xvalkit.cli import app
+
+    checked = 0
+    for words, command in commands(typer.main.get_command(app)):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        result = CliRunner().invoke(app, [*words, "--help"], terminal_width=250, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        shown = " ".join(result.output.split())
+        for text in texts:
+            for bracketed in re.findall(r"\[[^\]\s]*\]", text):
+                assert bracketed in shown, (words, bracketed)
+                checked += 1
+    assert checked >= 1  # at least run's '.[ray]'
+    run_help = CliRunner().invoke(app, ["run", "--help"], terminal_width=250).output
+    assert 'pip install -e ".[ray]"' in run_help

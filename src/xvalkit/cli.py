@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain text: rich markup ate '[ray]' of '.[ray]'
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines are never cut
 _DEBUG = False  # set by `xval run` from --debug / debug_mode: show tracebacks of user errors too
@@ -188,6 +189,7 @@ def run(
 preprocess_app = typer.Typer(
     help="Audio corpora to datasets of features (time, frequency) for `xval run`.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(preprocess_app, name="preprocess")
 
