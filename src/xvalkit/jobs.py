@@ -88,11 +88,13 @@ class EpochLog:
 
 def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train one fold and write its model and completion record; returns the fold record."""
+    from .devices import gpu_settings, release_memory
     from .fold_data import FoldData
     from .metrics import compute
     from .quiet import framework_output_to
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
+    gpu = gpu_settings()  # as the job found them, before it imports a framework
     store = job.store()
     p = job.params
     start = time.perf_counter()
@@ -121,6 +123,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
+            gpu_settings=gpu,
         )
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
         log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}")
@@ -130,3 +133,4 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
         raise
     finally:
         store.unmark_running(*job.key)
+        release_memory()  # the next fold, in this process, finds the GPU memory free
