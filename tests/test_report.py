@@ -156,7 +156,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     assert result.exit_code == 0, result.output
     assert "demo_exp1_results.xlsx" in result.output
     wb, ws, names, rows = read_summary(crafted)
-    assert wb.sheetnames == ["summary", "folds", "parameters", "plots"]
+    assert wb.sheetnames == ["summary", "folds", "parameters", "confusion", "plots"]
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert names[:6] == ["ID", "parameters", "comment_1", "comment_2", "status", "folds done"]
     # The parameters that differ between instances, and only those, appear on the summary.

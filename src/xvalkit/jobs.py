@@ -101,7 +101,8 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
     store.mark_running(*job.key)
     log = EpochLog(store.log_path(*job.key), on_epoch)
     try:
-        data = FoldData(dataset_for(job.data_folder, job.dataset), job.fold, job.task_type,
+        dataset = dataset_for(job.data_folder, job.dataset)
+        data = FoldData(dataset, job.fold, job.task_type,
                         p["reshaping_type"], p["normalization"])
         seed = int(p["seed"]) + job.fold.index
         train_job = TrainJob(
@@ -123,7 +124,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
-            gpu_settings=gpu,
+            gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
         )
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
         log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}")
