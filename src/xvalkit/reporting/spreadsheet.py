@@ -192,12 +192,14 @@ def _confusion_sheet(ws, data: ReportData) -> None:
         comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
         ws.cell(row=row, column=1, value=f"instance {inst.id}: {comments} (test, summed over {folds} folds)").font = Font(bold=True)
         _header(ws.cell(row=row + 1, column=1), "true \\ predicted", HEADER_FILL)
+        ws.row_dimensions[row + 1].height = 30  # room for the wrapped corner title
         for j, label in enumerate(labels, start=2):
             _header(ws.cell(row=row + 1, column=j), label, HEADER_FILL)
         for i, label in enumerate(labels):
             _header(ws.cell(row=row + 2 + i, column=1), label, HEADER_FILL)
             for j, value in enumerate(total[i], start=2):
                 c = ws.cell(row=row + 2 + i, column=j, value=int(value))
+                c.alignment = Alignment(horizontal="center")
                 if j - 2 == i:
                     c.fill = PatternFill("solid", fgColor=BEST_FILL)
         widest = max([widest] + [len(label) + 2 for label in labels])
