@@ -1,6 +1,11 @@
 """Choosing the device: CUDA_VISIBLE_DEVICES is set before TensorFlow or torch is imported, so
 the chosen GPU is the job's device 0; with --cpu, or when no GPU is visible, training runs on the
 CPU and says so in one line.
+
+Which GPUs exist is read without a framework (visible_gpus: nvidia-smi -L, the driver's /proc
+entries, an inherited CUDA_VISIBLE_DEVICES), so an explicit GPU that does not exist is an error before
+anything is imported. GPU memory is shared, not grabbed: TensorFlow grows its memory as needed, torch
+is capped at its share when jobs share a GPU, and each fold's memory is released when it ends.
 """
 
 from __future__ import annotations

@@ -247,7 +247,8 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
     )
     choice = current_choice()
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
-        console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")
+        console.print(f"GPU {choice.gpu} was asked for but {instances[0].params['framework']} sees no GPU (a CPU-only "
+                      "build? see the README, Installing): training on the CPU")
     store.write_description(exp.short_description)
     write_snapshot(store.code_dir, exp.path, exp.models_path, exp.config.to_ini(),
                    provenance(exp.path, where, [i.id for i in instances]))
