@@ -59,7 +59,7 @@ def test_each_gpu_worker_sees_only_its_gpu(tmp_path, config_file):
 
     path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
     result = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--gpu", "0,1", "--quiet",
-                             "--config", str(config_file)], capture_output=True, text=True, timeout=300,
+                             "--config", str(config_file)], capture_output=True, text=True, timeout=600,
                             env=fake_gpus(tmp_path))
     assert result.returncode == 0, result.stderr
     folds = fold_metrics(exp_folder(path))
