@@ -157,7 +157,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     assert result.exit_code == 0, result.output
     assert "demo_exp1_results.xlsx" in result.output
     wb, ws, names, rows = read_summary(crafted)
-    assert wb.sheetnames == ["summary", "folds", "parameters", "plots"]
+    assert wb.sheetnames == ["summary", "folds", "parameters", "confusion", "plots"]
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert names[:6] == ["ID", "parameters", "comment_1", "comment_2", "status", "folds done"]
     # The parameters that differ between instances, and only those, appear on the summary.
@@ -328,8 +328,14 @@ def test_real_run_then_report(tmp_path, config_file):
 def test_workbook_converts_with_libreoffice(crafted, tmp_path):
     assert xval("report", crafted.folder).exit_code == 0
     office = shutil.which("soffice") or shutil.which("libreoffice")
-    proc = subprocess.run([office, "--headless", "--convert-to", "csv", "--outdir", str(tmp_path / "out"),
-                           str(crafted.spreadsheet_path)], capture_output=True, text=True, timeout=120)
+    # LibreOffice writes csv in a legacy 8-bit encoding unless its filter options ask for UTF-8 (76):
+    # field separator 44 (,), text delimiter 34 ("), character set 76 (UTF-8). A profile of its own
+    # under tmp_path, so a LibreOffice already open on this machine does not swallow the conversion.
+    proc = subprocess.run([office, f"-env:UserInstallation=file://{tmp_path / 'lo-profile'}", "--headless",
+                           "--convert-to", "csv:Text - txt - csv (StarCalc):44,34,76",
+                           "--outdir", str(tmp_path / "out"), str(crafted.spreadsheet_path)],
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    text = (tmp_path / "out" / "demo_exp1_results.csv").read_text()
+    text = (tmp_path / "out" / "demo_exp1_results.csv").read_text(encoding="utf-8")
     assert "comment_1" in text and "partial (2/3 folds)" in text
+    assert "R²" in text  # the legend under the table, decoded as UTF-8 (LibreOffice's default wrote byte 0xb2)

@@ -55,8 +55,12 @@ def test_two_cpu_workers_give_the_results_of_one(tmp_path, config_file):
 
 
 def test_each_gpu_worker_sees_only_its_gpu(tmp_path, config_file):
+    from .test_gpu import fake_gpus  # an nvidia-smi that lists GPUs 0 and 1: --gpu checks they exist
+
     path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
-    result = run_cli("run", path, "--gpu", "0,1", "--quiet", "--config", config_file)
+    result = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--gpu", "0,1", "--quiet",
+                             "--config", str(config_file)], capture_output=True, text=True, timeout=600,
+                            env=fake_gpus(tmp_path))
     assert result.returncode == 0, result.stderr
     folds = fold_metrics(exp_folder(path))
     seen = {fold["cuda_visible_devices"] for fold in folds.values()}

@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain text: rich markup ate '[ray]' of '.[ray]'
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines are never cut
 _DEBUG = False  # set by `xval run` from --debug / debug_mode: show tracebacks of user errors too
@@ -165,6 +166,12 @@ def run(
     exp = load_experiment(experiment, config_file=config)  # plain data: imports no framework
     if gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
         gpus = [exp.gpu_ID]
+        if not _gpus_exist(gpus, f"gpu_ID = {exp.gpu_ID} in {experiment}", backend, address):
+            console.print(f"gpu_ID = {exp.gpu_ID} in {escape(str(experiment))}: no GPU on this machine, "
+                          "training on the CPU", soft_wrap=True)
+            gpus, cpu = None, True
+    elif gpus is not None:
+        _gpus_exist(gpus, f"--gpu {','.join(map(str, gpus))}", backend, address)
     workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     if workers:
         keep_this_process_off_gpus()  # the workers own the devices
@@ -178,14 +185,27 @@ def run(
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
     )
     _set_debug(options.debug)
+    if options.debug:  # jobs (here, in workers, in Ray tasks) then leave the frameworks' output on the console
+        os.environ["XVAL_DEBUG"] = "1"
     summary = run_experiment(exp, options, console=console)
     raise typer.Exit(0 if summary.ok else 1)
+
+
+def _gpus_exist(gpus: list[int], source: str, backend: str, address: Optional[str]) -> bool:
+    """Whether the GPUs asked for are on this machine (devices.check_requested_gpus: an explicit
+    GPU that is not is an error naming the visible ones); a Ray cluster's GPUs are its nodes' to check."""
+    from .devices import check_requested_gpus
+
+    if backend == "ray" and address:
+        return True
+    return check_requested_gpus(gpus, source)
 
 
 # --- preprocess commands (issue 3) ---
 preprocess_app = typer.Typer(
     help="Audio corpora to datasets of features (time, frequency) for `xval run`.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(preprocess_app, name="preprocess")
 

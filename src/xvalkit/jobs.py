@@ -105,17 +105,21 @@ def divergence(predictions: dict[str, Any], history: dict[str, list[float]]) -> 
 
 def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train one fold and write its model and completion record; returns the fold record."""
+    from .devices import gpu_settings, release_memory
     from .fold_data import FoldData
     from .metrics import compute, metric_names
+    from .quiet import framework_output_to
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
+    gpu = gpu_settings()  # as the job found them, before it imports a framework
     store = job.store()
     p = job.params
     start = time.perf_counter()
     store.mark_running(*job.key)
     log = EpochLog(store.log_path(*job.key), on_epoch)
     try:
-        data = FoldData(dataset_for(job.data_folder, job.dataset), job.fold, job.task_type,
+        dataset = dataset_for(job.data_folder, job.dataset)
+        data = FoldData(dataset, job.fold, job.task_type,
                         p["reshaping_type"], p["normalization"])
         seed = int(p["seed"]) + job.fold.index
         train_job = TrainJob(
@@ -123,7 +127,8 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             model_path=store.model_path(job.instance, job.fold.index, MODEL_EXTENSIONS[p["framework"]]),
             log_dir=store.tensorboard_dir(*job.key), generator=job.generator, on_epoch=log,
         )
-        out = trainer_for(p["framework"]).fit_predict(train_job)
+        with framework_output_to(log.handle):  # the frameworks' chatter goes to the fold's log
+            out = trainer_for(p["framework"]).fit_predict(train_job)
         record: dict[str, Any] = {"diverged": divergence(out.predictions, out.history)}
         for set_name, set_data in data.sets().items():
             if record["diverged"]:  # no metric of a model that outputs NaN / inf: recorded, never averaged
@@ -140,6 +145,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             n_train_original=data.n_train_original, excluded_augmented=data.excluded_augmented,
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
+            gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
         )
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
         log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}"
@@ -150,3 +156,4 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
         raise
     finally:
         store.unmark_running(*job.key)
+        release_memory()  # the next fold, in this process, finds the GPU memory free

@@ -27,6 +27,7 @@ from .fold_data import model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_repeated_folds
 from .jobs import FoldJob
 from .progress import ProgressView
+from .quiet import framework_output_to
 from .snapshot import provenance, write_snapshot
 from .store import ExperimentStore, error_line
 from .trainers import trainer_for
@@ -178,7 +179,8 @@ def prepare(exp: Experiment, options: RunOptions, warn=None):
     if not options.overwrite:
         for inst in instances:
             check_resumable(store, inst)
-    check_models(exp, instances, dataset)
+    with framework_output_to(None):  # the builds' warnings show again in each fold's log
+        check_models(exp, instances, dataset)
     return dataset, instances, store
 
 
@@ -302,7 +304,8 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         console.print(augmented_line(dataset))
     choice = current_choice()
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
-        console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")
+        console.print(f"GPU {choice.gpu} was asked for but {instances[0].params['framework']} sees no GPU (a CPU-only "
+                      "build? see the README, Installing): training on the CPU")
     store.write_description(exp.short_description)
     write_snapshot(store.code_dir, exp.path, exp.models_path, exp.config.to_ini(),
                    provenance(exp.path, where, [i.id for i in instances]))

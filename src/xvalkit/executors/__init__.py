@@ -33,6 +33,7 @@ class Slot:
 
     gpu: int | None
     threads: int | None = None
+    share: float | None = None  # this worker's part of its GPU's memory when jobs share it
 
     @property
     def name(self) -> str:
@@ -42,6 +43,7 @@ class Slot:
 def plan_slots(gpus: list[int] | None, jobs_per_gpu: int, cpu_workers: int) -> list[Slot]:
     """The worker slots: jobs_per_gpu per listed GPU, else cpu_workers CPU workers."""
     if gpus:
-        return [Slot(gpu) for gpu in gpus for _ in range(jobs_per_gpu)]
+        share = 1.0 / jobs_per_gpu if jobs_per_gpu > 1 else None
+        return [Slot(gpu, share=share) for gpu in gpus for _ in range(jobs_per_gpu)]
     cores = os.cpu_count() or 1
     return [Slot(None, max(1, cores // cpu_workers)) for _ in range(cpu_workers)]

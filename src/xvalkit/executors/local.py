@@ -31,7 +31,7 @@ def worker_main(conn, slot: Slot) -> None:
         for name in THREAD_VARIABLES:
             os.environ[name] = str(slot.threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None)
+    choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None, share=slot.share)
     from ..jobs import execute
 
     while True:

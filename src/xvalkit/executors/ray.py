@@ -18,9 +18,11 @@ from . import JobError, Listener
 MAX_RETRIES = 3
 
 
-def _execute(job: FoldJob) -> dict:
+def _execute(job: FoldJob, gpu_share: float = 0.0) -> dict:
+    from ..devices import prepare_gpu_sharing
     from ..jobs import execute
 
+    prepare_gpu_sharing(gpu_share)  # Ray set CUDA_VISIBLE_DEVICES; memory growth and torch's cap are ours
     return execute(job)
 
 
@@ -58,7 +60,7 @@ class RayExecutor:
         refs = {}
         for job in jobs:
             if not listener.should_skip(job):
-                refs[task.remote(job)] = job
+                refs[task.remote(job, self.gpus_per_job)] = job
                 listener.started(job, "Ray")
         try:
             while refs:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import atomic
 from . import significance as sig
-from .tables import InstanceInfo, Pivot, ReportData, pivot
+from .tables import InstanceInfo, Pivot, ReportData, pivot, test_confusion
 
 
 def _pyplot():
@@ -55,8 +55,8 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
 
     histories = [f.get("history") or {} for f in inst.folds.values()]
     metric = "accuracy" if task_type == "classification" else "mae"
-    matrices = [np.asarray(f["test_confusion_matrix"]) for f in inst.folds.values() if "test_confusion_matrix" in f]
-    panels = 3 if matrices else 2
+    confusion = test_confusion(inst)
+    panels = 3 if confusion else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
     for ax, name in zip(axes, ("loss", metric)):
         for key, label, colour in ((name, "training", "tab:blue"), (f"val_{name}", "validation", "tab:orange")):
@@ -71,8 +71,8 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if matrices:
-        total = np.sum(matrices, axis=0)
+    if confusion:
+        total, labels, folds = confusion
         ax = axes[2]
         ax.imshow(total, cmap="Blues")
         for (r, c), v in np.ndenumerate(total):
@@ -80,9 +80,11 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
                     color="white" if v > total.max() / 2 else "black")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_xticks(range(total.shape[1]))
-        ax.set_yticks(range(total.shape[0]))
-        ax.set_title(f"test, summed over {len(matrices)} folds", fontsize=9)
+        long = max(len(label) for label in labels) > 3
+        ax.set_xticks(range(total.shape[1]), labels, rotation=45 if long else 0, ha="right" if long else "center",
+                      fontsize=8)
+        ax.set_yticks(range(total.shape[0]), labels, fontsize=8)
+        ax.set_title(f"test, summed over {folds} folds", fontsize=9)
     comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
     fig.suptitle(f"instance {inst.id}: {comments} ({len(inst.folds)} folds, mean ± std)", fontsize=10)
     fig.tight_layout()

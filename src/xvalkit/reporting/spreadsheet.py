@@ -1,10 +1,12 @@
-"""The comparison workbook (openpyxl): sheets summary, folds, parameters and plots.
+"""The comparison workbook (openpyxl): sheets summary, folds, parameters, confusion and plots.
 
 summary: one row per instance under a two-row header: ID, a link to its parameters, comments,
 status and folds done, the parameters that differ between instances, the significance of the main
 metric against the best instance, then one coloured group per metric with the training /
 validation / test mean and std. The best value of each metric column is green; instances not
-significantly different from the best on the main metric are yellow.
+significantly different from the best on the main metric are yellow. confusion (classification):
+each instance's test confusion matrix summed over its folds, classes named as the dataset's manifest
+names them.
 
 Imported on first use by report.refresh (openpyxl is not needed to import xvalkit).
 """
@@ -22,7 +24,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.hyperlink import Hyperlink
 
 from . import significance as sig
-from .tables import Pivot, ReportData, best_rows, cell, evaluation_note, metric_columns, pivot
+from .tables import Pivot, ReportData, best_rows, cell, evaluation_note, metric_columns, pivot, test_confusion
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -51,6 +53,8 @@ def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[
     _table_sheet(wb.create_sheet("folds"), [{k: v for k, v in r.items() if not k.startswith("param_")} for r in folds],
                  frozen="C2")
     _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
+    if data.task_type == "classification":
+        _confusion_sheet(wb.create_sheet("confusion"), data)
     _plots_sheet(wb.create_sheet("plots"), plots)
     buffer = io.BytesIO()
     wb.save(buffer)
@@ -257,6 +261,37 @@ def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str
     if columns:
         ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{len(rows) + 1}"
     ws.freeze_panes = frozen
+
+
+def _confusion_sheet(ws, data: ReportData) -> None:
+    """Per instance, its test confusion matrix summed over the folds done: true classes down,
+    predicted across, named as the dataset's manifest names them; the diagonal is green."""
+    row = 1
+    widest = 12
+    for inst in data.instances:
+        confusion = test_confusion(inst)
+        if confusion is None:
+            continue
+        total, labels, folds = confusion
+        comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
+        ws.cell(row=row, column=1, value=f"instance {inst.id}: {comments} (test, summed over {folds} folds)").font = Font(bold=True)
+        _header(ws.cell(row=row + 1, column=1), "true \\ predicted", HEADER_FILL)
+        ws.row_dimensions[row + 1].height = 30  # room for the wrapped corner title
+        for j, label in enumerate(labels, start=2):
+            _header(ws.cell(row=row + 1, column=j), label, HEADER_FILL)
+        for i, label in enumerate(labels):
+            _header(ws.cell(row=row + 2 + i, column=1), label, HEADER_FILL)
+            for j, value in enumerate(total[i], start=2):
+                c = ws.cell(row=row + 2 + i, column=j, value=int(value))
+                c.alignment = Alignment(horizontal="center")
+                if j - 2 == i:
+                    c.fill = PatternFill("solid", fgColor=BEST_FILL)
+        widest = max([widest] + [len(label) + 2 for label in labels])
+        row += len(labels) + 3
+    if row == 1:
+        ws.cell(row=1, column=1, value="No test confusion matrix yet: no fold is done.")
+    for j in range(1, ws.max_column + 1):
+        ws.column_dimensions[get_column_letter(j)].width = min(widest, 30)
 
 
 def _plots_sheet(ws, plots: list[Path]) -> None:

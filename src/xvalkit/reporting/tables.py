@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..metrics import HIGHER_IS_BETTER, SETS, metric_names, summarize, valid_folds
 from ..params import differing_parameters
 from ..store import ExperimentStore, error_line
@@ -218,6 +220,21 @@ def fold_rows(data: ReportData) -> list[dict[str, Any]]:
             row.update({f"param_{k}": cell(v) for k, v in inst.params.items()})
             rows.append(row)
     return rows
+
+
+def test_confusion(inst: InstanceInfo) -> tuple[np.ndarray, list[str], int] | None:
+    """(test confusion matrix summed over the folds done, class names, folds summed), or None.
+
+    Rows are true classes, columns predicted ones. The names are those of the dataset's manifest
+    (`classes`, recorded with each fold); a class it does not name keeps its index.
+    """
+    matrices = [np.asarray(f["test_confusion_matrix"]) for f in inst.folds.values() if "test_confusion_matrix" in f]
+    if not matrices:
+        return None
+    total = np.sum(matrices, axis=0)
+    names = next((list(f["classes"]) for f in inst.folds.values() if f.get("classes")), [])
+    labels = [str(names[i]) if i < len(names) else str(i) for i in range(total.shape[0])]
+    return total, labels, len(matrices)
 
 
 def parameter_rows(data: ReportData) -> list[dict[str, Any]]:
