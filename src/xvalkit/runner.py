@@ -232,7 +232,9 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
     dataset, instances, store = prepare(exp, options)
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":
-        where = f"Ray ({options.address or 'local cluster'})"
+        from .executors.ray_address import cluster_address  # --address, else RAY_ADDRESS
+
+        where = f"Ray ({cluster_address(options.address) or 'local cluster'})"
     elif options.gpus and (len(options.gpus) > 1 or options.jobs_per_gpu > 1):
         where = f"GPUs {', '.join(map(str, options.gpus))} x {options.jobs_per_gpu} job(s) each"
     elif options.cpu_workers > 1:
