@@ -229,6 +229,10 @@ class RunListener:
 
 def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
     console = console or Console(stderr=True, highlight=False)
+    if options.backend == "ray":
+        from .executors.ray_address import check_cluster
+
+        check_cluster(options.address)  # a wrong address or a missing token: said in a second, before validating
     dataset, instances, store = prepare(exp, options)
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":

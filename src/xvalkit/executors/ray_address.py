@@ -83,6 +83,13 @@ def _enable_token_mode() -> None:
         pass
 
 
+def check_cluster(address: str | None) -> None:
+    """prepare_authentication for the cluster --address (else RAY_ADDRESS) names, if any."""
+    address = cluster_address(address)
+    if address:
+        prepare_authentication(address)
+
+
 def prepare_authentication(address: str) -> None:
     """Make `ray.init(address)` authenticate as the cluster requires, or say in one line why not."""
     import grpc
