@@ -74,7 +74,7 @@ class Cluster:
     def __init__(self, root: Path):
         self.root = root
         self.home, self.tmp = root / "home", root / "t"
-        self.home.mkdir()
+        self.home.mkdir(parents=True)
         self.tmp.mkdir()
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
