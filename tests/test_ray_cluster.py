@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xvalkit.errors import XvalError
+from xvalkit.executors.ray_address import check_cluster, find_token
+
 from .conftest import instance, write_experiment
-from .test_run import exp_folder, load_results, summary_header
+from .test_run import exp_folder, load_results, summary_header, xval
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 if not sys.platform.startswith("linux"):
@@ -184,6 +187,35 @@ def assert_same_results(a: dict, b: dict) -> None:
         np.testing.assert_allclose(b[fold]["test_pred"], a[fold]["test_pred"], atol=5e-3)
 
 
+def test_the_token_is_found_where_ray_documents_it(tmp_path, monkeypatch):
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert find_token() == (None, str(tmp_path / ".ray" / "auth_token"))
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert find_token() == ("from-home", str(tmp_path / ".ray" / "auth_token"))
+    (tmp_path / "elsewhere").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere"))
+    assert find_token() == ("from-path", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", " from-env ")
+    assert find_token() == ("from-env", "RAY_AUTH_TOKEN")
+
+
+def test_no_cluster_at_the_address_is_one_line(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(XvalError, match=f"no Ray cluster answers at {address}.*ray start --head"):
+        check_cluster(address)
+    check_cluster(None)  # no address, no RAY_ADDRESS: a local Ray will be started, nothing to check
+
+
+def test_auth_mode_disabled_against_a_token_cluster_is_one_line(cluster, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(XvalError, match="requires token authentication but RAY_AUTH_MODE=disabled is set"):
+        check_cluster(cluster.address)
+
+
 def test_a_missing_or_wrong_token_is_one_line(cluster, tmp_path, config_file):
     path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=2,
                             global_parameters=["num_epochs=1"])
@@ -208,9 +240,8 @@ def test_auto_gives_the_results_of_a_local_run(cluster, tmp_path, config_file):
     settings = dict(num_folds=2, global_parameters=["num_epochs=3", "patience=3"])
     local = write_experiment(tmp_path / "local", spec, **settings)
     auto = write_experiment(tmp_path / "auto", spec, **settings)
-    done = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(local), "--cpu", "--quiet",
-                           "--config", str(config_file)], capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
+    done = xval("run", local, "--cpu", "--quiet", "--config", config_file)  # in this process, one after the other
+    assert done.exit_code == 0, done.output
     # `auto`: the cluster `ray start` last started here (RAY_TMPDIR: this one); the token from ~/.ray/auth_token
     result = xval_run(cluster, auto, config_file, "--address", "auto")
     assert result.returncode == 0, result.stderr
