@@ -93,7 +93,8 @@ class Cluster:
 
     def start_node(self, name: str, *args: str, env: dict | None = None) -> None:
         """`ray start` in a new session: the node's daemons keep its process group."""
-        proc = subprocess.Popen([RAY, "start", "--num-cpus", "1", "--disable-usage-stats",
+        proc = subprocess.Popen([RAY, "start", "--num-cpus", "1", "--object-store-memory", str(200 * 2**20),
+                                 "--disable-usage-stats",
                                  "--dashboard-agent-listen-port", str(free_port()), *args],
                                 env=env or self.env, start_new_session=True, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
