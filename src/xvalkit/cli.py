@@ -127,7 +127,7 @@ def run(
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     cpu_workers: Annotated[int, typer.Option("--cpu-workers", min=1, help="Folds trained at once on the CPU, each with its share of the cores.")] = 1,
     backend: Annotated[str, typer.Option("--backend", help="local, or ray (the optional extra: pip install -e \".[ray]\").")] = "local",
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: a new local cluster).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: HOST:PORT of its head, or auto (the one `ray start` started here); default: RAY_ADDRESS, else a new local Ray.")] = None,
     overwrite: Annotated[
         Optional[bool],
         typer.Option("--overwrite/--no-overwrite", help="Redo finished folds (default: the module's overwrite_results)."),

@@ -284,10 +284,14 @@ class RunListener:
 
 def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
     console = console or Console(stderr=True, highlight=False)
+    if options.backend == "ray":
+        from .executors.ray_address import check_cluster, cluster_address
+
+        check_cluster(options.address)  # a wrong address or a missing token: said in a second, before validating
     dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
     device = trainer_for(instances[0].params["framework"]).device_name()
-    if options.backend == "ray":
-        where = f"Ray ({options.address or 'local cluster'})"
+    if options.backend == "ray":  # --address, else RAY_ADDRESS
+        where = f"Ray ({cluster_address(options.address) or 'local cluster'})"
     elif options.gpus and (len(options.gpus) > 1 or options.jobs_per_gpu > 1):
         where = f"GPUs {', '.join(map(str, options.gpus))} x {options.jobs_per_gpu} job(s) each"
     elif options.cpu_workers > 1:

@@ -5,6 +5,10 @@ filesystem): tasks write models and fold records there, exactly as local workers
 node or worker process is lost is retried (max_retries); a Python error in a job is not retried
 but recorded, like any failed fold. Ray reuses its worker processes, so the framework import is
 paid once per worker, not per fold.
+
+Which cluster: --address, else RAY_ADDRESS, else a new local Ray; `auto` is the cluster started
+with `ray start` on this machine. A cluster that requires a token gets it as Ray documents
+(ray_address.py), and a missing one is one clear line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import traceback
 from ..errors import XvalError
 from ..jobs import FoldJob
 from . import JobError, Listener
+from .ray_address import cluster_address, prepare_authentication
 
 MAX_RETRIES = 3
 
@@ -33,7 +38,7 @@ class RayExecutor:
         except ImportError:
             raise XvalError('--backend ray needs Ray: pip install -e ".[ray]"') from None
         self.ray = ray
-        self.address = address
+        self.address = cluster_address(address)
         self.gpus_per_job = gpus_per_job
         self.num_cpus = num_cpus
 
@@ -44,6 +49,8 @@ class RayExecutor:
         ray = self.ray
         if ray.is_initialized():
             return
+        if self.address:
+            prepare_authentication(self.address)
         try:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False)
