@@ -4,7 +4,8 @@ Layout in MLflow (one MLflow experiment per xvalkit experiment, `<dataset>_exp<N
   - one parent run per instance: resolved parameters, status, summary metrics (summary.csv's
     columns: `<set>_mean_<metric>`, `<set>_std_<metric>`, `p_value`), its plot, parameters.json;
   - one nested run per finished fold: its metrics, the per-epoch history as metric steps
-    (`history/<name>`, step = epoch from 1), items.json, its log and, with `models`, its model file;
+    (`history/<name>`, step = epoch from 1), items.json, its log and, with `models`, its model file
+    (an export without `models` keeps the model files uploaded before);
   - one `report` run: the workbook, results.csv, summary.csv, plots/ and the code snapshot.
 Runs are found again by their tags (xvalkit.experiment, xvalkit.instance, xvalkit.fold,
 xvalkit.role), so exporting again updates them instead of adding new ones. A fold run whose content
@@ -299,10 +300,12 @@ class Exporter:
         model = self._model_path(inst.id, fold, record) if self.models else None
         log = self.store.log_path(inst.id, fold)
         content = _digest({"metrics": metrics, "history": history, "items": items, "params": params,
-                           "model": _stat(model), "log": _stat(log), "parent": parent_id})
+                           "log": _stat(log), "parent": parent_id})
         run = self._take(existing, ("fold", str(inst.id), str(fold)))
         if run is not None and run.data.tags.get(TAG + "content") == content:
-            self.result.count("unchanged")
+            # the model is added by a later export with --models; one without keeps what was uploaded
+            uploaded = model is not None and self._upload_model(run.info.run_id, model, run.data.tags)
+            self.result.count("updated" if uploaded else "unchanged")
             return
         if run is not None:  # retrained, or half-written by an interrupted export: replaced whole
             self._delete(run)
@@ -318,10 +321,19 @@ class Exporter:
         if log.is_file():
             self.client.log_artifact(run_id, str(log))
         if model is not None:
-            self.client.log_artifact(run_id, str(model), "model")
+            self._upload_model(run_id, model, {})
         self.client.set_terminated(run_id, "FINISHED", end_time=end)
         self.client.set_tag(run_id, TAG + "content", content)
         self.result.count("created")
+
+    def _upload_model(self, run_id: str, model: Path, tags: dict[str, str]) -> bool:
+        """Upload the fold's model file unless this very file (name, size, time) already was."""
+        stamp = _digest(_stat(model))
+        if tags.get(TAG + "model") == stamp:
+            return False
+        self.client.log_artifact(run_id, str(model), "model")
+        self.client.set_tag(run_id, TAG + "model", stamp)
+        return True
 
     def _model_path(self, run: int, fold: int, record: dict[str, Any]) -> Path | None:
         named = record.get("model_file")
