@@ -428,11 +428,11 @@ def export_mlflow(
     ] = True,
     config: ConfigOption = None,
 ) -> None:
-    """Mirror an experiment folder into MLflow: a run per instance, a nested run per fold, a report run.
+    r"""Mirror an experiment folder into MLflow: a run per instance, a nested run per fold, a report run.
 
     Rebuilt from the folder alone, so it works on finished, running or crashed experiments. Exporting
     again updates the same runs (found by their xvalkit.* tags) and adds new folds and instances.
-    Needs the optional extra: pip install -e ".[mlflow]".
+    Needs the optional extra: pip install -e ".\[mlflow]".
     """
     from .mlflow_export import export
     from .report import open_store

@@ -66,7 +66,11 @@ def export(store: ExperimentStore, config=None, *, tracking_uri: str | None = No
     """Mirror the experiment folder of `store` into MLflow (see the module docstring)."""
     client, uri = _client(store, tracking_uri)
     if report:
-        refresh(store, plots=True, config=config)
+        try:
+            refresh(store, plots=True, config=config)
+        except OSError as exc:  # a read-only folder (someone else's results): send what is there
+            raise XvalError(f"{store.folder}: cannot rebuild the report ({exc.strerror or exc}); "
+                            "add --no-report to export the files as they are") from None
     data, summary_rows, _, _ = read_tables(store, config)
     name = experiment_name or store.prefix
     try:
