@@ -222,7 +222,10 @@ def test_reexport_updates_and_adds_without_duplicates(exp):
     assert Counter(r.data.tags["xvalkit.role"] for r in after) == {"instance": 3, "fold": 6, "report": 1}
 
 
-def test_tracking_uri_and_experiment_name(exp, tmp_path):
+def test_tracking_uri_and_experiment_name(exp, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"  # where the command runs from
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     uri = f"sqlite:///{tmp_path / 'team.db'}"
     result = export(exp["folder"], "--tracking-uri", uri, "--experiment-name", "lab/speech", "--no-report")
     assert "lab/speech" in result.output
@@ -231,6 +234,9 @@ def test_tracking_uri_and_experiment_name(exp, tmp_path):
     roles = by_role(runs)
     assert len(roles["instance"]) >= 2 and len(roles["report"]) == 1
     assert client_of(exp["folder"]).get_experiment_by_name("lab/speech") is None
+    # the files beside the database, nothing in the folder the command ran from (MLflow's ./mlruns)
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "lab_speech").as_uri()
+    assert (tmp_path / "mlartifacts" / "lab_speech").is_dir() and not any(elsewhere.iterdir())
 
 
 def test_without_the_extra_one_line_naming_it(exp, monkeypatch):
@@ -246,7 +252,7 @@ def test_not_an_experiment_folder(tmp_path):
     assert result.exit_code == 2 and "not an experiment folder" in result.output
 
 
-def test_statuses_and_changed_results_on_a_crafted_folder(tmp_path):
+def test_statuses_and_changed_results_on_a_crafted_folder(tmp_path, monkeypatch):
     """Known folders without training (the records of test_report): done, partial, running and failed
     instances get MLflow's statuses; a retrained fold and an instance rerun with other parameters are
     replaced, an instance no longer in the folder is deleted, and nothing is duplicated."""
@@ -262,7 +268,10 @@ def test_statuses_and_changed_results_on_a_crafted_folder(tmp_path):
     store.save_error(4, "Traceback (most recent call last):\nRuntimeError: out of memory\n")
     save(store, 5, [0.6, 0.6, 0.6])
     uri = f"sqlite:///{tmp_path / 'm.db'}"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     export(store.folder, "--tracking-uri", uri)
+    assert not any((tmp_path / "cwd").iterdir()) and (tmp_path / "mlartifacts" / "demo_exp1").is_dir()
     client = MlflowClient(tracking_uri=uri)
     roles = by_role(runs_of(client)[1])
     status = {i: r.info.status for i, r in roles["instance"].items()}

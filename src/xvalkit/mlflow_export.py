@@ -74,7 +74,7 @@ def export(store: ExperimentStore, config=None, *, tracking_uri: str | None = No
     data, summary_rows, _, _ = read_tables(store, config)
     name = experiment_name or store.prefix
     try:
-        experiment_id = _experiment(client, store, name, uri, tracking_uri is None)
+        experiment_id = _experiment(client, store, name, uri)
         result = ExportSummary(uri, name, experiment_id)
         Exporter(client, store, data, experiment_id, models, result).run(summary_rows)
     except _mlflow_errors() as exc:
@@ -113,18 +113,14 @@ def _first_line(exc: Exception) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def _experiment(client, store: ExperimentStore, name: str, uri: str, local: bool) -> str:
+def _experiment(client, store: ExperimentStore, name: str, uri: str) -> str:
     """The id of MLflow experiment `name`, created if needed; its tags describe the folder."""
     found = client.get_experiment_by_name(name)
     if found is not None and found.lifecycle_stage == "deleted":
         raise XvalError(f"MLflow experiment {name!r} at {uri} was deleted; restore it (mlflow experiments restore "
                         f"--experiment-id {found.experiment_id}) or give another --experiment-name")
     if found is None:
-        location = None
-        if local:  # artifacts beside the sqlite file, as `mlflow ui` run in that folder keeps them
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-            location = (store.folder.resolve().parent / ARTIFACTS_FOLDER / safe).as_uri()
-        experiment_id = client.create_experiment(name, artifact_location=location)
+        experiment_id = client.create_experiment(name, artifact_location=_artifact_location(uri, name))
         owner = store.prefix
     else:
         experiment_id = found.experiment_id
@@ -137,6 +133,16 @@ def _experiment(client, store: ExperimentStore, name: str, uri: str, local: bool
         for key, value in tags.items():
             client.set_experiment_tag(experiment_id, key, value)
     return experiment_id
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    """For a sqlite file: mlartifacts/<name> beside it, as `mlflow ui` run in its folder keeps them
+    (MLflow's client would use ./mlruns in whatever folder the command runs from). Servers and
+    other databases: None, their own default."""
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return None
+    database = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+    return (database.parent / ARTIFACTS_FOLDER / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
 
 
 def _provenance_tags(store: ExperimentStore) -> dict[str, str]:
