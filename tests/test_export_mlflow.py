@@ -254,19 +254,24 @@ def test_not_an_experiment_folder(tmp_path):
 
 def test_statuses_and_changed_results_on_a_crafted_folder(tmp_path, monkeypatch):
     """Known folders without training (the records of test_report): done, partial, running and failed
-    instances get MLflow's statuses; a retrained fold and an instance rerun with other parameters are
-    replaced, an instance no longer in the folder is deleted, and nothing is duplicated."""
+    instances get MLflow's statuses; on a second export a retrained fold and an instance rerun with
+    other parameters are replaced, the others updated in place (a p-value gone becomes NaN, an error
+    gone is untagged), an instance no longer in the folder is deleted, and nothing is duplicated."""
+    import math
+
     from xvalkit.store import ExperimentStore
 
     from .test_report import fold_record, save
 
     store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
-    save(store, 1, [0.8, 0.9, 1.0])
+    save(store, 1, [0.8, 0.9, 1.0])  # the best
     save(store, 2, [0.7, 0.6])  # partial, nothing running: interrupted
     save(store, 3, [0.5])  # partial, fold 2 being trained now
     store.mark_running(3, 2)
     store.save_error(4, "Traceback (most recent call last):\nRuntimeError: out of memory\n")
     save(store, 5, [0.6, 0.6, 0.6])
+    save(store, 6, [0.4, 0.4])  # failed after 2 folds
+    store.save_error(6, "Traceback (most recent call last):\nValueError: bad batch\n")
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
@@ -275,26 +280,32 @@ def test_statuses_and_changed_results_on_a_crafted_folder(tmp_path, monkeypatch)
     client = MlflowClient(tracking_uri=uri)
     roles = by_role(runs_of(client)[1])
     status = {i: r.info.status for i, r in roles["instance"].items()}
-    assert status == {1: "FINISHED", 2: "KILLED", 3: "RUNNING", 4: "FAILED", 5: "FINISHED"}
+    assert status == {1: "FINISHED", 2: "KILLED", 3: "RUNNING", 4: "FAILED", 5: "FINISHED", 6: "FAILED"}
     assert roles["instance"][2].data.tags["xvalkit.status"] == "partial (2/3 folds)"
     assert roles["instance"][4].data.tags["xvalkit.error"] == "RuntimeError: out of memory"
+    assert roles["instance"][6].data.tags["xvalkit.error"] == "ValueError: bad batch"
     assert roles["instance"][4].data.params == {}
-    assert len(roles["fold"]) == 3 + 2 + 1 + 3
+    assert "p_value" not in roles["instance"][1].data.metrics and 0 < roles["instance"][5].data.metrics["p_value"] <= 1
+    assert len(roles["fold"]) == 3 + 2 + 1 + 3 + 2
     before = {key: run.info.run_id for key, run in {**roles["instance"], **roles["fold"]}.items()}
 
-    # fold 2 of instance 1 retrained; instance 2 rerun with other parameters (3 folds); 5 cleared
+    # 1: fold 2 retrained; 2: rerun with other parameters; 3: stopped; 4: cleared; 5: now the best;
+    # 6: resumed to the end
     results = pickled(store.folder, 1)
     results["folds"][2] = {**fold_record(2, 0.2), "seed": 99}
     store.save_instance(1, results)
     save(store, 2, [0.7, 0.6, 0.5], learning_rate=0.1)
     store.unmark_running(3, 2)
-    store.results_path(5).unlink()
+    store.clear_error(4)
+    save(store, 5, [0.99, 0.99, 0.99])
+    save(store, 6, [0.4, 0.4, 0.4])
+    store.clear_error(6)
     export(store.folder, "--tracking-uri", uri, "--no-report")
     runs = runs_of(client)[1]
     roles = by_role(runs)
-    assert sorted(roles["instance"]) == [1, 2, 3, 4] and len(runs) == 4 + 3 + 3 + 1 + 1
-    assert roles["instance"][1].info.run_id == before[1]  # updated in place
-    assert roles["fold"][(1, 1)].info.run_id == before[(1, 1)]
+    assert sorted(roles["instance"]) == [1, 2, 3, 5, 6] and len(runs) == 5 + (3 + 3 + 1 + 3 + 3) + 1
+    for key in (1, 3, 5, 6, (1, 1), (1, 3), (3, 1)):
+        assert roles["instance" if isinstance(key, int) else "fold"][key].info.run_id == before[key], key
     assert roles["fold"][(1, 2)].info.run_id != before[(1, 2)]  # retrained: replaced
     assert roles["fold"][(1, 2)].data.metrics["test_acc"] == pytest.approx(0.2)
     assert roles["fold"][(1, 2)].data.params["seed"] == "99"
@@ -304,5 +315,9 @@ def test_statuses_and_changed_results_on_a_crafted_folder(tmp_path, monkeypatch)
     assert roles["instance"][2].info.status == "FINISHED"
     assert {roles["fold"][(2, f)].data.tags["mlflow.parentRunId"] for f in (1, 2, 3)} == {roles["instance"][2].info.run_id}
     assert roles["instance"][3].info.status == "KILLED"  # no longer running
+    assert roles["instance"][5].data.tags["xvalkit.significance"] == "best"
+    assert math.isnan(roles["instance"][5].data.metrics["p_value"])  # gone: NaN, not the old value
+    assert roles["instance"][1].data.metrics["p_value"] >= 0
+    assert roles["instance"][6].info.status == "FINISHED" and "xvalkit.error" not in roles["instance"][6].data.tags
     deleted = client.search_runs([runs_of(client)[0].experiment_id], run_view_type=2, max_results=1000)  # DELETED_ONLY
-    assert before[5] in {r.info.run_id for r in deleted} and before[(2, 1)] in {r.info.run_id for r in deleted}
+    assert {before[4], before[(2, 1)], before[(1, 2)]} <= {r.info.run_id for r in deleted}

@@ -231,7 +231,7 @@ class Exporter:
         run = self._take(existing, ("instance", str(inst.id)))
         if run is not None and run.data.tags.get(TAG + "params") != params_hash:
             # MLflow parameters cannot change: an instance rerun with new parameters is replaced,
-            # with its fold runs (found again under the new parent below would mix settings)
+            # and so are its fold runs, all trained under the old ones
             for key in [k for k in existing if k[:2] == ("fold", str(inst.id))]:
                 for child in existing.pop(key):
                     self._delete(child)
@@ -247,9 +247,14 @@ class Exporter:
             self.result.count("created")
         else:
             run_id, latest = run.info.run_id, run.data.metrics
+            if not inst.error_line and TAG + "error" in run.data.tags:  # rerun since, without error
+                self.client.delete_tag(run_id, TAG + "error")
             self.result.count("updated")
         metrics = {k: row.get(k) for k in metric_columns(self.data.metrics)}
         metrics.update(p_value=row.get("p_value"), folds_done=len(inst.folds))
+        # a value gone since the last export (the p-value of the new best instance) becomes NaN:
+        # MLflow cannot delete a metric, and its old value would still show
+        metrics = {k: math.nan if v is None and k in latest else v for k, v in metrics.items()}
         changed = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not _same(latest.get(k), float(v))}
         tags = {**self.provenance, TAG + "status": inst.status, TAG + "significance": str(row.get("significance")),
