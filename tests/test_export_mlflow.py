@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xvalkit.cli import app
+from xvalkit.mlflow_export import SIGNIFICANCE_COLUMNS
 
 from .conftest import instance, write_experiment
 
@@ -140,7 +141,7 @@ def test_export_matches_the_folder(exp, tmp_path):
         assert parent.data.metrics["test_mean_acc"] == pytest.approx(np.mean(accs))
         assert parent.data.metrics["test_std_acc"] == pytest.approx(np.std(accs, ddof=1))
         for column, value in summary.loc[run_id].items():
-            if column.split("_")[1:2] in (["mean"], ["std"]) or column == "p_value":
+            if column.split("_")[1:2] in (["mean"], ["std"]) or column in SIGNIFICANCE_COLUMNS:
                 if pd.isna(value):
                     assert column not in parent.data.metrics
                 else:

@@ -41,6 +41,8 @@ INSTALL_HINT = 'xval export mlflow needs MLflow: pip install -e ".[mlflow]" (mlf
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"  # MLflow's own local defaults (sqlite, server's artifacts)
 TAG = "xvalkit."
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+# summary.csv's significance columns (the later ones come with the Holm and Bayesian comparisons)
+SIGNIFICANCE_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent", "prob_other_better")
 BATCH = 500  # entities per log_batch call (MLflow allows 1000, at most 100 of them parameters)
 
 
@@ -251,7 +253,7 @@ class Exporter:
                 self.client.delete_tag(run_id, TAG + "error")
             self.result.count("updated")
         metrics = {k: row.get(k) for k in metric_columns(self.data.metrics)}
-        metrics.update(p_value=row.get("p_value"), folds_done=len(inst.folds))
+        metrics.update({k: row.get(k) for k in SIGNIFICANCE_COLUMNS if k in row}, folds_done=len(inst.folds))
         # a value gone since the last export (the p-value of the new best instance) becomes NaN:
         # MLflow cannot delete a metric, and its old value would still show
         metrics = {k: math.nan if v is None and k in latest else v for k, v in metrics.items()}
@@ -311,7 +313,8 @@ class Exporter:
         history = {name: [float(v) for v in values if _number(v)]
                    for name, values in (record.get("history") or {}).items()}
         items = {s: [cell(i) for i in record.get(f"{s}_items", ())] for s in SETS}
-        params = {"fold": str(fold), **{k: _param_value(record[k]) for k in ("seed", "device") if k in record}}
+        params = {"fold": str(fold), **{k: _param_value(record[k])
+                                        for k in ("repeat", "fold_in_repeat", "seed", "device") if k in record}}
         model = self._model_path(inst.id, fold, record) if self.models else None
         log = self.store.log_path(inst.id, fold)
         content = _digest({"metrics": metrics, "history": history, "items": items, "params": params,
