@@ -539,6 +539,52 @@ def status(
     print_status(load_experiment(experiment, config_file=config))
 
 
+# --- export commands (issue 17) ---
+export_app = typer.Typer(help="Copy an experiment folder into other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("mlflow")
+@user_errors(interrupted="the runs exported so far are kept; rerun the same command to finish (nothing is duplicated)")
+def export_mlflow(
+    experiment: Annotated[
+        str, typer.Argument(metavar="EXP", help="Experiment module (experiments/exp1.py), name (exp1) or folder.")
+    ],
+    tracking_uri: Annotated[
+        Optional[str],
+        typer.Option("--tracking-uri", help="MLflow tracking URI, e.g. http://mlflow.lab:5000 (default: sqlite "
+                     "file mlflow.db beside the experiment folder)."),
+    ] = None,
+    experiment_name: Annotated[
+        Optional[str], typer.Option("--experiment-name", help="MLflow experiment (default: <dataset>_exp<N>).")
+    ] = None,
+    models: Annotated[bool, typer.Option("--models", help="Also upload every fold's model file.")] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Rebuild the workbook, csv files and plots first (default: yes).")
+    ] = True,
+    config: ConfigOption = None,
+) -> None:
+    r"""Mirror an experiment folder into MLflow: a run per instance, a nested run per fold, a report run.
+
+    Rebuilt from the folder alone, so it works on finished, running or crashed experiments. Exporting
+    again updates the same runs (found by their xvalkit.* tags) and adds new folds and instances.
+    Needs the optional extra: pip install -e ".\[mlflow]".
+    """
+    from .mlflow_export import export
+    from .report import open_store
+
+    store, exp_config = open_store(experiment, config_file=config)
+    if exp_config is None and config is not None:
+        from .config import load_config
+
+        exp_config = load_config(config)
+    done = export(store, exp_config, tracking_uri=tracking_uri, experiment_name=experiment_name, models=models,
+                  report=report)
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(done.counts.items())) or "nothing to do"
+    console.print(f"exported {store.folder} to MLflow experiment {escape(done.experiment_name)!s} "
+                  f"(id {done.experiment_id}) at {escape(done.tracking_uri)}: runs {counts}", soft_wrap=True)
+
+
 def _set_debug(value: bool) -> None:
     global _DEBUG
     _DEBUG = value

@@ -73,6 +73,11 @@ def _tables(store: ExperimentStore, config: Config | None):
     return data, summary, tables.fold_rows(data), tables.parameter_rows(data)
 
 
+def read_tables(store: ExperimentStore, config: Config | None = None):
+    """(ReportData, summary rows, fold rows, parameter rows): what the report shows, for other exports."""
+    return _tables(store, config)
+
+
 def _summary_table(summary: list[dict[str, Any]], parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """summary.csv rows: the sheet's columns, then every parameter as param_<name>."""
     params = {row["ID"]: row for row in parameters}
