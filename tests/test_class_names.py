@@ -49,7 +49,10 @@ def test_confusion_matrices_name_the_classes(tmp_path):
     # the plot of instance 1 names them on both axes
     from xvalkit.reporting import plots, tables
 
-    data = tables.collect(ExperimentStore(exp.folder, "moods", 1), {"classification": "test_acc"}, 0.05)
+    from xvalkit.report import report_settings
+
+    store = ExperimentStore(exp.folder, "moods", 1)
+    data = tables.collect(store, report_settings(store))
     plt = plots._pyplot()
     fig = plots.instance_figure(plt, data.instances[0], "classification")
     matrix_axes = fig.axes[2]
