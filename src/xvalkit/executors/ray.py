@@ -12,6 +12,7 @@ from __future__ import annotations
 import traceback
 
 from ..errors import XvalError
+from ..faults import EnvironmentFault
 from ..jobs import FoldJob
 from . import JobError, Listener
 
@@ -68,6 +69,8 @@ class RayExecutor:
                     try:
                         record = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
+                        if isinstance(exc.cause, EnvironmentFault):  # a full disk: stop, not a failed fold
+                            raise EnvironmentFault(str(exc.cause)) from None
                         text = str(exc)
                         if debug:
                             raise JobError(f"{job.label} failed:\n{text}") from None
@@ -76,7 +79,7 @@ class RayExecutor:
                         listener.failed(job, f"Ray lost {job.label} after {MAX_RETRIES} retries: {exc}")
                     else:
                         listener.finished(job, record)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, EnvironmentFault):
             for ref in refs:
                 ray.cancel(ref, force=True)
             raise
