@@ -343,3 +343,50 @@ def test_full_disk_in_a_ray_task_stops_the_run(tmp_path, config_file, tmpfs):
     line = assert_stopped_by_fault(code, output, "no space left on device")
     assert str(small) in line
     assert not list((folder / "results").glob("error_*"))
+
+
+def _fill(folder: Path) -> None:
+    with open(folder / "filler", "wb", buffering=0) as handle:  # unbuffered: close() has nothing left
+        try:
+            while True:
+                handle.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+def test_framework_writers_on_a_full_disk_are_recognised(tmp_path, tmpfs):
+    """h5py (Keras .hdf5) and torch.save report a full disk in their own words (h5py: a multi-line
+    message with the temporary file's name; torch: a RuntimeError over the OSError); both are
+    recognised as a full disk and name the model file, not the temporary one."""
+    import keras
+    import torch
+
+    from xvalkit import atomic
+
+    small = tmpfs(tmp_path / "small", "256k")
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, keras.layers.Dense(256)(inputs))
+    target = small / "models" / "demo_exp1_run1_fold1.hdf5"
+    target.parent.mkdir()
+    _fill(small)
+    with pytest.raises(Exception) as h5py_error:
+        with atomic.atomic_path(target, suffix=".hdf5") as tmp:
+            model.save(tmp)
+    with pytest.raises(Exception) as torch_error:
+        atomic.write_with(small / "models" / "x.pt", lambda handle: torch.save({"w": torch.zeros(100_000)}, handle))
+    for error, name in ((h5py_error.value, target.name), (torch_error.value, "x.pt")):
+        fault = fault_from(error, [small])
+        assert fault is not None, repr(error)
+        assert str(fault).startswith(f"{small / 'models' / name}: no space left on device"), str(fault)
+        assert "while writing a fold model" in str(fault)
+    assert not list(small.rglob(".*.tmp*"))
+
+
+def test_vanished_data_folder_is_not_refilled_with_a_built_in_dataset(tmp_path):
+    from xvalkit.faults import EnvironmentFault
+    from xvalkit.jobs import dataset_for
+
+    gone = tmp_path / "data"
+    with pytest.raises(EnvironmentFault, match="the data folder vanished"):
+        dataset_for(str(gone), "demo")
+    assert not gone.exists()
