@@ -179,6 +179,8 @@ def test_full_disk_stops_the_run_then_the_same_command_completes_it(tmp_path, co
     assert "done 2, 3; skipped (already done) 1" in output
     assert snapshot(folder, 1) == kept  # the folds finished before the fault were not touched
     assert len(list((folder / "results" / "folds").glob("*.pkl"))) == 6
+    for curves in ("train", "validation"):  # the stopped attempt's TensorBoard files are gone
+        assert len(list((folder / "tensorboard" / "run2" / "fold1" / curves).iterdir())) == 1
 
 
 def test_full_disk_in_a_local_worker_stops_the_run(tmp_path, config_file, tmpfs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -133,6 +134,8 @@ def _execute(job: FoldJob, store, on_epoch) -> dict[str, Any]:
     p = job.params
     start = time.perf_counter()
     store.mark_running(*job.key)
+    # TensorBoard files of an attempt that was stopped (full disk, kill -9): not this fold's curves
+    shutil.rmtree(store.tensorboard_dir(*job.key), ignore_errors=True)
     log = EpochLog(store.log_path(*job.key), on_epoch, check=store.check_present)
     try:
         data = FoldData(dataset_for(job.data_folder, job.dataset), job.fold, job.task_type,

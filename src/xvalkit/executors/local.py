@@ -33,7 +33,6 @@ def worker_main(conn, slot: Slot) -> None:
             os.environ[name] = str(slot.threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None)
-    from ..faults import EnvironmentFault
     from ..jobs import execute
 
     while True:
