@@ -3,8 +3,8 @@
 Every node must see the experiment folder and the data folder at the same paths (a shared
 filesystem): tasks write models and fold records there, exactly as local workers do. A task whose
 node or worker process is lost is retried (max_retries); a Python error in a job is not retried
-but recorded, like any failed fold. Ray reuses its worker processes, so the framework import is
-paid once per worker, not per fold.
+but recorded, like any failed fold; an environment fault (a full disk: faults.py) stops the run.
+Ray reuses its worker processes, so the framework import is paid once per worker, not per fold.
 """
 
 from __future__ import annotations
