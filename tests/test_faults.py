@@ -9,6 +9,7 @@ disk, deletes the folder, waits to be killed, allocates too much) in its first t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -241,7 +242,7 @@ def test_killed_worker_and_allocation_failure_are_instance_failures(tmp_path, co
         deadline = time.time() + 240
         while len(killed) < 2 and time.time() < deadline and proc.poll() is None:
             try:
-                pid = int(__import__("json").loads(marker.read_text())["pid"])
+                pid = int(json.loads(marker.read_text())["pid"])
             except (OSError, ValueError, KeyError):
                 time.sleep(0.05)
                 continue
