@@ -15,20 +15,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .faults import note_file
+
 
 @contextlib.contextmanager
 def _replacing(target: str | Path, suffix: str) -> Iterator[tuple[int, Path]]:
     """Yield (open descriptor, path) of a new temporary file beside `target`; on success it is
     renamed to `target`, else removed."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    except OSError as exc:
+        note_file(exc, target)
+        raise
     tmp_path = Path(tmp)
     try:
         yield fd, tmp_path
         os.replace(tmp_path, target)
+    except BaseException as exc:
+        note_file(exc, target)  # a failed write names no file; a full disk must say which
+        raise
     finally:
-        tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk there is nothing to remove anyway
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import XvalError
+from .faults import EnvironmentFault
 
 app = typer.Typer(
     name="xval",
@@ -53,6 +54,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 RESUME_HINT = "finished folds are saved; rerun the same command to resume"
+FAULT_EXIT = 3  # the machine failed the run (faults.py): exit status 3, not 2 (a usage error)
 PREPROCESS_INTERRUPTED = "a dataset is saved whole at the end or not at all, so none was half-written"
 
 
@@ -66,6 +68,10 @@ def user_errors(command=None, *, interrupted: str = RESUME_HINT):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except EnvironmentFault as exc:  # full disk, read-only or vanished folder (faults.py)
+            if _DEBUG or os.environ.get("XVAL_DEBUG"):
+                traceback.print_exc()
+            fail(f"{exc}; {interrupted}", code=FAULT_EXIT)
         except XvalError as exc:
             if _DEBUG or os.environ.get("XVAL_DEBUG"):
                 traceback.print_exc()

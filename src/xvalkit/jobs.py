@@ -7,7 +7,9 @@ metrics, and writes the model, a per-epoch log and the fold's completion record,
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .faults import faults_stop
 from .folds import Fold
 
 _DATASETS: dict[tuple[str, str], Any] = {}
@@ -56,7 +59,10 @@ def dataset_for(folder: str, name: str):
     """Each process reads a dataset once and keeps it for its next jobs."""
     if (folder, name) not in _DATASETS:
         from .data import load_dataset
+        from .faults import vanished
 
+        if not Path(folder).is_dir():  # else a built-in dataset would be synthesised in its place
+            raise vanished(Path(folder), "the data folder")
         _DATASETS[(folder, name)] = load_dataset(folder, name)
     return _DATASETS[(folder, name)]
 
@@ -72,22 +78,35 @@ def model_function_for(job: FoldJob):
 class EpochLog:
     """Appends one line per epoch to the fold's log file and forwards (epoch, logs) to a listener."""
 
-    def __init__(self, path: Path, listener: Callable[[int, dict], None] | None):
+    def __init__(self, path: Path, listener: Callable[[int, dict], None] | None,
+                 check: Callable[[], None] | None = None):
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "w", encoding="utf-8")
         self.listener = listener
+        self.check = check  # after each epoch: raise if the experiment folder vanished
 
     def __call__(self, epoch: int, logs: dict) -> None:
         values = " ".join(f"{k}={float(v):.5g}" for k, v in logs.items())
-        self.handle.write(f"{time.strftime('%H:%M:%S')} epoch {epoch} {values}\n")
-        self.handle.flush()
+        try:
+            self.handle.write(f"{time.strftime('%H:%M:%S')} epoch {epoch} {values}\n")
+            self.handle.flush()
+        except OSError as exc:  # a full disk: say which file
+            exc.filename = exc.filename or str(self.path)
+            raise
+        if self.check is not None:
+            self.check()
         if self.listener is not None:
             self.listener(epoch, logs)
 
     def close(self, line: str = "") -> None:
-        if line:
-            self.handle.write(line.rstrip() + "\n")
-        self.handle.close()
+        try:
+            if line:
+                self.handle.write(line.rstrip() + "\n")
+            self.handle.close()
+        except OSError as exc:
+            exc.filename = exc.filename or str(self.path)
+            raise
 
 
 def divergence(predictions: dict[str, Any], history: dict[str, list[float]]) -> str | None:
@@ -104,19 +123,42 @@ def divergence(predictions: dict[str, Any], history: dict[str, list[float]]) -> 
 
 
 def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Train one fold and write its model and completion record; returns the fold record."""
+    """Train one fold and write its model and completion record; returns the fold record.
+
+    An environment error (full disk, read-only or vanished folder) raises faults.EnvironmentFault,
+    which executors pass on to stop the run instead of recording a failed fold.
+    """
     from .devices import gpu_settings, release_memory
+
+    gpu = gpu_settings()  # as the job found them, before it imports a framework
+    store = job.store()
+    with faults_stop(job_folders(job)):
+        store.check_present()
+        try:
+            return _execute(job, store, on_epoch, gpu)
+        finally:
+            with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
+                store.unmark_running(*job.key)
+            release_memory()  # the next fold, in this process, finds the GPU memory free
+
+
+def job_folders(job: FoldJob) -> list[str]:
+    """Our own folders (faults.py): a denied or missing path there is the machine's fault."""
+    return [job.store_folder, job.data_folder]
+
+
+def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
     from .fold_data import FoldData
     from .metrics import compute, metric_names
     from .quiet import framework_output_to
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
-    gpu = gpu_settings()  # as the job found them, before it imports a framework
-    store = job.store()
     p = job.params
     start = time.perf_counter()
     store.mark_running(*job.key)
-    log = EpochLog(store.log_path(*job.key), on_epoch)
+    # TensorBoard files of an attempt that was stopped (full disk, kill -9): not this fold's curves
+    shutil.rmtree(store.tensorboard_dir(*job.key), ignore_errors=True)
+    log = EpochLog(store.log_path(*job.key), on_epoch, check=store.check_present)
     try:
         dataset = dataset_for(job.data_folder, job.dataset)
         data = FoldData(dataset, job.fold, job.task_type,
@@ -147,13 +189,12 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
             gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
         )
+        store.check_present()  # not a fold record in a folder that a vanished one left behind
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
         log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}"
                   + (f"; diverged: {record['diverged']}" if record["diverged"] else ""))
         return record
     except BaseException:
-        log.close(traceback.format_exc())
+        with contextlib.suppress(OSError):  # the log may be on the disk that just filled up
+            log.close(traceback.format_exc())
         raise
-    finally:
-        store.unmark_running(*job.key)
-        release_memory()  # the next fold, in this process, finds the GPU memory free

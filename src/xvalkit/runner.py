@@ -22,6 +22,7 @@ from .data import Dataset, load_dataset
 from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
+from .faults import faults_stop
 from .experiment import Experiment
 from .fold_data import model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_repeated_folds
@@ -243,6 +244,7 @@ class RunListener:
         self.view.epoch(job, epoch, logs)
 
     def finished(self, job: FoldJob, record: dict) -> None:
+        self.store.check_present()  # else rebuilding would make a new, empty experiment folder
         self.running.pop(job.key, None)
         self.view.ended(job)
         inst = self.instances[job.instance]
@@ -268,6 +270,7 @@ class RunListener:
             report.refresh(self.store)
 
     def failed(self, job: FoldJob, error: str) -> None:
+        self.store.check_present()
         self.running.pop(job.key, None)
         self.view.ended(job)
         line = error_line(error)
@@ -283,6 +286,13 @@ class RunListener:
 
 
 def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
+    """Run the experiment; a full disk, read-only or vanished folder raises faults.EnvironmentFault
+    at once (from this process's writes or a job's), keeping every finished fold."""
+    with faults_stop([exp.folder, exp.config.data_folder]):
+        return _run_experiment(exp, options, console)
+
+
+def _run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
     console = console or Console(stderr=True, highlight=False)
     if options.backend == "ray":
         from .executors.ray_address import check_cluster, cluster_address
@@ -337,6 +347,9 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
             store.unmark_running(*key)
         report.refresh(store)
         _print_summary(console, summary, interrupted=True)
+        raise
+    except Exception:  # an environment fault (or a bug): the CLI prints its one line
+        view.stop()
         raise
     view.stop()
     report.refresh(store, plots=True)  # plots once, at the end (per-instance refreshes skip them)

@@ -140,6 +140,14 @@ class ExperimentStore:
         path = self.error_path(run)
         return path.read_text(encoding="utf-8") if path.is_file() else None
 
+    def check_present(self) -> None:
+        """Raise faults.EnvironmentFault if the experiment folder vanished (deleted, disk unmounted):
+        writing on would silently make a new, empty one in its place."""
+        if not self.folder.is_dir():
+            from .faults import vanished
+
+            raise vanished(self.folder)
+
     # --- writing -----------------------------------------------------------------------------
     def write_description(self, text: str) -> None:
         atomic.write_text(self.description_path, text.rstrip() + "\n")
@@ -195,9 +203,16 @@ class ExperimentStore:
 
 
 def error_line(traceback_text: str, width: int | None = None) -> str:
-    """The last non-empty line of a saved traceback ('RuntimeError: ...'), cut to `width`."""
+    """The last exception of a saved traceback as 'RuntimeError: <first line of its message>', cut
+    to `width`; the first line of a text that holds no traceback ('killed by signal 9 ...').
+
+    Not the traceback's last line: a multi-line message (h5py's) would show its last fragment.
+    """
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "unknown error")[:width]
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "') and line[:1].isspace()]
+    after = lines[frames[-1] + 1:] if frames else lines
+    found = next((line for line in after if not line[:1].isspace()), None)
+    return (found or (lines[0] if lines else "unknown error")).strip()[:width]
 
 
 def _read_pickle(path: Path) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import atomic
 from ..errors import XvalError
+from ..faults import faults_stop
 from ..interrupts import StopRequest
 from .augment import AugmentSpec, augment, impulse_response_files, peak_normalize
 from .io import AUDIO_EXTENSIONS, AudioReadError, find_audio_files, read_audio, write_wav
@@ -143,12 +144,15 @@ def augment_file(task: FileTask) -> dict[str, Any]:
         return {"file": task.relative, "error": str(exc)}
     names = task.output_names()
     paths = task.output_paths()
-    write_wav(paths[0], peak_normalize(audio, task.spec.peak_dbfs), sr, SUBTYPE)
+    # a full or read-only OUT raises faults.EnvironmentFault: the run stops (each wav is atomic)
+    with faults_stop([task.out_dir]):
+        write_wav(paths[0], peak_normalize(audio, task.spec.peak_dbfs), sr, SUBTYPE)
     outputs = {names[0]: {"transforms": [], "seconds": audio.size / sr}}
     # one child seed per version, so version k does not depend on N
     for name, path, child in zip(names[1:], paths[1:], file_seed(task.seed, task.relative).spawn(task.n)):
         augmented, record = augment(audio, sr, np.random.default_rng(child), task.spec)
-        write_wav(path, augmented, sr, SUBTYPE)
+        with faults_stop([task.out_dir]):
+            write_wav(path, augmented, sr, SUBTYPE)
         outputs[name] = {"transforms": record, "seconds": augmented.size / sr}
     return {"file": task.relative, "sample_rate": sr, "seconds": audio.size / sr, "outputs": outputs}
 
@@ -199,7 +203,8 @@ def run_augment(
     summary.seconds_in = sum(r["seconds"] for r in records)
     # audio produced = the augmented versions; the _orig copies (no transforms) are not counted
     summary.seconds_out = sum(o["seconds"] for r in records for o in r["outputs"].values() if o["transforms"])
-    write_log(out_dir, n, spec, summary, records)
+    with faults_stop([out_dir]):
+        write_log(out_dir, n, spec, summary, records)
     return summary
 
 

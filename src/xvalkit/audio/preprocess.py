@@ -23,6 +23,7 @@ import soundfile as sf
 
 from .. import data
 from ..errors import XvalError
+from ..faults import faults_stop
 from ..interrupts import StopRequest
 from .datasets import Corpus
 from .features import FeatureSpec, features, resample
@@ -360,7 +361,8 @@ def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str,
     predictors, targets, manifest = build_dataset(corpus, spec, results, summary, warn)
     # A first Ctrl-C now waits until the dataset's three files are written (a second one stops at
     # once: save_dataset removes the old target first, so a half-replaced dataset does not load).
-    with StopRequest("saving the dataset first"):
+    # A full or read-only disk raises faults.EnvironmentFault: one line, no half-written file.
+    with StopRequest("saving the dataset first"), faults_stop([folder]):
         summary.paths = data.save_dataset(folder, name, predictors, targets, manifest)
     summary.seconds = time.perf_counter() - start
     return summary

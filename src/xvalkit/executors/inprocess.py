@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import traceback
 
+from ..faults import EnvironmentFault
 from ..interrupts import StopRequest
 from ..jobs import FoldJob, execute
 from . import Listener
@@ -27,7 +28,7 @@ class InProcessExecutor:
 
                 try:
                     record = execute(job, on_epoch=on_epoch)
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, EnvironmentFault):  # the run stops; the fold did not fail
                     raise
                 except Exception:
                     if debug:

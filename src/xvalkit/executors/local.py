@@ -16,6 +16,7 @@ import traceback
 from collections import deque
 from multiprocessing.connection import wait
 
+from ..faults import EnvironmentFault
 from ..jobs import FoldJob
 from . import JobError, Listener, Slot
 
@@ -42,6 +43,8 @@ def worker_main(conn, slot: Slot) -> None:
             record = execute(job, on_epoch=lambda e, logs: conn.send(
                 ("epoch", e, {k: float(v) for k, v in logs.items()})))
             conn.send(("done", record))
+        except EnvironmentFault as fault:  # the machine's fault, not the job's: the parent stops the run
+            conn.send(("fault", str(fault)))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
 
@@ -126,6 +129,9 @@ class LocalPoolExecutor:
                 break
             if kind == "epoch":
                 listener.epoch(job, *payload)
+            elif kind == "fault":
+                worker.job = None
+                raise EnvironmentFault(payload[0])
             elif kind == "done":
                 worker.job = None
                 listener.finished(job, payload[0])
@@ -147,5 +153,13 @@ class LocalPoolExecutor:
             retried.add(job.key)
             pending.appendleft(job)
         else:
-            listener.failed(job, f"the worker process running {job.label} died twice (exit code {code})")
+            listener.failed(job, f"{death(code)}: the worker process training {job.label} died twice")
         return None
+
+
+def death(exitcode: int | None) -> str:
+    """How a worker process ended, for the failure line (a negative exit code is the signal)."""
+    if exitcode is not None and exitcode < 0:
+        # SIGKILL is what the kernel's out-of-memory killer sends, and what `kill -9` does
+        return f"killed by signal {-exitcode} (out of memory?)"
+    return f"the worker exited with code {exitcode}"

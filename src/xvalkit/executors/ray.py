@@ -3,8 +3,8 @@
 Every node must see the experiment folder and the data folder at the same paths (a shared
 filesystem): tasks write models and fold records there, exactly as local workers do. A task whose
 node or worker process is lost is retried (max_retries); a Python error in a job is not retried
-but recorded, like any failed fold. Ray reuses its worker processes, so the framework import is
-paid once per worker, not per fold.
+but recorded, like any failed fold; an environment fault (a full disk: faults.py) stops the run.
+Ray reuses its worker processes, so the framework import is paid once per worker, not per fold.
 
 Which cluster: --address, else RAY_ADDRESS, else a new local Ray; `auto` is the cluster started
 with `ray start` on this machine. A cluster that requires a token gets it as Ray documents
@@ -16,6 +16,7 @@ from __future__ import annotations
 import traceback
 
 from ..errors import XvalError
+from ..faults import EnvironmentFault
 from ..jobs import FoldJob
 from . import JobError, Listener
 from .ray_address import cluster_address, prepare_authentication
@@ -77,6 +78,8 @@ class RayExecutor:
                     try:
                         record = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
+                        if isinstance(exc.cause, EnvironmentFault):  # a full disk: stop, not a failed fold
+                            raise EnvironmentFault(str(exc.cause)) from None
                         text = str(exc)
                         if debug:
                             raise JobError(f"{job.label} failed:\n{text}") from None
@@ -85,7 +88,7 @@ class RayExecutor:
                         listener.failed(job, f"Ray lost {job.label} after {MAX_RETRIES} retries: {exc}")
                     else:
                         listener.finished(job, record)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, EnvironmentFault):
             for ref in refs:
                 ray.cancel(ref, force=True)
             raise

@@ -178,11 +178,17 @@ class ScalarLog:
         self._event = event_pb2
         folder.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.xvalkit.{id(self)}.v2"
-        self._writer = RecordWriter(open(folder / name, "wb"))
+        self.path = folder / name
+        self._writer = RecordWriter(open(self.path, "wb"))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event) -> None:
-        self._writer.write(event.SerializeToString())
+        try:
+            self._writer.write(event.SerializeToString())
+            self._writer.flush()
+        except OSError as exc:  # a full disk: name the file (faults.py)
+            exc.filename = exc.filename or str(self.path)
+            raise
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         from tensorboard.compat.proto import summary_pb2
@@ -190,10 +196,12 @@ class ScalarLog:
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
                                              for tag, v in values.items()])
         self._write(self._event.Event(wall_time=time.time(), step=step, summary=summary))
-        self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError:  # already reported by the write that failed, or about to be
+            pass
 
 
 class _Epoch:
@@ -293,8 +301,9 @@ def save(job: TrainJob, model) -> None:
         "normalization": None if norm is None else {"mean": torch.from_numpy(np.asarray(norm.mean)),
                                                     "std": torch.from_numpy(np.asarray(norm.std))},
     }
-    with atomic.atomic_path(job.model_path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    # through a Python file, so that a full disk raises an OSError (errno 28) that faults.py can
+    # tell from a bug; torch.save(path) would only say "unexpected pos ..."
+    atomic.write_with(job.model_path, lambda handle: torch.save(payload, handle))
 
 
 def fit_predict(job: TrainJob) -> TrainOutput:
