@@ -427,34 +427,80 @@ def test_pool_workers_run_with_one_blas_thread_and_reusable_memory(tmp_path):
     assert keep_freed_memory() is sys.platform.startswith("linux")
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, jobs):
-    """Ctrl-C at several moments (imports, corpus scan, extraction): each run either finishes or
-    stops with one line, exit 130 and no dataset; at least one of them is interrupted."""
-    import signal
-    import time
+def files_done(output: str, total: int) -> int:
+    """The progress bar's latest 'N/total' (rich draws it on a terminal), 0 before the first."""
+    import re
 
-    root = tmp_path / "RAVDESS"
-    for i in range(240):  # 4 actors x 8 emotions x 7.5 takes
+    found = re.findall(rf"(\d+)/{total}\b", output)
+    return int(found[-1]) if found else 0
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory) -> Path:
+    """240 files of 2 s: 4 actors x 8 emotions x 7.5 takes."""
+    root = tmp_path_factory.mktemp("long") / "RAVDESS"
+    for i in range(240):
         actor = i % 4 + 1
         write(root / f"Actor_{actor:02d}" / ravdess_name((i // 4) % 8 + 1, actor, i // 32 + 1),
-              tone(150 + i, seconds=2.0, seed=i))  # long enough that a warm machine is still busy at 1 s
-    interrupted = 0
-    for delay in (0.9, 1.5, 2.2, 3.0):
-        name = f"d{int(delay)}"
-        proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
-                                 "--name", name, "--jobs", jobs, "--config", str(config)],
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        time.sleep(delay)
+              tone(150 + i, seconds=2.0, seed=i))
+    return root
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("after", [1, 120])  # files done when Ctrl-C comes: early, half-way
+def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_corpus, jobs, after):
+    """Ctrl-C once the progress bar shows `after` of 240 files done: exit 130, one line, no dataset.
+
+    The run is frozen (SIGSTOP) as soon as the bar shows that progress, the Ctrl-C sent, then the run
+    resumed: it cannot finish the 240 files in between, so it must stop, whatever the machine's speed."""
+    import fcntl
+    import pty
+    import select
+    import signal
+    import struct
+    import termios
+
+    root = long_corpus
+    master, slave = pty.openpty()  # stderr on a terminal: rich draws its progress bar there
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
+                             "--name", "rav", "--jobs", jobs, "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    output = b""
+
+    def read(timeout: float) -> bool:
+        nonlocal output
+        if not select.select([master], [], [], timeout)[0]:
+            return True
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process ended
+            return False
+        output += chunk
+        return bool(chunk)
+
+    try:
+        while files_done(output.decode(errors="replace"), 240) < after:
+            assert read(0.05) or files_done(output.decode(errors="replace"), 240) >= after, output.decode()
+            assert proc.poll() is None, f"the run ended before {after} files were done: {output.decode()}"
+        os.killpg(proc.pid, signal.SIGSTOP)  # frozen: no file can finish before the Ctrl-C
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        err = proc.communicate(timeout=60)[1]
-        assert "Traceback" not in err and "Exception ignored" not in err, err
-        written = sorted(p.name for p in (tmp_path / "data").glob(f"{name}_*"))
-        if written:  # all three files (a Ctrl-C during the save waits for it), and they load
-            assert written == [f"{name}_manifest.json", f"{name}_predictors.npz", f"{name}_target.npz"]
-            assert len(load_dataset(tmp_path / "data", name).predictors) == 4  # actors
-        if proc.returncode == 0 or (proc.returncode == -signal.SIGINT and written and "saved" in err):
-            continue  # finished (at worst the signal came as Python was exiting, after the summary)
-        interrupted += 1
-        assert proc.returncode == 130 and "interrupted: a dataset is saved whole" in err, err
-    assert interrupted, "every run finished before its Ctrl-C"
+        os.killpg(proc.pid, signal.SIGCONT)
+        while proc.poll() is None:
+            read(0.05)
+        while read(0.05):
+            pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(master)
+    import re
+
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))  # no colours
+    assert proc.returncode == 130, err
+    assert "interrupted: a dataset is saved whole" in err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []  # not even a temp file
