@@ -20,6 +20,10 @@ from xvalkit.data import load_dataset
 
 SR = 48000
 SECONDS = 0.5
+# (time frames, frequency bins) of a 0.5 s datapoint at 16 kHz (8000 samples), by hand: centred
+# frames, 1 + samples // hop. STFT and mel: hop 512 -> 16 frames; 1024-point FFT -> 513 bins, 64 mel
+# bands. MFCC: hop 256 -> 32 frames of 40 coefficients.
+SHAPES = {"stft": (16, 513), "mfcc": (32, 40), "mel": (16, 64)}
 
 
 def tone(f0: float, sr: int = SR, seconds: float = SECONDS, seed: int = 0) -> np.ndarray:
@@ -89,10 +93,9 @@ def test_ravdess_cli_round_trip(tmp_path, capsys, config, ravdess_dir, kind):
     assert code == 0, err
     assert "12 of 12 files" in err and "12 from 48000 Hz" in err
     ds = load_dataset(tmp_path / "data", "rav")
-    spec = spec_for(features_type=kind)
     assert ds.items == ["Actor_01", "Actor_02", "Actor_03"]
     for item in ds.items:
-        assert ds.predictors[item].shape == (4, *spec.shape)  # (datapoints, time, frequency)
+        assert ds.predictors[item].shape == (4, *SHAPES[kind])  # (datapoints, time, frequency)
         assert ds.predictors[item].dtype == np.float32
         assert ds.targets[item].dtype == np.int64
         assert list(ds.targets[item]) == [0, 0, 4, 4]  # emotion codes 01 and 05
@@ -164,7 +167,7 @@ def test_segmentation_into_overlapping_windows(tmp_path, capsys):
     write(tmp_path / "corpus" / "spk2" / "no" / "b.wav", tone(250, seconds=1.0))
     spec = spec_for(sequence_length=0.25, sequence_overlap=0.5)
     x, _ = extract(path, spec)
-    assert x.shape == (7, *spec.shape)  # 1 + (16000 - 4000) // 2000
+    assert x.shape == (7, 8, 513)  # 1 + (16000 - 4000) // 2000 windows of 4000 samples: 1 + 4000 // 512 frames
     assert spec.datapoints(16000) == 7
     config = tmp_path / "seg.ini"
     config.write_text(f"[paths]\ndata_folder = {tmp_path / 'data'}\n"
@@ -187,7 +190,7 @@ def test_demo_corpus_through_the_whole_front_end(tmp_path, capsys, config):
     assert len(ds.items) == 8 and ds.items[0] == "Actor_01"
     assert ds.manifest["classes"] == ["a", "e", "i", "u"]
     assert "01..04" in ds.manifest["corpus"]["label"]
-    assert ds.input_shape == spec_for(fix_length=1.0).shape
+    assert ds.input_shape == (32, 513)  # 1 s at 16 kHz: 1 + 16000 // 512 frames
     assert sorted(set(np.concatenate(list(ds.targets.values())))) == [0, 1, 2, 3]
     assert not (tmp_path / "data" / "demo_predictors.npz").exists()  # the built-in demo is untouched
 
@@ -338,8 +341,11 @@ def test_numba_cache_goes_to_a_per_user_folder(tmp_path):
 def test_features_shape_matches_spec():
     for kind in ("stft", "mfcc", "mel"):
         spec = spec_for(features_type=kind)
-        assert features(tone(200, sr=16000), spec).shape == (1, *spec.shape)
-    assert json.dumps(spec_for().to_manifest())  # the manifest part is plain JSON
+        assert spec.shape == SHAPES[kind]
+        assert features(tone(200, sr=16000), spec).shape == (1, *SHAPES[kind])
+    manifest = spec_for(features_type="mfcc").to_manifest()
+    assert json.loads(json.dumps(manifest)) == manifest  # plain JSON: it survives the round trip
+    assert manifest["features_type"] == "mfcc" and manifest["fix_length"] == SECONDS
 
 
 def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, monkeypatch):
@@ -352,7 +358,7 @@ def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, 
     monkeypatch.setattr(pipeline, "_planned_datapoints", lambda path, spec: 3 if path.endswith("1.wav") else 7)
     pooled = extract_all(paths, spec, jobs=2)
     for (a, _), (b, _) in zip(serial, pooled):
-        assert a.shape == (7, *spec.shape) and np.array_equal(a, b)
+        assert a.shape == (7, 8, 513) and np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"),
@@ -391,7 +397,7 @@ def test_each_items_features_come_back_without_a_copy(tmp_path, ravdess_dir):
         results = extract_all([e.path for e in corpus.entries], spec, jobs=jobs)
         built[jobs] = build_dataset(corpus, spec, results, Summary(name="x", files=len(items)))[0]
     for item, x in built[2].items():
-        assert x.shape == (4, *spec.shape) and np.array_equal(x, built[1][item])
+        assert x.shape == (4, *SHAPES["stft"]) and np.array_equal(x, built[1][item])
         assert x.base is not None and not x.flags.owndata  # a view of the shared rows
         assert built[1][item].flags.owndata  # serial results were joined by a copy
 
