@@ -53,7 +53,7 @@ def config_file(tmp_path, data_folder) -> Path:
     return path
 
 
-def wait_for(condition, proc, what: str, timeout: float = 300):
+def wait_for(condition, proc, what: str, timeout: float = 900):
     """Poll `condition()` until it returns something true (returned); fail if `proc` ends first.
 
     Tests trigger on observed progress (an epoch line, a file written), never on a fixed sleep."""

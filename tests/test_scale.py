@@ -21,7 +21,7 @@ from .test_run import exp_folder, load_results, summary_header, xval
 TWO_BY_TWO = {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.3")}
 
 
-def run_cli(*args, timeout=300):
+def run_cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "xvalkit.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
