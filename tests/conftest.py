@@ -51,3 +51,104 @@ def config_file(tmp_path, data_folder) -> Path:
     path = tmp_path / "test_config.ini"
     path.write_text(f"[paths]\ndata_folder = {data_folder}\n")
     return path
+
+
+def wait_for(condition, proc, what: str, timeout: float = 900):
+    """Poll `condition()` until it returns something true (returned); fail if `proc` ends first.
+
+    Tests trigger on observed progress (an epoch line, a file written), never on a fixed sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def epoch_logged(log: Path, epoch: int = 1) -> bool:
+    """Whether logs/run<R>_fold<F>.log already has the line of `epoch`."""
+    try:
+        return f" epoch {epoch} " in log.read_text()
+    except OSError:
+        return False
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (or a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def child_workers(pid: int) -> list[int]:
+    """The multiprocessing (spawn) children of `pid`: the local pool's workers."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+_GPU_COUNTS: dict[str, int] = {}
+
+
+def physical_gpus(framework: str) -> int:
+    """GPUs the framework sees with no CUDA_VISIBLE_DEVICES mask, asked in a fresh process
+    (this one may have masked them: `xval run --cpu` runs in-process in the tests)."""
+    import subprocess
+    import sys
+
+    if framework not in _GPU_COUNTS:
+        code = {"keras": "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))",
+                "torch": "import torch; print(torch.cuda.device_count())"}[framework]
+        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        _GPU_COUNTS[framework] = int(out.stdout.strip().splitlines()[-1])
+    return _GPU_COUNTS[framework]
+
+
+def expected_device(framework: str, gpu: int | None) -> str:
+    """What a fold records as its device when GPU `gpu` (physical id) is asked for, or the CPU."""
+    return f"GPU {gpu} (" if gpu is not None and gpu < physical_gpus(framework) else "CPU"
+
+
+def device_matches(device: str, expected: str) -> bool:
+    return device.startswith(expected) if expected.endswith("(") else device == expected
+
+
+def check_test_metrics(fold: dict, task_type: str) -> None:
+    """The fold's stored test metrics, recomputed with scikit-learn from its saved test_true / test_pred."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    y, p = np.asarray(fold["test_true"]), np.asarray(fold["test_pred"], dtype=np.float64)
+    if task_type == "classification":
+        predicted = p.argmax(axis=1)
+        assert fold["test_acc"] == pytest.approx(skm.accuracy_score(y, predicted))
+        assert fold["test_f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro", zero_division=0))
+        assert fold["test_precision"] == pytest.approx(
+            skm.precision_score(y, predicted, average="macro", zero_division=0))
+        assert fold["test_recall"] == pytest.approx(skm.recall_score(y, predicted, average="macro", zero_division=0))
+        assert fold["test_loss"] == pytest.approx(
+            skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=range(p.shape[1])), rel=1e-5)
+        np.testing.assert_array_equal(fold["test_confusion_matrix"], skm.confusion_matrix(y, predicted))
+    else:
+        y, p = y.reshape(len(y), -1), p.reshape(len(y), -1)
+        assert fold["test_loss"] == pytest.approx(skm.mean_squared_error(y, p), rel=1e-6)
+        assert fold["test_mae"] == pytest.approx(skm.mean_absolute_error(y, p), rel=1e-6)
+        assert fold["test_rmse"] == pytest.approx(skm.root_mean_squared_error(y, p), rel=1e-6)
+        assert fold["test_r2"] == pytest.approx(skm.r2_score(y, p), rel=1e-6, abs=1e-9)

@@ -167,8 +167,40 @@ def test_eq_changes_spectrum_by_drawn_shelf_gains():
 
     assert band(20, low["freq_hz"] / 4) == pytest.approx(low["gain_db"], abs=1.5)
     assert band(min(high["freq_hz"] * 3, 9000), 10000) == pytest.approx(high["gain_db"], abs=1.5)
-    with_peaks, params = aug.random_eq(x, SR, np.random.default_rng(4), only("eq", eq_max_peaks=3))
-    assert np.max(np.abs(10 * np.log10(welch(with_peaks, SR, nperseg=4096)[1] / before))) > 3
+
+
+
+def test_eq_peak_filters_change_the_spectrum_at_their_frequencies():
+    """Each drawn peak filter adds its gain at its centre frequency, on top of the shelves: the
+    spectrum with the peaks over the spectrum with the logged shelves alone (applied here with
+    pedalboard directly) shows the peak's gain there and nothing far from it."""
+    import pedalboard
+
+    x = white(4.0)
+    spec = only("eq", eq_max_peaks=1, eq_min_gain_db=-12, eq_max_gain_db=12, eq_min_freq_hz=300,
+                eq_max_freq_hz=4000)
+    peaks_seen = 0
+    for seed in range(40):
+        y, params = aug.random_eq(x, SR, np.random.default_rng(seed), spec)
+        low, high, *peaks = params["filters"]
+        if not peaks or abs(peaks[0]["gain_db"]) < 4:
+            continue
+        (peak,) = peaks
+        shelves = pedalboard.Pedalboard([
+            pedalboard.LowShelfFilter(cutoff_frequency_hz=low["freq_hz"], gain_db=low["gain_db"]),
+            pedalboard.HighShelfFilter(cutoff_frequency_hz=high["freq_hz"], gain_db=high["gain_db"])])(x, SR)
+        freqs, with_peak = welch(y, SR, nperseg=8192)
+        _, shelves_only = welch(shelves, SR, nperseg=8192)
+        change_db = 10 * np.log10(with_peak / shelves_only)
+        centre = np.abs(freqs - peak["freq_hz"]) <= peak["freq_hz"] * 0.01
+        assert np.mean(change_db[centre]) == pytest.approx(peak["gain_db"], abs=1.0), (seed, peak)
+        far = (freqs < peak["freq_hz"] / 8) & (freqs > 30)
+        if far.any():
+            assert abs(np.mean(change_db[far])) < 1.0
+        peaks_seen += 1
+        if peaks_seen == 3:
+            break
+    assert peaks_seen == 3
 
 
 def test_stretch_changes_length_by_drawn_rate():

@@ -1,5 +1,7 @@
 """Fold guarantees, property-based: partition, disjointness, determinism, sizes."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,25 +16,38 @@ def fold_cases(draw):
     n = draw(st.integers(min_value=3, max_value=30))
     items = [f"item{i:02d}" for i in draw(st.permutations(range(n)))]
     k = draw(st.integers(min_value=2, max_value=max(2, n // 2)))
-    val = draw(st.sampled_from([0.05, 0.1, 0.2]))
+    # The validation fraction is drawn as a count over n, so the expected count is known by hand:
+    # n_val / n of n items is n_val items.
+    n_val = draw(st.integers(min_value=1, max_value=max(1, n // 3)))
     seed = draw(st.integers(min_value=0, max_value=2**31))
     classes = draw(st.integers(min_value=1, max_value=4))
     labels = None
     if draw(st.booleans()):
         rng = np.random.default_rng(seed)
         labels = {item: rng.integers(0, classes, size=int(rng.integers(1, 6))) for item in items}
-    return items, k, val, seed, labels
+    return items, k, n_val, seed, labels
 
 
 @settings(max_examples=150, deadline=None)
 @given(fold_cases())
 def test_k_folds_partition_items_and_sets_are_disjoint(case):
-    items, k, val, seed, labels = case
+    items, k, n_val, seed, labels = case
+    n = len(items)
+    # A fold can keep n_val validation items and one to train only if its test set leaves more than
+    # n_val items. The k test sets partition the n items, so the largest holds at least ceil(n / k)
+    # items and, each other fold holding one at least, at most n - (k - 1).
+    never_room = n - math.ceil(n / k) <= n_val  # even the smallest possible largest test set leaves none
+    if labels is None:  # GroupKFold over single items: sizes differ by at most one, the largest is ceil(n / k)
+        always_room = not never_room
+    else:  # stratified: the sizes depend on the labels; certain only at the bounds
+        always_room = k - 1 > n_val  # even the largest possible test set leaves k - 1 items
     try:
-        folds = plan_folds(items, k, validation_split=val, seed=seed, labels=labels)
-    except XvalError as exc:  # only when too few items remain for validation + train
-        assert "too few" in str(exc)
+        folds = plan_folds(items, k, validation_split=n_val / n, seed=seed, labels=labels)
+    except XvalError as exc:
+        assert not always_room, f"refused a plan that has room: {exc}"
+        assert "too few" in str(exc) and f"for {n_val} validation item(s)" in str(exc)
         return
+    assert not never_room, "planned folds with no room for validation and training"
     assert len(folds) == k
     tests = [item for f in folds for item in f.test]
     assert sorted(tests) == sorted(items)  # every item tested exactly once
@@ -41,10 +56,27 @@ def test_k_folds_partition_items_and_sets_are_disjoint(case):
         assert train and valid and test
         assert not (train & valid or train & test or valid & test)
         assert train | valid | test == set(items)
-        assert len(valid) == max(1, round(val * len(items)))
+        assert len(valid) == n_val
+    if labels is None:
+        assert sorted(len(f.test) for f in folds) == sorted([n // k + 1] * (n % k) + [n // k] * (k - n % k))
     # deterministic, whatever the order the items come in
-    again = plan_folds(list(reversed(items)), k, validation_split=val, seed=seed, labels=labels)
+    again = plan_folds(list(reversed(items)), k, validation_split=n_val / n, seed=seed, labels=labels)
     assert again == folds
+
+
+@pytest.mark.parametrize("n, fraction, expected", [
+    (8, 0.2, 2),  # 1.6
+    (8, 0.25, 2),
+    (8, 0.4, 3),  # 3.2
+    (10, 0.05, 1),  # 0.5: at least one
+    (5, 0.1, 1),  # 0.5: at least one
+    (30, 0.1, 3),
+    (20, 0.33, 7),  # 6.6
+])
+def test_validation_count_of_a_fraction(n, fraction, expected):
+    items = [f"i{j:02d}" for j in range(n)]
+    for fold in plan_folds(items, 2, validation_split=fraction, seed=0):
+        assert len(fold.val) == expected
 
 
 @settings(max_examples=60, deadline=None)

@@ -20,6 +20,10 @@ from xvalkit.data import load_dataset
 
 SR = 48000
 SECONDS = 0.5
+# (time frames, frequency bins) of a 0.5 s datapoint at 16 kHz (8000 samples), by hand: centred
+# frames, 1 + samples // hop. STFT and mel: hop 512 -> 16 frames; 1024-point FFT -> 513 bins, 64 mel
+# bands. MFCC: hop 256 -> 32 frames of 40 coefficients.
+SHAPES = {"stft": (16, 513), "mfcc": (32, 40), "mel": (16, 64)}
 
 
 def tone(f0: float, sr: int = SR, seconds: float = SECONDS, seed: int = 0) -> np.ndarray:
@@ -89,10 +93,9 @@ def test_ravdess_cli_round_trip(tmp_path, capsys, config, ravdess_dir, kind):
     assert code == 0, err
     assert "12 of 12 files" in err and "12 from 48000 Hz" in err
     ds = load_dataset(tmp_path / "data", "rav")
-    spec = spec_for(features_type=kind)
     assert ds.items == ["Actor_01", "Actor_02", "Actor_03"]
     for item in ds.items:
-        assert ds.predictors[item].shape == (4, *spec.shape)  # (datapoints, time, frequency)
+        assert ds.predictors[item].shape == (4, *SHAPES[kind])  # (datapoints, time, frequency)
         assert ds.predictors[item].dtype == np.float32
         assert ds.targets[item].dtype == np.int64
         assert list(ds.targets[item]) == [0, 0, 4, 4]  # emotion codes 01 and 05
@@ -164,7 +167,7 @@ def test_segmentation_into_overlapping_windows(tmp_path, capsys):
     write(tmp_path / "corpus" / "spk2" / "no" / "b.wav", tone(250, seconds=1.0))
     spec = spec_for(sequence_length=0.25, sequence_overlap=0.5)
     x, _ = extract(path, spec)
-    assert x.shape == (7, *spec.shape)  # 1 + (16000 - 4000) // 2000
+    assert x.shape == (7, 8, 513)  # 1 + (16000 - 4000) // 2000 windows of 4000 samples: 1 + 4000 // 512 frames
     assert spec.datapoints(16000) == 7
     config = tmp_path / "seg.ini"
     config.write_text(f"[paths]\ndata_folder = {tmp_path / 'data'}\n"
@@ -187,7 +190,7 @@ def test_demo_corpus_through_the_whole_front_end(tmp_path, capsys, config):
     assert len(ds.items) == 8 and ds.items[0] == "Actor_01"
     assert ds.manifest["classes"] == ["a", "e", "i", "u"]
     assert "01..04" in ds.manifest["corpus"]["label"]
-    assert ds.input_shape == spec_for(fix_length=1.0).shape
+    assert ds.input_shape == (32, 513)  # 1 s at 16 kHz: 1 + 16000 // 512 frames
     assert sorted(set(np.concatenate(list(ds.targets.values())))) == [0, 1, 2, 3]
     assert not (tmp_path / "data" / "demo_predictors.npz").exists()  # the built-in demo is untouched
 
@@ -338,8 +341,11 @@ def test_numba_cache_goes_to_a_per_user_folder(tmp_path):
 def test_features_shape_matches_spec():
     for kind in ("stft", "mfcc", "mel"):
         spec = spec_for(features_type=kind)
-        assert features(tone(200, sr=16000), spec).shape == (1, *spec.shape)
-    assert json.dumps(spec_for().to_manifest())  # the manifest part is plain JSON
+        assert spec.shape == SHAPES[kind]
+        assert features(tone(200, sr=16000), spec).shape == (1, *SHAPES[kind])
+    manifest = spec_for(features_type="mfcc").to_manifest()
+    assert json.loads(json.dumps(manifest)) == manifest  # plain JSON: it survives the round trip
+    assert manifest["features_type"] == "mfcc" and manifest["fix_length"] == SECONDS
 
 
 def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, monkeypatch):
@@ -352,7 +358,7 @@ def test_files_that_do_not_fit_their_planned_rows_are_sent_back_whole(tmp_path, 
     monkeypatch.setattr(pipeline, "_planned_datapoints", lambda path, spec: 3 if path.endswith("1.wav") else 7)
     pooled = extract_all(paths, spec, jobs=2)
     for (a, _), (b, _) in zip(serial, pooled):
-        assert a.shape == (7, *spec.shape) and np.array_equal(a, b)
+        assert a.shape == (7, 8, 513) and np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"),
@@ -391,7 +397,7 @@ def test_each_items_features_come_back_without_a_copy(tmp_path, ravdess_dir):
         results = extract_all([e.path for e in corpus.entries], spec, jobs=jobs)
         built[jobs] = build_dataset(corpus, spec, results, Summary(name="x", files=len(items)))[0]
     for item, x in built[2].items():
-        assert x.shape == (4, *spec.shape) and np.array_equal(x, built[1][item])
+        assert x.shape == (4, *SHAPES["stft"]) and np.array_equal(x, built[1][item])
         assert x.base is not None and not x.flags.owndata  # a view of the shared rows
         assert built[1][item].flags.owndata  # serial results were joined by a copy
 
@@ -427,34 +433,80 @@ def test_pool_workers_run_with_one_blas_thread_and_reusable_memory(tmp_path):
     assert keep_freed_memory() is sys.platform.startswith("linux")
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, jobs):
-    """Ctrl-C at several moments (imports, corpus scan, extraction): each run either finishes or
-    stops with one line, exit 130 and no dataset; at least one of them is interrupted."""
-    import signal
-    import time
+def files_done(output: str, total: int) -> int:
+    """The progress bar's latest 'N/total' (rich draws it on a terminal), 0 before the first."""
+    import re
 
-    root = tmp_path / "RAVDESS"
-    for i in range(240):  # 4 actors x 8 emotions x 7.5 takes
+    found = re.findall(rf"(\d+)/{total}\b", output)
+    return int(found[-1]) if found else 0
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory) -> Path:
+    """240 files of 2 s: 4 actors x 8 emotions x 7.5 takes."""
+    root = tmp_path_factory.mktemp("long") / "RAVDESS"
+    for i in range(240):
         actor = i % 4 + 1
         write(root / f"Actor_{actor:02d}" / ravdess_name((i // 4) % 8 + 1, actor, i // 32 + 1),
-              tone(150 + i, seconds=2.0, seed=i))  # long enough that a warm machine is still busy at 1 s
-    interrupted = 0
-    for delay in (0.9, 1.5, 2.2, 3.0):
-        name = f"d{int(delay)}"
-        proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
-                                 "--name", name, "--jobs", jobs, "--config", str(config)],
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        time.sleep(delay)
+              tone(150 + i, seconds=2.0, seed=i))
+    return root
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("after", [1, 120])  # files done when Ctrl-C comes: early, half-way
+def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_corpus, jobs, after):
+    """Ctrl-C once the progress bar shows `after` of 240 files done: exit 130, one line, no dataset.
+
+    The run is frozen (SIGSTOP) as soon as the bar shows that progress, the Ctrl-C sent, then the run
+    resumed: it cannot finish the 240 files in between, so it must stop, whatever the machine's speed."""
+    import fcntl
+    import pty
+    import select
+    import signal
+    import struct
+    import termios
+
+    root = long_corpus
+    master, slave = pty.openpty()  # stderr on a terminal: rich draws its progress bar there
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
+                             "--name", "rav", "--jobs", jobs, "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    output = b""
+
+    def read(timeout: float) -> bool:
+        nonlocal output
+        if not select.select([master], [], [], timeout)[0]:
+            return True
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process ended
+            return False
+        output += chunk
+        return bool(chunk)
+
+    try:
+        while files_done(output.decode(errors="replace"), 240) < after:
+            assert read(0.05) or files_done(output.decode(errors="replace"), 240) >= after, output.decode()
+            assert proc.poll() is None, f"the run ended before {after} files were done: {output.decode()}"
+        os.killpg(proc.pid, signal.SIGSTOP)  # frozen: no file can finish before the Ctrl-C
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        err = proc.communicate(timeout=60)[1]
-        assert "Traceback" not in err and "Exception ignored" not in err, err
-        written = sorted(p.name for p in (tmp_path / "data").glob(f"{name}_*"))
-        if written:  # all three files (a Ctrl-C during the save waits for it), and they load
-            assert written == [f"{name}_manifest.json", f"{name}_predictors.npz", f"{name}_target.npz"]
-            assert len(load_dataset(tmp_path / "data", name).predictors) == 4  # actors
-        if proc.returncode == 0 or (proc.returncode == -signal.SIGINT and written and "saved" in err):
-            continue  # finished (at worst the signal came as Python was exiting, after the summary)
-        interrupted += 1
-        assert proc.returncode == 130 and "interrupted: a dataset is saved whole" in err, err
-    assert interrupted, "every run finished before its Ctrl-C"
+        os.killpg(proc.pid, signal.SIGCONT)
+        while proc.poll() is None:
+            read(0.05)
+        while read(0.05):
+            pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(master)
+    import re
+
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))  # no colours
+    assert proc.returncode == 130, err
+    assert "interrupted: a dataset is saved whole" in err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []  # not even a temp file

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from xvalkit.cli import app
 from xvalkit.metrics import summarize
-from xvalkit.reporting.significance import DIFFERENT, SAME, UNTESTED, corrected_t_test, mark_instances
+from xvalkit.reporting.significance import BETTER, DIFFERENT, SAME, UNTESTED, corrected_t_test, mark_instances
 from xvalkit.store import ExperimentStore
 
 from .conftest import TINY, instance, write_experiment
@@ -28,10 +28,16 @@ def xval(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+N_TEST, N_TRAIN = 20, 80  # recorded sizes, as real runs record them: ratio 0.25
+
+
 def fold_record(fold: int, test_acc: float, task_type: str = "classification", epochs: int = 4) -> dict:
-    """A fabricated fold record: test 2 items (20 datapoints), train the other 4 (40), no validation."""
+    """A fabricated fold record: test 2 items, train the other 4, no validation. Its recorded sizes
+    (20 test and 80 train datapoints: ratio 0.25) differ from the estimate from its items (20 / 40 =
+    0.5), so the known answers below hold only if the recorded sizes are the ones used."""
     test = ITEMS[2 * fold - 2: 2 * fold]
     record = {"train_items": [i for i in ITEMS if i not in test], "val_items": [], "test_items": test,
+              "n_test": N_TEST, "n_train": N_TRAIN, "n_val": 0,
               "seed": fold, "duration_s": 1.5, "device": "CPU", "epochs": epochs, "best_epoch": epochs - 1,
               "test_true": np.zeros(len(test) * PER_ITEM, dtype=int), "test_pred": np.zeros((20, 2))}
     if task_type == "classification":
@@ -62,13 +68,14 @@ def save(store: ExperimentStore, run: int, values: list[float], task_type: str =
 
 @pytest.fixture
 def crafted(tmp_path) -> ExperimentStore:
-    """Known answers, main metric test accuracy, n_test/n_train = 20/40 = 0.5 on every fold.
+    """Known answers, main metric test accuracy, recorded n_test/n_train = 20/80 = 0.25 on every fold.
 
     1: [0.8, 0.9, 1.0] the best (mean 0.9)
-    2: [0.7, 0.7, 0.7] d = [0.1, 0.2, 0.3]: t = 0.2 / sqrt((1/3 + 1/2) 0.01) = 2.1909, 2 df, p = 0.15983: same
-    3: [0.1, 0.1, 0.2] d = [0.7, 0.8, 0.8]: t = 14.55, p = 0.0047: different
+    2: [0.7, 0.7, 0.7] d = [0.1, 0.2, 0.3]: t = 0.2 / sqrt((1/3 + 1/4) 0.01) = 2.6186, 2 df, p = 0.12012: same
+    3: [0.1, 0.1, 0.2] d = [0.7, 0.8, 0.8]: t = 17.39, p = 0.0033: different
     4: [0.95, 0.95] partial (2 of 3 folds): higher mean but does not compete for the best;
-       d = [-0.15, -0.05]: t = -1.4142, 1 df, p = 1 - 2 atan(1.4142) / pi = 0.3918: same
+       d = [-0.15, -0.05]: t = -0.1 / sqrt((1/2 + 1/4) 0.005) = -1.63299, 1 df,
+       p = 1 - 2 atan(1.63299) / pi = 0.34980: same
     5: failed before any fold (an error file only): untested
     6: failed after its first fold (a partial pickle and an error file): untested, 1 common fold
     """
@@ -143,8 +150,10 @@ def test_marks_use_common_folds_with_the_same_test_items():
     best, marks = mark_instances(folds, "test_acc", True, 0.05)
     assert best == 1
     assert marks[2].k == 2  # folds 1 and 2 only: d = [0.1, 0.2]
-    expected = corrected_t_test([0.8, 0.9], [0.7, 0.7], 0.5)
-    assert marks[2].p == pytest.approx(expected.p) and marks[2].ratio == pytest.approx(0.5)
+    # d = [0.1, 0.2]: t = 0.15 / sqrt((1/2 + 1/4) 0.005) = 2.44949, 1 df: p = 1 - 2 atan(t) / pi
+    assert marks[2].ratio == pytest.approx(0.25)  # the recorded sizes, not the items' estimate 0.5
+    assert marks[2].t == pytest.approx(2.449490, abs=1e-6)
+    assert marks[2].p == pytest.approx(1 - 2 * math.atan(2.449490) / math.pi, abs=1e-6)
     assert marks[3].verdict == UNTESTED and "1 common fold" in marks[3].why
     # Lower is better (a loss): the best is then the smallest mean.
     best, _ = mark_instances(folds, "test_loss", False, 0.05, candidates=[1, 2])
@@ -188,13 +197,15 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     verdicts = {r[0]: r[sig_col] for r in rows}
     assert verdicts == {1: "best", 2: SAME, 3: DIFFERENT, 4: SAME, 5: UNTESTED, 6: UNTESTED}
     p = {r[0]: r[p_col] for r in rows}
-    assert p[2] == pytest.approx(t2_p(2.1908902), abs=1e-6) and p[2] == pytest.approx(0.159832, abs=1e-6)
-    assert p[3] == pytest.approx(t2_p(0.7666667 / math.sqrt((1 / 3 + 0.5) * 0.0033333)), abs=1e-4)
-    assert p[4] == pytest.approx(1 - 2 * math.atan(math.sqrt(2)) / math.pi, abs=1e-9)
+    assert p[2] == pytest.approx(t2_p(0.2 / math.sqrt((1 / 3 + 0.25) * 0.01)), abs=1e-6)
+    assert p[2] == pytest.approx(0.120117, abs=1e-6)
+    assert p[3] == pytest.approx(t2_p(0.7666667 / math.sqrt((1 / 3 + 0.25) * 0.0033333)), abs=1e-4)
+    assert p[4] == pytest.approx(1 - 2 * math.atan(0.1 / math.sqrt(0.75 * 0.005)) / math.pi, abs=1e-9)
+    assert p[4] == pytest.approx(0.349802, abs=1e-6)
     mean_col = col["accuracy test mean"]
     assert [is_filled(ws, i + 3, mean_col + 1, "FFEB9C") for i in range(6)] == [False, True, False, True, False, False]
     notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
-    assert "Nadeau and Bengio (2003)" in notes and "level 0.05" in notes and "here 0.5 to 0.5" in notes
+    assert "Nadeau and Bengio (2003)" in notes and "level 0.05" in notes and "here 0.25 to 0.25" in notes
     # The link to the instance's parameters.
     link = ws.cell(row=4, column=2).hyperlink
     assert link is not None and link.location == "'parameters'!A3"
@@ -286,12 +297,12 @@ def test_report_resolves_module_name_and_folder(tmp_path, monkeypatch):
 
 def test_config_sets_the_level_and_main_metric(crafted, tmp_path):
     config = tmp_path / "r.ini"
-    config.write_text('[report]\nsignificance_level = 0.35\nmain_metric_classification = "test_f1"\n')
+    config.write_text('[report]\nsignificance_level = 0.3\nmain_metric_classification = "test_f1"\n')
     assert xval("report", crafted.folder, "--no-plots", "--config", config).exit_code == 0
     _, ws, names, rows = read_summary(crafted)
     verdicts = {r[0]: r[names.index("F1 (test) vs best verdict")] for r in rows}
-    # f1 = acc - 0.01: the same raw p-values 0.16 (2), 0.0047 (3), 0.39 (4); Holm over the three:
-    # 0.0047 x 3 = 0.014, then 0.16 x 2 = 0.32 (below 0.35), then 0.39 x 1 = 0.39 (not below 0.35).
+    # f1 = acc - 0.01: the same raw p-values 0.120117 (2), 0.00328 (3), 0.349802 (4); Holm over the
+    # three: 0.00328 x 3 = 0.0098, then 0.120117 x 2 = 0.2402 (below 0.3), then 0.349802 x 1 (not below 0.3).
     assert verdicts[2] == DIFFERENT
     assert verdicts[4] == SAME
     config.write_text("[report]\nsignificance_level = 5\n")
@@ -317,8 +328,26 @@ def test_real_run_then_report(tmp_path, config_file):
     col = names.index("accuracy test mean")
     values = [r[col] for r in rows]
     assert [is_filled(ws, i + 3, col + 1, "C6EFCE") for i in range(2)] == [v == max(values) for v in values]
-    verdicts = sorted(r[names.index("accuracy (test) vs best verdict")] for r in rows)
-    assert verdicts[0] == "best" and verdicts[1] in (SAME, DIFFERENT)
+    # The verdict and p, derived here from the fold records: t of the differences over the 2 folds
+    # with the recorded sizes, 1 degree of freedom, two-sided (scipy's t distribution).
+    from scipy import stats
+
+    runs = {run: store.load_folds(run) for run in (1, 2)}
+    # The best is chosen on mean validation accuracy (the default selection metric; ties: the lower ID).
+    val = {run: np.mean([runs[run][f]["record"]["val_acc"] for f in (1, 2)]) for run in (1, 2)}
+    best = 1 if val[1] >= val[2] else 2
+    other = 3 - best
+    d = np.array([runs[best][f]["record"]["test_acc"] - runs[other][f]["record"]["test_acc"] for f in (1, 2)])
+    ratio = np.mean([runs[r][f]["record"]["n_test"] / runs[r][f]["record"]["n_train"] for r in (1, 2) for f in (1, 2)])
+    assert ratio == pytest.approx(4 * 48 / (2 * 48))  # 4 test, 2 validation and 2 train speakers of 48
+    by_id = {r[0]: r for r in rows}
+    verdict_col, p_col = names.index("accuracy (test) vs best verdict"), names.index("accuracy (test) vs best p")
+    assert by_id[best][verdict_col] == "best"
+    if d.var(ddof=1) > 0:
+        t = d.mean() / math.sqrt((1 / 2 + ratio) * d.var(ddof=1))
+        p = 2 * stats.t.sf(abs(t), 1)
+        assert by_id[other][p_col] == pytest.approx(p, rel=1e-6)
+        assert by_id[other][verdict_col] == (SAME if p >= 0.05 else DIFFERENT if d.mean() > 0 else BETTER)
     folds, summary = __import__("xvalkit").load_results(folder)
     assert len(folds) == 4 and len(summary) == 2
     assert np.allclose(sorted(summary["test_mean_acc"]), sorted(values))

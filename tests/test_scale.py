@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import instance, write_experiment
+from .conftest import (child_workers, device_matches, epoch_logged, expected_device, instance, process_gone,
+                       wait_for, write_experiment)
 from .test_run import exp_folder, load_results, summary_header, xval
 
 TWO_BY_TWO = {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.3")}
 
 
-def run_cli(*args, timeout=300):
+def run_cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "xvalkit.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
@@ -69,34 +70,36 @@ def test_each_gpu_worker_sees_only_its_gpu(tmp_path, config_file):
     for fold in folds.values():
         by_pid.setdefault(fold["pid"], set()).add(fold["cuda_visible_devices"])
     assert all(len(v) == 1 for v in by_pid.values())  # a worker never changes GPU
-    assert all(fold["device"] == "CPU" for fold in folds.values())  # no GPU on this machine
+    for fold in folds.values():  # GPU 0 / GPU 1 where the machine has them, else the CPU
+        expected = expected_device("keras", int(fold["cuda_visible_devices"]))
+        assert device_matches(fold["device"], expected), (fold["device"], expected)
 
 
 def test_a_killed_worker_is_replaced_and_its_fold_redone(tmp_path, config_file):
-    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=6", "patience=6")},
-                            num_folds=4)
-    running = exp_folder(path) / "results" / "running"
+    # 12 epochs: the fold is still training when its first epoch is seen; it is stopped there (SIGSTOP)
+    # so that it cannot finish before the SIGKILL, which then hits a fold half-way through.
+    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=12", "patience=12")},
+                            num_folds=2)
+    folder = exp_folder(path)
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", "2",
                              "--quiet", "--config", str(config_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    victim = None
-    deadline = time.time() + 180
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        for marker in running.glob("*.json") if running.is_dir() else []:
-            try:
-                victim = json.loads(marker.read_text())["pid"]
-                break
-            except (OSError, ValueError):
-                pass
-        time.sleep(0.05)
-    assert victim is not None, "no fold started"
-    time.sleep(1.0)  # let it train a little
-    os.kill(victim, signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
+    try:
+        wait_for(lambda: epoch_logged(folder / "logs" / "run1_fold1.log"), proc, "the first epoch of fold 1")
+        victim = json.loads((folder / "results" / "running" / "run1_fold1.json").read_text())["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        record = folder / "results" / "folds" / "demo_exp1_run1_fold1.pkl"
+        assert not record.exists(), "fold 1 finished before its worker was stopped: make it longer"
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
     assert proc.returncode == 0, err
-    results = load_results(exp_folder(path), 1)
-    assert sorted(results["folds"]) == [1, 2, 3, 4]
-    assert victim not in {f["pid"] for f in results["folds"].values()}
+    results = load_results(folder, 1)
+    assert sorted(results["folds"]) == [1, 2]
+    assert results["folds"][1]["pid"] != victim  # fold 1 was redone by another worker
+    assert results["folds"][1]["epochs"] == 12
+    assert "done in" in (folder / "logs" / "run1_fold1.log").read_text()  # the retry's log, complete
 
 
 def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
@@ -105,14 +108,18 @@ def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", "2",
                              "--quiet", "--config", str(config_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(list(folds_dir.glob("*.pkl"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)  # orphaned workers finish or notice their parent is gone
+    try:
+        wait_for(lambda: len(list(folds_dir.glob("*.pkl"))) >= 2, proc, "two finished folds")
+        workers = child_workers(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert len(workers) == 2
+    # The orphaned workers finish their fold (or not) and exit once they find their parent gone.
+    wait_for(lambda: all(process_gone(pid) for pid in workers), None, "the orphaned workers to exit")
     finished = {p.name for p in folds_dir.glob("*.pkl")}
-    assert 2 <= len(finished) < 6
+    assert 2 <= len(finished) < 6  # killed with work left (6 jobs; at most 2 running at the kill)
     before = {name: (folds_dir / name).read_bytes() for name in finished}
     result = run_cli("run", path, "--cpu", "--cpu-workers", "2", "--quiet", "--config", config_file)
     assert result.returncode == 0, result.stderr
@@ -126,20 +133,24 @@ def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_cleanly_and_says_what_was_abandoned(tmp_path, config_file, workers):
+    # 3 folds x 30 epochs: far from done when the first epoch is seen
     path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=30", "patience=30")},
                             num_folds=3)
+    folder = exp_folder(path)
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", workers,
                              "--quiet", "--config", str(config_file)], stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not any((exp_folder(path) / "logs").glob("*.log")):
-        time.sleep(0.05)
-    time.sleep(2.0)  # some epochs into the first fold(s)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    err = proc.communicate(timeout=60)[1]
+    try:
+        wait_for(lambda: epoch_logged(folder / "logs" / "run1_fold1.log"), proc, "the first epoch of fold 1")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "abandoned (will be redone) instance 1 fold 1/3" in err
-    assert not list((exp_folder(path) / "results" / "running").glob("*.json"))
+    assert not list((folder / "results" / "running").glob("*.json"))
+    assert not list((folder / "results" / "folds").glob("*.pkl"))  # no fold of 30 epochs finished
+    assert not list(folder.rglob("*.hdf5")) and not list(folder.rglob(".*.tmp*"))  # nothing half-done
     assert "Traceback" not in err
 
 
@@ -178,11 +189,9 @@ def test_status_shows_done_failed_and_pending(tmp_path, config_file):
     assert rows[3][2:5] == ["-", "-", "1, 2"]  # never run: pending
 
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-
-
 @pytest.fixture(scope="module")
 def local_ray():
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")  # only the Ray test needs it
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield
