@@ -211,7 +211,7 @@ def error_line(traceback_text: str, width: int | None = None) -> str:
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
     frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "') and line[:1].isspace()]
     after = lines[frames[-1] + 1:] if frames else lines
-    found = next((line for line in after if not line[:1].isspace()), None)
+    found = next((line for line in after if not line[:1].isspace() and not line.startswith("Traceback (")), None)
     return (found or (lines[0] if lines else "unknown error")).strip()[:width]
 
 
