@@ -88,7 +88,7 @@ class EpochLog:
 
 def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train one fold and write its model and completion record; returns the fold record."""
-    from .fold_data import FoldData
+    from .fold_data import FoldData, channels_first
     from .metrics import compute
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
@@ -99,7 +99,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
     log = EpochLog(store.log_path(*job.key), on_epoch)
     try:
         data = FoldData(dataset_for(job.data_folder, job.dataset), job.fold, job.task_type,
-                        p["reshaping_type"], p["normalization"])
+                        p["reshaping_type"], p["normalization"], channels_first(p["framework"]))
         seed = int(p["seed"]) + job.fold.index
         train_job = TrainJob(
             params=p, task_type=job.task_type, data=data, model_fn=model_function_for(job), seed=seed,

@@ -1,7 +1,8 @@
 """Reloading saved fold models: `load_model(path)` for a `.hdf5` (Keras) or a `.pt` (torch).
 
 A saved model expects what it was trained on: inputs normalised with the statistics of its fold's
-training items, then reshaped for its `reshaping_type` ('conv' adds a trailing channel axis). The
+training items, then reshaped for its `reshaping_type` ('conv' adds a channel axis: last for Keras,
+first for torch, as the `.pt` records in 'input_layout'). The
 model files do not apply that themselves, so either
 
 - call `predict(path, x)` on raw features (n, time, frequency): it normalises with the fold's
@@ -37,6 +38,22 @@ def _checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _layout(checkpoint: dict[str, Any]) -> tuple[tuple[int, ...], bool]:
+    """(input shape to rebuild the model with, whether its inputs are channels first).
+
+    A `.pt` saved before 'input_layout' was recorded took channels-last 'conv' inputs. The built-in
+    models now take channels first (their weights are laid out the same): rebuilt so, they predict
+    the same. A user's model of that time permuted the axes itself: it keeps channels last.
+    """
+    shape = tuple(checkpoint["input_shape"])
+    layout = checkpoint.get("input_layout")
+    if layout is not None:
+        return shape, layout == "channels_first"
+    if checkpoint.get("reshaping_type") == "conv" and len(shape) == 3 and checkpoint.get("models_module") is None:
+        return (shape[2],) + shape[:2], True
+    return shape, False
+
+
 def _torch_model(checkpoint: dict[str, Any], path: Path, models_module: str | Path | None):
     from .experiment import import_file
     from .models import build_model, model_function
@@ -50,7 +67,7 @@ def _torch_model(checkpoint: dict[str, Any], path: Path, models_module: str | Pa
             )
         user_module = import_file(Path(module_path), "models")
     fn = model_function("torch", checkpoint["architecture"], user_module, str(path))
-    model = build_model(fn, checkpoint["input_shape"], checkpoint["num_outputs"], checkpoint["task_type"],
+    model = build_model(fn, _layout(checkpoint)[0], checkpoint["num_outputs"], checkpoint["task_type"],
                         checkpoint["parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
@@ -80,6 +97,12 @@ def _torch_preprocessing(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarr
     return stats, checkpoint["reshaping_type"]
 
 
+def channels_first(path: str | Path) -> bool:
+    """Whether the model at `path` takes 'conv' inputs channels first (torch) or last (Keras)."""
+    path = Path(path)
+    return path.suffix == ".pt" and _layout(_checkpoint(path))[1]
+
+
 def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
     """({'mean', 'std'} of the fold's training items or None, reshaping_type) of a saved model.
 
@@ -100,12 +123,14 @@ def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
     return results["folds"][int(match["fold"])].get("normalization"), results["parameters"]["reshaping_type"]
 
 
-def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str) -> np.ndarray:
-    """Raw features (n, time, frequency) -> the model's inputs (as FoldData.prepare does)."""
+def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str,
+            channels_first: bool = False) -> np.ndarray:
+    """Raw features (n, time, frequency) -> the model's inputs (as FoldData.prepare does); see
+    `channels_first(path)` for where a model's 'conv' channel axis goes."""
     from .fold_data import Normalizer, prepare_inputs
 
     normalizer = None if normalization is None else Normalizer(normalization["mean"], normalization["std"])
-    return prepare_inputs(np.asarray(x, dtype=np.float32), normalizer, reshaping_type)
+    return prepare_inputs(np.asarray(x, dtype=np.float32), normalizer, reshaping_type, channels_first)
 
 
 def predict(path: str | Path, x: np.ndarray, models_module: str | Path | None = None,
@@ -118,7 +143,7 @@ def predict(path: str | Path, x: np.ndarray, models_module: str | Path | None = 
     import torch
 
     checkpoint = _checkpoint(path)  # read once: preprocessing, model and task type all come from it
-    inputs = prepare(x, *_torch_preprocessing(checkpoint))
+    inputs = prepare(x, *_torch_preprocessing(checkpoint), channels_first=_layout(checkpoint)[1])
     model = _torch_model(checkpoint, path, models_module)
     softmax = checkpoint["task_type"] == "classification"
     outputs = []

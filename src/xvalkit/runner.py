@@ -21,7 +21,7 @@ from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
 from .experiment import Experiment
-from .fold_data import model_input_shape, num_outputs, targets_for
+from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_folds
 from .jobs import FoldJob
 from .progress import ProgressView
@@ -113,7 +113,7 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
     for inst in instances:
         p = inst.params
         fn = exp.model_function(p["framework"], p["architecture"], inst.where)
-        shape = model_input_shape(dataset.input_shape, p["reshaping_type"])
+        shape = model_input_shape(dataset.input_shape, p["reshaping_type"], channels_first(p["framework"]))
         try:
             trainer_for(p["framework"]).check_model(fn, shape, num_outputs(dataset, exp.task_type),
                                                     exp.task_type, p)
