@@ -248,7 +248,7 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")
     store.write_description(exp.short_description)
     write_snapshot(store.code_dir, exp.path, exp.models_path, exp.config.to_ini(),
-                   provenance(exp.path, where, [i.id for i in instances]))
+                   dict(provenance(exp.path, where, [i.id for i in instances]), overrides=exp.overrides))
     summary = RunSummary()
     jobs, todo = [], {}
     for inst in instances:
