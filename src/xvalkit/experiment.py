@@ -19,7 +19,7 @@ from typing import Any
 from . import params as P
 from .config import Config, load_config
 from .errors import ParameterError, XvalError
-from .porting.source import read_source
+from .porting.source import ExperimentSource, read_source
 
 TASK_TYPES = ("classification", "regression")
 # name: (type, required)
@@ -61,9 +61,9 @@ def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
     return module
 
 
-def exec_experiment(path: Path) -> tuple[ModuleType, list[str]]:
+def exec_experiment(path: Path) -> tuple[ModuleType, ExperimentSource]:
     """Run an experiment file as a fresh module, less an original-scripts driver block and old imports
-    (see porting/source.py); the notes say what was not run."""
+    (see porting/source.py, whose ExperimentSource says what was not run)."""
     if not path.is_file():
         raise XvalError(f"{path}: no such experiment file")
     try:
@@ -83,20 +83,21 @@ def exec_experiment(path: Path) -> tuple[ModuleType, list[str]]:
         exec(code, module.__dict__)  # the user's own file, as `python exp.py` would run it
     except Exception as exc:  # the user's module raised while loading
         raise XvalError(f"{path}: raised {type(exc).__name__} while loading: {exc}") from exc
-    return module, [source.note(path)] if source.old_style else []
+    return module, source
 
 
-def misspelt_settings(module: ModuleType, path: Path) -> list[str]:
-    """One warning per top-level name that looks like a misspelt setting (`num_fold = 5`)."""
+def misspelt_settings(module: ModuleType) -> dict[str, str]:
+    """{top-level name: the setting it resembles} for names that look like a misspelt setting
+    (`num_fold = 5`); modules, classes and functions are the user's own helpers, never settings."""
     lowered = {name.lower(): name for name in SETTINGS}
-    notes = []
+    found = {}
     for name, value in vars(module).items():
         if name.startswith("_") or name in SETTINGS or isinstance(value, (ModuleType, type)) or callable(value):
             continue
         close = difflib.get_close_matches(name.lower(), lowered, n=1, cutoff=0.85)
         if close:
-            notes.append(f"{path}: {name} is not a setting and is ignored; did you mean {lowered[close[0]]}?")
-    return notes
+            found[name] = lowered[close[0]]
+    return found
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Experiment:
     generator: bool = False
     gpu_ID: int | None = None
     models_path: Path | None = None
+    framework_models: dict[str, Path] = field(default_factory=dict)  # original scripts: per framework
     config: Config = field(default_factory=load_config)
     notes: list[str] = field(default_factory=list)  # one-line warnings for the user (old files, typos)
     overrides: dict[str, Any] = field(default_factory=dict)  # -p/--set NAME=VALUE, above every instance
@@ -131,10 +133,16 @@ class Experiment:
             return None
         return import_file(self.models_path, "models")
 
+    def models_file(self, framework: str) -> Path | None:
+        """The models module of a framework: `models`, else an original-scripts define_models[_torch].py."""
+        return self.models_path or self.framework_models.get(framework)
+
     def model_function(self, framework: str, architecture: str, where: str):
         from .models import model_function
 
-        return model_function(framework, architecture, self.user_models, where)
+        path = self.models_file(framework)
+        module = self.user_models if path == self.models_path else import_file(path, "models")
+        return model_function(framework, architecture, module, where)
 
     def _model_defaults(self, framework: str, architecture: str, where: str) -> dict[str, Any]:
         from .models import legacy, model_defaults
@@ -179,7 +187,7 @@ class Experiment:
         if first is None:
             return ids
         if isinstance(first, str):
-            if last is not None or not first.strip().isdigit():
+            if not first.strip().isdigit():
                 return self._select_list(first, last, ids)
             first = int(first)
         last = first if last is None else last
@@ -201,6 +209,21 @@ class Experiment:
         if missing:
             raise XvalError(f"{self.path}: no instance {', '.join(map(str, missing))}; the instances are {_ranges(ids)}")
         return wanted
+
+
+OLD_MODELS_FILES = {"keras": "define_models.py", "torch": "define_models_torch.py"}
+
+
+def find_old_models(path: Path) -> dict[str, Path]:
+    """The original scripts' models modules, beside the experiment file or in the folder above it
+    (where its sys.path lines pointed), for a file without a `models` setting."""
+    found = {}
+    for framework, name in OLD_MODELS_FILES.items():
+        for folder in (path.resolve().parent, path.resolve().parent.parent):
+            if (folder / name).is_file():
+                found[framework] = folder / name
+                break
+    return found
 
 
 INSTANCE_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
@@ -255,12 +278,16 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
     if path.suffix != ".py" and not path.exists() and path.with_suffix(".py").is_file():
         path = path.with_suffix(".py")
     command_line = parse_overrides(overrides)
-    module, notes = exec_experiment(path)  # run afresh every time: the file may have changed since
-    notes += misspelt_settings(module, path)
+    module, source = exec_experiment(path)  # run afresh every time: the file may have changed since
+    typos = misspelt_settings(module)
+    notes = [source.note(path)] if source.old_style else []
+    notes += [f"{path}: {name} is not a setting and is ignored; did you mean {setting}?" for name, setting in typos.items()]
     values: dict[str, Any] = {}
     missing = [name for name, (_, required) in SETTINGS.items() if required and not hasattr(module, name)]
     if missing:
-        raise XvalError(f"{path}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        hint = "".join(f" ({name} is set: a misspelling of {setting}?)" for name, setting in typos.items()
+                       if setting in missing)
+        raise XvalError(f"{path}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hint}")
     for name, (kind, _) in SETTINGS.items():
         if not hasattr(module, name):
             continue
@@ -284,6 +311,14 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
             raise XvalError(f"{path}: instance key {key!r} should be an int, as in experiment[1] = [...]")
         instances[key] = P.parse_instance(spec, f"{path}: instance {key}")
     global_parameters = P.parse_instance(values.get("global_parameters", []), f"{path}: global_parameters")
+    framework_models = {}
+    if source.old_style and not values.get("models"):
+        framework_models = find_old_models(path)
+        if framework_models:
+            notes.append(f"{path}: models from {', '.join(str(p) for p in framework_models.values())}")
+        if source.torch_variant and "framework" not in global_parameters:
+            global_parameters["framework"] = "torch"  # it imported an xval_instance_torch... variant
+            notes.append(f"{path}: framework 'torch' by default (the file imported a torch variant of xval_instance)")
     base = path.resolve().parent
     models = values.get("models")
     config = load_config(config_file)
@@ -302,6 +337,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
         generator=values.get("generator", False),
         gpu_ID=values.get("gpu_ID"),
         models_path=(base / models).resolve() if models else None,
+        framework_models=framework_models,
         config=config,
         notes=notes + config.notes,
         overrides=command_line,

@@ -269,8 +269,10 @@ def resolve(
         if name not in known:
             source = f"-p {name}=...: " if name in command_line else ""
             raise ParameterError(f"{where}: {source}unknown parameter {name!r}{suggest(name, known)}")
-        default = defaults[name] if name in defaults else optional[name]
-        resolved[name] = value if name in MANDATORY else coerce(name, value, default, where)
+        if name in MANDATORY:
+            resolved[name] = value
+            continue
+        resolved[name] = coerce(name, value, defaults[name] if name in defaults else optional[name], where)
     if "train_split" in resolved:
         _apply_train_split(resolved, overrides, where)
     validate_training(resolved, task_type, where)

@@ -148,9 +148,13 @@ def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
         FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), params=inst.params,
                 task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
                 store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
-                models_path=str(exp.models_path) if exp.models_path else None)
+                models_path=_str_or_none(exp.models_file(inst.params["framework"])))
         for fold in inst.folds
     ]
+
+
+def _str_or_none(path) -> str | None:
+    return None if path is None else str(path)
 
 
 def make_executor(options: RunOptions, device: str):
@@ -247,7 +251,7 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
         console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")
     store.write_description(exp.short_description)
-    write_snapshot(store.code_dir, exp.path, exp.models_path, exp.config.to_ini(),
+    write_snapshot(store.code_dir, exp.path, [exp.models_path, *exp.framework_models.values()], exp.config.to_ini(),
                    dict(provenance(exp.path, where, [i.id for i in instances]), overrides=exp.overrides))
     summary = RunSummary()
     jobs, todo = [], {}

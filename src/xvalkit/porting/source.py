@@ -25,6 +25,11 @@ class ExperimentSource:
     removed: list[str] = field(default_factory=list)  # what was dropped, e.g. 'import xval_instance'
 
     @property
+    def torch_variant(self) -> bool:
+        """It imported a torch variant of the old machinery (xval_instance_torch...)."""
+        return any("torch" in name.lower() for name in self.removed if name.startswith(("import", "from")))
+
+    @property
     def old_style(self) -> bool:
         return self.driver_line is not None or bool(self.removed)
 
