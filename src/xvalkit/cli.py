@@ -205,7 +205,7 @@ NameOption = Annotated[
     Optional[str], typer.Option("--name", help="Dataset name: <data folder>/<NAME>_predictors.npz ...")
 ]
 FeaturesOption = Annotated[
-    Optional[str], typer.Option("--features", help="stft, mfcc or mel (default: features_type in config.ini).")
+    Optional[str], typer.Option("--features", help="stft, mfcc, mel or cqt (default: features_type in config.ini).")
 ]
 JobsOption = Annotated[
     Optional[int], typer.Option("--jobs", help="Worker processes (default: all cores).", min=1)
