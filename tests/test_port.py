@@ -372,3 +372,28 @@ def test_old_parameter_names_are_aliases(tmp_path, config_file):
         exp.resolve(2)
     with pytest.raises(ParameterError, match="do not add up to 1"):
         exp.resolve(3)
+
+
+def test_a_pt_saved_channels_last_by_an_older_xvalkit_reloads_and_predicts_the_same():
+    """tests/old_project/saved_models: an EXAMPLE_model .pt written by xvalkit before inputs were
+    channels first (no 'input_layout'), with the probabilities that xvalkit's predict gave then."""
+    from xvalkit.loading import channels_first, load_model, predict
+
+    pt = OLD_PROJECT / "saved_models" / "demo_exp1_run1_fold1.pt"
+    expected = np.load(pt.with_name(pt.stem + "_expected.npz"))
+    np.testing.assert_allclose(predict(pt, expected["x"]), expected["proba"], rtol=1e-5, atol=1e-6)
+    assert channels_first(pt) and load_model(pt)[1].in_channels == 1  # rebuilt channels first
+
+
+def test_torch_conv_inputs_are_channels_first_and_the_pt_says_so(ported):
+    import torch
+
+    from xvalkit.data import load_dataset
+    from xvalkit.loading import predict
+
+    pt = ported["project"] / "results" / "demo_old" / "experiment_2" / "models" / "demo_old_exp2_run1_fold1.pt"
+    assert torch.load(pt, weights_only=True)["input_layout"] == "channels_first"
+    record = results(ported["project"], "demo_old", 2, 1)["folds"][1]
+    data = load_dataset(ported["data_folder"], "demo_old")
+    x = np.concatenate([data.predictors[item] for item in record["test_items"]])
+    np.testing.assert_allclose(predict(pt, x), record["test_pred"], rtol=1e-5, atol=1e-6)
