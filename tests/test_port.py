@@ -204,6 +204,10 @@ def test_old_file_works_with_plan_status_and_report(ported, monkeypatch):
     assert status.exit_code == 0 and "wider" in status.output and "reg 0.01" not in status.output
     report = xval("report", KERAS_EXP, "--no-plots", "--config", ported["paths_config"])
     assert report.exit_code == 0, report.output
+    # the outputs come from the dataset: a model made for another number of classes is refused in one line
+    wrong = xval("plan", KERAS_EXP, "1", "-p", "output_classes=8", "--config", ported["paths_config"])
+    assert wrong.exit_code == 2 and "outputs shape (8,), expected (4,)" in wrong.output
+    assert "Traceback" not in wrong.output
 
 
 def test_override_is_recorded_and_resume_refuses_to_mix(ported, monkeypatch):

@@ -32,7 +32,7 @@ from .trainers import trainer_for
 
 @dataclass
 class RunOptions:
-    first: int | None = None
+    first: int | str | None = None  # or a list of instances such as '1,4-6,9' (Experiment.select)
     last: int | None = None
     overwrite: bool = False
     debug: bool = False
