@@ -8,7 +8,8 @@ model files do not apply that themselves, so either
 - call `predict(path, x)` on raw features (n, time, frequency): it normalises with the fold's
   statistics (stored in the `.pt`; for a `.hdf5` read from the results pickle beside the models
   folder), reshapes, and returns class probabilities or regression outputs for both frameworks; or
-- call `preprocessing(path)` for the (normalisation, reshaping_type) and feed the model yourself.
+- call `preprocessing(path)` for the (normalisation, reshaping_type, channels_first) and feed the
+  model `prepare(x, *preprocessing(path))` yourself.
 
 A torch model returned by `load_model` is in eval mode on the CPU and outputs logits (apply a softmax
 for probabilities); a Keras one outputs probabilities.
@@ -91,10 +92,10 @@ def load_model(path: str | Path, models_module: str | Path | None = None):
     return _torch_model(_checkpoint(path), path, models_module)
 
 
-def _torch_preprocessing(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str]:
+def _torch_preprocessing(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str, bool]:
     norm = checkpoint["normalization"]
     stats = None if norm is None else {k: v.numpy() for k, v in norm.items()}
-    return stats, checkpoint["reshaping_type"]
+    return stats, checkpoint["reshaping_type"], _layout(checkpoint)[1]
 
 
 def channels_first(path: str | Path) -> bool:
@@ -103,8 +104,9 @@ def channels_first(path: str | Path) -> bool:
     return path.suffix == ".pt" and _layout(_checkpoint(path))[1]
 
 
-def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
-    """({'mean', 'std'} of the fold's training items or None, reshaping_type) of a saved model.
+def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str, bool]:
+    """({'mean', 'std'} of the fold's training items or None, reshaping_type, channels_first) of a
+    saved model: `prepare(x, *preprocessing(path))` gives its inputs.
 
     For a Keras model they come from its instance's results, in the experiment folder around it.
     """
@@ -120,7 +122,8 @@ def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
     results = store.load_instance(int(match["run"]))
     if results is None:
         raise FileNotFoundError(f"{store.results_path(int(match['run']))}: the results of {path.name} are not there")
-    return results["folds"][int(match["fold"])].get("normalization"), results["parameters"]["reshaping_type"]
+    return (results["folds"][int(match["fold"])].get("normalization"), results["parameters"]["reshaping_type"],
+            False)
 
 
 def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str,
@@ -143,7 +146,7 @@ def predict(path: str | Path, x: np.ndarray, models_module: str | Path | None = 
     import torch
 
     checkpoint = _checkpoint(path)  # read once: preprocessing, model and task type all come from it
-    inputs = prepare(x, *_torch_preprocessing(checkpoint), channels_first=_layout(checkpoint)[1])
+    inputs = prepare(x, *_torch_preprocessing(checkpoint))
     model = _torch_model(checkpoint, path, models_module)
     softmax = checkpoint["task_type"] == "classification"
     outputs = []
