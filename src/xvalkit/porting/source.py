@@ -39,7 +39,7 @@ class ExperimentSource:
         if self.removed:
             parts.append(", ".join(dict.fromkeys(self.removed)))
         if self.driver_line is not None:
-            parts.append(f"the driver block below line {self.driver_line} (#DON'T TOUCH ...)")
+            parts.append(f"the driver block from line {self.driver_line} on (#DON'T TOUCH ...)")
         return f"{path}: original-scripts experiment file: read its settings; not run: {'; '.join(parts)}"
 
 
