@@ -71,12 +71,13 @@ class GpuSampler:
 
 def one_run(exp, inst, dataset, framework: str, sampler: GpuSampler | None) -> tuple[float, float, str]:
     """(epochs/s after the first epoch, mean GPU utilisation over those epochs, device)."""
-    from xvalkit.fold_data import FoldData
+    from xvalkit.fold_data import FoldData, channels_first
     from xvalkit.trainers import TrainJob, trainer_for
 
     params = dict(inst.params, framework=framework)
     fold = inst.folds[0]
-    data = FoldData(dataset, fold, exp.task_type, params["reshaping_type"], params["normalization"])
+    data = FoldData(dataset, fold, exp.task_type, params["reshaping_type"], params["normalization"],
+                    channels_first(framework))
     ends: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         job = TrainJob(params=params, task_type=exp.task_type, data=data,

@@ -166,7 +166,7 @@ def test_overrides_reach_the_torch_optimizer(tmp_path, data_folder):
     exp = load_experiment(path, config_file=config)
     dataset = load_dataset(exp.config.data_folder, "demo")
     first, second = plan_instances(exp, RunOptions(), dataset)
-    data = FoldData(dataset, first.folds[0], "classification", "conv", "standard")
+    data = FoldData(dataset, first.folds[0], "classification", "conv", "standard", channels_first=True)
     fn = exp.model_function("torch", "EXAMPLE_model", "")
     model, optimizer, l2 = build(TrainJob(first.params, "classification", data, fn, 0, tmp_path / "m.pt"))
     assert type(optimizer).__name__ == "SGD" and l2 == pytest.approx(0.042)

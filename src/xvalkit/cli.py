@@ -115,8 +115,18 @@ def parse_gpus(text: str) -> list[int]:
     return gpus
 
 
-FirstArg = Annotated[Optional[int], typer.Argument(help="First instance (default: all).")]
+FirstArg = Annotated[Optional[str], typer.Argument(
+    help="First instance, or a list of instances: 1,5,9 or 3-7 or 1,4-6,9 (default: all).")]
 LastArg = Annotated[Optional[int], typer.Argument(help="Last instance (default: FIRST).")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-p", metavar="NAME=VALUE",
+    help="Set a parameter for every selected instance, above the instance itself (repeatable): -p num_epochs=1.")]
+
+
+def show_notes(notes: list[str]) -> None:
+    """The one-line notes of loading an experiment or config (old files, likely typos)."""
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
 
 
 @app.command()
@@ -144,6 +154,7 @@ def run(
     ] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no live progress.")] = False,
+    set_parameters: SetOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Train instances FIRST to LAST of an experiment with grouped k-fold cross-validation.
@@ -169,7 +180,8 @@ def run(
         fail("--cpu-workers is for CPU training; with GPUs use --jobs-per-gpu")
     if address and backend != "ray":
         fail("--address is for --backend ray")
-    exp = load_experiment(experiment, config_file=config)  # plain data: imports no framework
+    exp = load_experiment(experiment, config_file=config, overrides=set_parameters)  # imports no framework
+    show_notes(exp.notes)
     if gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
         gpus = [exp.gpu_ID]
         if not _gpus_exist(gpus, f"gpu_ID = {exp.gpu_ID} in {experiment}", backend, address):
@@ -219,7 +231,7 @@ NameOption = Annotated[
     Optional[str], typer.Option("--name", help="Dataset name: <data folder>/<NAME>_predictors.npz ...")
 ]
 FeaturesOption = Annotated[
-    Optional[str], typer.Option("--features", help="stft, mfcc or mel (default: features_type in config.ini).")
+    Optional[str], typer.Option("--features", help="stft, mfcc, mel or cqt (default: features_type in config.ini).")
 ]
 JobsOption = Annotated[
     Optional[int], typer.Option("--jobs", help="Worker processes (default: all cores).", min=1)
@@ -514,6 +526,7 @@ def plan(
     jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1)] = 1,
     cpu_workers: Annotated[int, typer.Option("--cpu-workers", min=1)] = 1,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
+    set_parameters: SetOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Validate an experiment fully and show what `xval run` would do, without training.
@@ -527,7 +540,8 @@ def plan(
     from .status import print_plan
 
     keep_this_process_off_gpus()
-    exp = load_experiment(experiment, config_file=config)
+    exp = load_experiment(experiment, config_file=config, overrides=set_parameters)
+    show_notes(exp.notes)
     gpus = parse_gpus(gpu) if gpu else None
     print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers)
 
@@ -536,13 +550,45 @@ def plan(
 @user_errors
 def status(
     experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    first: FirstArg = None,
+    last: LastArg = None,
     config: ConfigOption = None,
 ) -> None:
     """Done, failed (with the error's last line), running and pending folds, per instance."""
     from .experiment import load_experiment
     from .status import print_status
 
-    print_status(load_experiment(experiment, config_file=config))
+    exp = load_experiment(experiment, config_file=config)
+    show_notes(exp.notes)
+    print_status(exp, exp.select(first, last) if first is not None else None)
+
+
+# --- convert command (issue 11) ---
+@app.command()
+@user_errors(interrupted="nothing was written: a dataset is saved whole or not at all")
+def convert(
+    predictors: Annotated[Path, typer.Argument(metavar="OLD_predictors.npy", help="Predictors dict saved with np.save.")],
+    target: Annotated[Path, typer.Argument(metavar="OLD_target.npy", help="Targets dict saved with np.save.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the new dataset in the data folder.")],
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Allow unpickling the two files (unpickling can run code: only for files you trust).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset of that name.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Convert an original-scripts dataset (dicts {foldable item: array} saved with np.save) to NAME.
+
+    Writes NAME_predictors.npz, NAME_target.npz (one-hot targets become class indices) and
+    NAME_manifest.json (the source files and their SHA-256) into the data folder. The old files are
+    pickles, so nothing is read without --trust-pickle.
+    """
+    from .config import load_config
+    from .convert import convert as convert_dataset
+
+    folder = load_config(config).data_folder
+    done = convert_dataset(predictors, target, name, folder, trust_pickle=trust_pickle, overwrite=overwrite)
+    classes = f", one-hot targets -> indices of {done['classes']} classes" if done["classes"] else ""
+    console.print(f"dataset '{escape(name)}': {done['items']} foldable items, {done['datapoints']} datapoints of "
+                  f"shape {done['shape']}{classes}, written to {escape(str(folder))}", soft_wrap=True)
 
 
 # --- export commands (issue 17) ---

@@ -37,6 +37,7 @@ class Config:
 
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line per key of an old config.ini without a counterpart
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.sections.get(name, {}))
@@ -83,15 +84,23 @@ def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Con
         if not extra.is_file():
             raise XvalError(f"--config {extra}: no such file")
         files.append(extra)
+    from .porting import config as old_config
+
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    notes: list[str] = []
     for path in files:
-        for name, values in _read_ini(path).items():
+        sections = _read_ini(path)
+        if old_config.is_old(sections):  # an original-scripts config.ini: mapped onto today's keys
+            known = {name: set(values) for name, values in merged.items()}
+            sections, more = old_config.map_old(sections, known, path)
+            notes += more
+        for name, values in sections.items():
             if name not in merged:
                 raise XvalError(
                     f"{path}: unknown section [{name}]; the sections are {', '.join(SECTIONS)}"
                 )
             merged[name].update(values)
-    return Config(sections=merged, files=files)
+    return Config(sections=merged, files=files, notes=notes)
 
 
 def check_keys(section_name: str, section: dict[str, Any], known) -> None:

@@ -163,3 +163,15 @@ def load_dataset(folder: str | Path, name: str) -> Dataset:
     if paths["manifest"].is_file():
         manifest = json.loads(paths["manifest"].read_text(encoding="utf-8"))
     return Dataset(name, predictors, targets, manifest)
+
+
+def check_values(name: str, predictors: dict, targets: dict) -> None:
+    """Raise DatasetError naming the first item whose arrays are not numeric or not finite."""
+    for what, arrays in (("predictors", predictors), ("targets", targets)):
+        for item, x in arrays.items():
+            x = np.asarray(x)
+            if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+                raise DatasetError(f"dataset '{name}': item '{item}': the {what} are {x.dtype}, not numbers")
+            if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+                bad = int(np.size(x) - np.isfinite(x).sum())
+                raise DatasetError(f"dataset '{name}': item '{item}': {bad} {what} value(s) are NaN or infinite")

@@ -6,7 +6,9 @@ experiments port by copy (see experiments/example.py).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +18,8 @@ from typing import Any
 
 from . import params as P
 from .config import Config, load_config
-from .errors import XvalError
+from .errors import ParameterError, XvalError
+from .porting.source import ExperimentSource, read_source
 
 TASK_TYPES = ("classification", "regression")
 # name: (type, required)
@@ -61,6 +64,45 @@ def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
     return module
 
 
+def exec_experiment(path: Path) -> tuple[ModuleType, ExperimentSource]:
+    """Run an experiment file as a fresh module, less an original-scripts driver block and old imports
+    (see porting/source.py, whose ExperimentSource says what was not run)."""
+    if not path.is_file():
+        raise XvalError(f"{path}: no such experiment file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise XvalError(f"{path}: cannot be read ({exc})") from None
+    try:
+        source = read_source(text, str(path))
+        code = compile(source.tree, str(path), "exec")
+    except SyntaxError as exc:
+        raise XvalError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    name = f"_xval_experiment_{abs(hash(str(path.resolve())))}"
+    module = ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)  # the user's own file, as `python exp.py` would run it
+    except Exception as exc:  # the user's module raised while loading
+        raise XvalError(f"{path}: raised {type(exc).__name__} while loading: {exc}") from exc
+    return module, source
+
+
+def misspelt_settings(module: ModuleType) -> dict[str, str]:
+    """{top-level name: the setting it resembles} for names that look like a misspelt setting
+    (`num_fold = 5`); modules, classes and functions are the user's own helpers, never settings."""
+    lowered = {name.lower(): name for name in SETTINGS}
+    found = {}
+    for name, value in vars(module).items():
+        if name.startswith("_") or name in SETTINGS or isinstance(value, (ModuleType, type)) or callable(value):
+            continue
+        close = difflib.get_close_matches(name.lower(), lowered, n=1, cutoff=0.85)
+        if close:
+            found[name] = lowered[close[0]]
+    return found
+
+
 @dataclass
 class Experiment:
     path: Path
@@ -80,7 +122,10 @@ class Experiment:
     swept: dict[int, list[str]] = field(default_factory=dict)  # instance -> its swept parameters
     models_path: Path | None = None
     fold_seed: int | None = None  # None: the seed of config.ini / global_parameters (runner.fold_seed)
+    framework_models: dict[str, Path] = field(default_factory=dict)  # original scripts: per framework
     config: Config = field(default_factory=load_config)
+    notes: list[str] = field(default_factory=list)  # one-line warnings for the user (old files, typos)
+    overrides: dict[str, Any] = field(default_factory=dict)  # -p/--set NAME=VALUE, above every instance
 
     @property
     def folder(self) -> Path:
@@ -94,15 +139,40 @@ class Experiment:
             return None
         return import_file(self.models_path, "models")
 
+    def models_file(self, framework: str) -> Path | None:
+        """The models module of a framework: `models`, else an original-scripts define_models[_torch].py."""
+        return self.models_path or self.framework_models.get(framework)
+
     def model_function(self, framework: str, architecture: str, where: str):
         from .models import model_function
 
-        return model_function(framework, architecture, self.user_models, where)
+        path = self.models_file(framework)
+        module = self.user_models if path == self.models_path else import_file(path, "models")
+        return model_function(framework, architecture, module, where)
 
     def _model_defaults(self, framework: str, architecture: str, where: str) -> dict[str, Any]:
-        from .models import model_defaults
+        from .models import legacy, model_defaults
 
-        return model_defaults(self.model_function(framework, architecture, where))
+        fn = self.model_function(framework, architecture, where)
+        if not isinstance(fn, legacy.LegacyModel):
+            return model_defaults(fn)
+        shape, outputs = self.dataset_dims  # an original-scripts model's defaults depend on them
+        try:
+            return model_defaults(fn, shape, outputs)
+        except Exception as exc:  # the user's model function raised
+            raise ParameterError(
+                f"{where}: model function {architecture} (original-scripts style) raised "
+                f"{type(exc).__name__} when called with no user parameters for shape {shape}: {exc}"
+            ) from exc
+
+    @cached_property
+    def dataset_dims(self) -> tuple[tuple[int, ...], int]:
+        """(datapoint shape, number of outputs) of the dataset."""
+        from .data import load_dataset
+        from .fold_data import num_outputs
+
+        dataset = load_dataset(self.config.data_folder, self.dataset)
+        return dataset.input_shape, num_outputs(dataset, self.task_type)
 
     def resolve(self, instance_id: int) -> dict[str, Any]:
         """Every parameter of one instance, resolved and checked (ParameterError otherwise)."""
@@ -114,13 +184,18 @@ class Experiment:
             self.config.training,
             self._model_defaults,
             self.task_type,
+            command_line=self.overrides,
         )
 
-    def select(self, first: int | None, last: int | None) -> list[int]:
-        """Instance IDs from first to last (all when first is None; only first when last is None)."""
+    def select(self, first: int | str | None, last: int | None = None) -> list[int]:
+        """Instance IDs: all (first None), first to last, only first, or a list such as '1,4-6,9'."""
         ids = sorted(self.instances)
         if first is None:
             return ids
+        if isinstance(first, str):
+            if not first.strip().isdigit():
+                return self._select_list(first, last, ids)
+            first = int(first)
         last = first if last is None else last
         if last < first:
             raise XvalError(f"instances {first} to {last}: the last instance comes before the first")
@@ -130,6 +205,59 @@ class Experiment:
                 f"{self.path}: no instance between {first} and {last}; the instances are {_ranges(ids)}"
             )
         return chosen
+
+
+    def _select_list(self, text: str, last: int | None, ids: list[int]) -> list[int]:
+        if last is not None:
+            raise XvalError(f"instances {text} {last}: give a list ('1,4-6,9') or FIRST LAST ('3 7'), not both")
+        wanted = parse_instance_list(text)
+        missing = [i for i in wanted if i not in self.instances]
+        if missing:
+            raise XvalError(f"{self.path}: no instance {', '.join(map(str, missing))}; the instances are {_ranges(ids)}")
+        return wanted
+
+
+OLD_MODELS_FILES = {"keras": "define_models.py", "torch": "define_models_torch.py"}
+
+
+def find_old_models(path: Path) -> dict[str, Path]:
+    """The original scripts' models modules, beside the experiment file or in the folder above it
+    (where its sys.path lines pointed), for a file without a `models` setting."""
+    found = {}
+    for framework, name in OLD_MODELS_FILES.items():
+        for folder in (path.resolve().parent, path.resolve().parent.parent):
+            if (folder / name).is_file():
+                found[framework] = folder / name
+                break
+    return found
+
+
+INSTANCE_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_instance_list(text: str) -> list[int]:
+    """'1,5,9' -> [1, 5, 9]; '3-7' -> [3, ..., 7]; '1,4-6,9' -> [1, 4, 5, 6, 9] (sorted, once each)."""
+    chosen: set[int] = set()
+    for part in str(text).split(","):
+        match = INSTANCE_PART.match(part)
+        if match is None:
+            raise XvalError(f"instances {text!r}: expected numbers and ranges like 1,5,9 or 3-7 or 1,4-6,9")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise XvalError(f"instances {text!r}: in {part.strip()!r} the last instance comes before the first")
+        chosen.update(range(low, high + 1))
+    return sorted(chosen)
+
+
+def parse_overrides(statements: list[str] | None) -> dict[str, Any]:
+    """-p/--set NAME=VALUE options as a dict; each value a literal, as in an instance."""
+    out: dict[str, Any] = {}
+    for statement in statements or []:
+        name, value = P.parse_statement(statement, f"-p {statement}")
+        if name in P.MANDATORY:
+            raise ParameterError(f"-p {statement}: {name} names an instance; set it in the experiment file")
+        out[name] = value
+    return out
 
 
 def _ranges(ids: list[int]) -> str:
@@ -146,16 +274,26 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(parts)
 
 
-def load_experiment(path: str | Path, config_file: str | Path | None = None) -> Experiment:
-    """Import an experiment module and check its settings and the syntax of every instance."""
+def load_experiment(path: str | Path, config_file: str | Path | None = None,
+                    overrides: list[str] | None = None) -> Experiment:
+    """Read an experiment file and check its settings and the syntax of every instance.
+
+    `overrides` are -p/--set 'NAME=VALUE' statements applied above every instance.
+    """
     path = Path(path)
     if path.suffix != ".py" and not path.exists() and path.with_suffix(".py").is_file():
         path = path.with_suffix(".py")
-    module = import_file(path, "experiment", fresh=True)  # the file may have changed since
+    command_line = parse_overrides(overrides)
+    module, source = exec_experiment(path)  # run afresh every time: the file may have changed since
+    typos = misspelt_settings(module)
+    notes = [source.note(path)] if source.old_style else []
+    notes += [f"{path}: {name} is not a setting and is ignored; did you mean {setting}?" for name, setting in typos.items()]
     values: dict[str, Any] = {}
     missing = [name for name, (_, required) in SETTINGS.items() if required and not hasattr(module, name)]
     if missing:
-        raise XvalError(f"{path}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        hint = "".join(f" ({name} is set: a misspelling of {setting}?)" for name, setting in typos.items()
+                       if setting in missing)
+        raise XvalError(f"{path}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hint}")
     for name, (kind, _) in SETTINGS.items():
         if not hasattr(module, name):
             continue
@@ -186,8 +324,17 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
 
         instances, swept = expand(instances, values["sweep"], str(path))
     global_parameters = P.parse_instance(values.get("global_parameters", []), f"{path}: global_parameters")
+    framework_models = {}
+    if source.old_style and not values.get("models"):
+        framework_models = find_old_models(path)
+        if framework_models:
+            notes.append(f"{path}: models from {', '.join(str(p) for p in framework_models.values())}")
+        if source.torch_variant and "framework" not in global_parameters:
+            global_parameters["framework"] = "torch"  # it imported an xval_instance_torch... variant
+            notes.append(f"{path}: framework 'torch' by default (the file imported a torch variant of xval_instance)")
     base = path.resolve().parent
     models = values.get("models")
+    config = load_config(config_file)
     return Experiment(
         path=path,
         short_description=values["short_description"],
@@ -206,5 +353,8 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         swept=swept,
         models_path=(base / models).resolve() if models else None,
         fold_seed=values.get("fold_seed"),
-        config=load_config(config_file),
+        framework_models=framework_models,
+        config=config,
+        notes=notes + config.notes,
+        overrides=command_line,
     )

@@ -17,10 +17,19 @@ from .errors import DatasetError
 from .folds import Fold
 
 
-def model_input_shape(datapoint_shape: tuple[int, ...], reshaping_type: str) -> tuple[int, ...]:
-    """'conv' adds a channel axis to (time, frequency); 'rnn' and 'none' keep the shape."""
+def channels_first(framework: str) -> bool:
+    """Where 'conv' puts the channel axis: first for torch (its convention), last for Keras."""
+    return framework == "torch"
+
+
+def model_input_shape(datapoint_shape: tuple[int, ...], reshaping_type: str,
+                      channels_first: bool = False) -> tuple[int, ...]:
+    """'conv' adds a channel axis to (time, frequency): (1, time, frequency) channels first,
+    (time, frequency, 1) channels last; 'rnn' and 'none' keep the shape."""
     datapoint_shape = tuple(datapoint_shape)
-    return datapoint_shape + (1,) if reshaping_type == "conv" and len(datapoint_shape) == 2 else datapoint_shape
+    if reshaping_type != "conv" or len(datapoint_shape) != 2:
+        return datapoint_shape
+    return (1,) + datapoint_shape if channels_first else datapoint_shape + (1,)
 
 
 def targets_for(task_type: str, y: np.ndarray, where: str) -> np.ndarray:
@@ -70,11 +79,12 @@ class Normalizer:
         return (x - self.mean) / self.std
 
 
-def prepare_inputs(x: np.ndarray, normalizer: Normalizer | None, reshaping_type: str) -> np.ndarray:
+def prepare_inputs(x: np.ndarray, normalizer: Normalizer | None, reshaping_type: str,
+                   channels_first: bool = False) -> np.ndarray:
     """Normalise, then reshape: 'conv' adds a channel axis; 'rnn' and 'none' keep (time, features)."""
     if normalizer is not None:
         x = normalizer(x)
-    x = x.reshape((len(x),) + model_input_shape(x.shape[1:], reshaping_type))
+    x = x.reshape((len(x),) + model_input_shape(x.shape[1:], reshaping_type, channels_first))
     return x.astype(np.float32, copy=False)
 
 
@@ -108,9 +118,10 @@ class FoldData:
     """Train, validation and test sets of one fold, ready for a trainer."""
 
     def __init__(self, dataset: Dataset, fold: Fold, task_type: str, reshaping_type: str,
-                 normalization: str):
+                 normalization: str, channels_first: bool = False):
         self.task_type = task_type
         self.reshaping_type = reshaping_type
+        self.channels_first = channels_first
         self.num_outputs = num_outputs(dataset, task_type)
         sets = {}
         # Datapoints left out of validation / test: augmented copies (training uses them all).
@@ -134,10 +145,10 @@ class FoldData:
                                  if self.excluded_augmented is not None else len(sets["train"]))
         self.normalizer = Normalizer.fit(sets["train"].parts) if normalization == "standard" else None
         self.train, self.val, self.test = sets["train"], sets["val"], sets["test"]
-        self.input_shape = model_input_shape(dataset.input_shape, reshaping_type)
+        self.input_shape = model_input_shape(dataset.input_shape, reshaping_type, channels_first)
 
     def sets(self) -> dict[str, SetData]:
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        return prepare_inputs(x, self.normalizer, self.reshaping_type)
+        return prepare_inputs(x, self.normalizer, self.reshaping_type, self.channels_first)

@@ -148,7 +148,7 @@ def job_folders(job: FoldJob) -> list[str]:
 
 
 def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
-    from .fold_data import FoldData
+    from .fold_data import FoldData, channels_first
     from .metrics import compute, metric_names
     from .quiet import framework_output_to
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
@@ -162,7 +162,7 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
     try:
         dataset = dataset_for(job.data_folder, job.dataset)
         data = FoldData(dataset, job.fold, job.task_type,
-                        p["reshaping_type"], p["normalization"])
+                        p["reshaping_type"], p["normalization"], channels_first(p["framework"]))
         seed = int(p["seed"]) + job.fold.index
         train_job = TrainJob(
             params=p, task_type=job.task_type, data=data, model_fn=model_function_for(job), seed=seed,

@@ -1,13 +1,15 @@
 """Reloading saved fold models: `load_model(path)` for a `.hdf5` (Keras) or a `.pt` (torch).
 
 A saved model expects what it was trained on: inputs normalised with the statistics of its fold's
-training items, then reshaped for its `reshaping_type` ('conv' adds a trailing channel axis). The
+training items, then reshaped for its `reshaping_type` ('conv' adds a channel axis: last for Keras,
+first for torch, as the `.pt` records in 'input_layout'). The
 model files do not apply that themselves, so either
 
 - call `predict(path, x)` on raw features (n, time, frequency): it normalises with the fold's
   statistics (stored in the `.pt`; for a `.hdf5` read from the results pickle beside the models
   folder), reshapes, and returns class probabilities or regression outputs for both frameworks; or
-- call `preprocessing(path)` for the (normalisation, reshaping_type) and feed the model yourself.
+- call `preprocessing(path)` for the (normalisation, reshaping_type, channels_first) and feed the
+  model `prepare(x, *preprocessing(path))` yourself.
 
 A torch model returned by `load_model` is in eval mode on the CPU and outputs logits (apply a softmax
 for probabilities); a Keras one outputs probabilities.
@@ -37,6 +39,22 @@ def _checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _layout(checkpoint: dict[str, Any]) -> tuple[tuple[int, ...], bool]:
+    """(input shape to rebuild the model with, whether its inputs are channels first).
+
+    A `.pt` saved before 'input_layout' was recorded took channels-last 'conv' inputs. The built-in
+    models now take channels first (their weights are laid out the same): rebuilt so, they predict
+    the same. A user's model of that time permuted the axes itself: it keeps channels last.
+    """
+    shape = tuple(checkpoint["input_shape"])
+    layout = checkpoint.get("input_layout")
+    if layout is not None:
+        return shape, layout == "channels_first"
+    if checkpoint.get("reshaping_type") == "conv" and len(shape) == 3 and checkpoint.get("models_module") is None:
+        return (shape[2],) + shape[:2], True
+    return shape, False
+
+
 def _torch_model(checkpoint: dict[str, Any], path: Path, models_module: str | Path | None):
     from .experiment import import_file
     from .models import build_model, model_function
@@ -50,7 +68,7 @@ def _torch_model(checkpoint: dict[str, Any], path: Path, models_module: str | Pa
             )
         user_module = import_file(Path(module_path), "models")
     fn = model_function("torch", checkpoint["architecture"], user_module, str(path))
-    model = build_model(fn, checkpoint["input_shape"], checkpoint["num_outputs"], checkpoint["task_type"],
+    model = build_model(fn, _layout(checkpoint)[0], checkpoint["num_outputs"], checkpoint["task_type"],
                         checkpoint["parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
@@ -74,14 +92,21 @@ def load_model(path: str | Path, models_module: str | Path | None = None):
     return _torch_model(_checkpoint(path), path, models_module)
 
 
-def _torch_preprocessing(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str]:
+def _torch_preprocessing(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str, bool]:
     norm = checkpoint["normalization"]
     stats = None if norm is None else {k: v.numpy() for k, v in norm.items()}
-    return stats, checkpoint["reshaping_type"]
+    return stats, checkpoint["reshaping_type"], _layout(checkpoint)[1]
 
 
-def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
-    """({'mean', 'std'} of the fold's training items or None, reshaping_type) of a saved model.
+def channels_first(path: str | Path) -> bool:
+    """Whether the model at `path` takes 'conv' inputs channels first (torch) or last (Keras)."""
+    path = Path(path)
+    return path.suffix == ".pt" and _layout(_checkpoint(path))[1]
+
+
+def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str, bool]:
+    """({'mean', 'std'} of the fold's training items or None, reshaping_type, channels_first) of a
+    saved model: `prepare(x, *preprocessing(path))` gives its inputs.
 
     For a Keras model they come from its instance's results, in the experiment folder around it.
     """
@@ -97,15 +122,18 @@ def preprocessing(path: str | Path) -> tuple[dict[str, np.ndarray] | None, str]:
     results = store.load_instance(int(match["run"]))
     if results is None:
         raise FileNotFoundError(f"{store.results_path(int(match['run']))}: the results of {path.name} are not there")
-    return results["folds"][int(match["fold"])].get("normalization"), results["parameters"]["reshaping_type"]
+    return (results["folds"][int(match["fold"])].get("normalization"), results["parameters"]["reshaping_type"],
+            False)
 
 
-def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str) -> np.ndarray:
-    """Raw features (n, time, frequency) -> the model's inputs (as FoldData.prepare does)."""
+def prepare(x: np.ndarray, normalization: dict | None, reshaping_type: str,
+            channels_first: bool = False) -> np.ndarray:
+    """Raw features (n, time, frequency) -> the model's inputs (as FoldData.prepare does); see
+    `channels_first(path)` for where a model's 'conv' channel axis goes."""
     from .fold_data import Normalizer, prepare_inputs
 
     normalizer = None if normalization is None else Normalizer(normalization["mean"], normalization["std"])
-    return prepare_inputs(np.asarray(x, dtype=np.float32), normalizer, reshaping_type)
+    return prepare_inputs(np.asarray(x, dtype=np.float32), normalizer, reshaping_type, channels_first)
 
 
 def predict(path: str | Path, x: np.ndarray, models_module: str | Path | None = None,

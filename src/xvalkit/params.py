@@ -32,6 +32,11 @@ METRIC_ALIASES = {"acc": "accuracy", "val_acc": "val_accuracy"}
 # The checkpoint mode each history metric needs: higher accuracy is better, lower loss / MAE.
 METRIC_MODES = {"loss": "min", "val_loss": "min", "accuracy": "max", "val_accuracy": "max",
                 "mae": "min", "val_mae": "min"}
+# Old names of the original scripts, accepted in instances, global_parameters and -p.
+ALIASES = {"save_model_metric": "save_best_model_metric"}
+# Training switches of the original scripts that are resolved only when set (so that results saved
+# before they existed still resume): name -> default.
+OPTIONAL_TRAINING = {"early_stopping": True, "shuffle_training_data": True}
 LITERAL_TYPES = (str, int, float, bool, type(None), tuple, list, dict, set, bytes, complex)
 
 
@@ -207,6 +212,35 @@ def _resolve_mode(params: dict[str, Any], metric: str, where: str) -> None:
     params["save_best_model_mode"] = needed
 
 
+def _renamed(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """Old parameter names (ALIASES) under today's names; both given is an error."""
+    out = dict(params)
+    for old, new in ALIASES.items():
+        if old in out:
+            if new in out:
+                raise ParameterError(f"{where}: {old} is the old name of {new}; set only one of them")
+            out[new] = out.pop(old)
+    return out
+
+
+def _apply_train_split(resolved: dict[str, Any], explicit: dict[str, Any], where: str) -> None:
+    """train_split of the original scripts: the training fraction; the test fraction is what
+    train_split and validation_split leave (with k >= 2 folds the test set is one fold anyway)."""
+    train = resolved.pop("train_split")
+    if not isinstance(train, (int, float)) or isinstance(train, bool) or not 0 < train < 1:
+        raise ParameterError(f"{where}: train_split={train!r} must be a fraction between 0 and 1")
+    test = 1.0 - train - resolved["validation_split"]
+    if "test_split" in explicit and abs(resolved["test_split"] - test) > 1e-9:
+        raise ParameterError(
+            f"{where}: train_split={train!r}, validation_split={resolved['validation_split']!r} and "
+            f"test_split={resolved['test_split']!r} do not add up to 1; set two of them"
+        )
+    if test <= 0:
+        raise ParameterError(f"{where}: train_split + validation_split = {train + resolved['validation_split']:.3g} "
+                             "leaves nothing to test on")
+    resolved["test_split"] = round(test, 12)
+
+
 def resolve(
     where: str,
     instance: dict[str, Any],
@@ -214,13 +248,15 @@ def resolve(
     training_defaults: dict[str, Any],
     model_defaults_for,
     task_type: str,
+    command_line: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Resolve an instance's parameters (every value, in precedence order).
 
     `model_defaults_for(framework, architecture)` returns the model function's keyword defaults,
-    raising ParameterError for an unknown architecture.
+    raising ParameterError for an unknown architecture. `command_line` (-p/--set) wins over all.
     """
-    overrides = {**global_parameters, **instance}
+    command_line = _renamed(command_line or {}, "-p/--set")
+    overrides = {**_renamed(global_parameters, where), **_renamed(instance, where), **command_line}
     missing = [name for name in MANDATORY if name not in overrides]
     if missing:
         raise ParameterError(
@@ -243,11 +279,18 @@ def resolve(
         raise ParameterError(f"{where}: framework={framework!r} is not one of 'keras', 'torch'")
     model_defaults = model_defaults_for(framework, overrides["architecture"], where)
     defaults = {**training_defaults, **model_defaults}
-    known = set(defaults) | set(MANDATORY)
+    optional = {**OPTIONAL_TRAINING, "train_split": 0.6}
+    known = set(defaults) | set(MANDATORY) | set(optional)
     resolved = dict(defaults)
     for name, value in overrides.items():
         if name not in known:
-            raise ParameterError(f"{where}: unknown parameter {name!r}{suggest(name, known)}")
-        resolved[name] = value if name in MANDATORY else coerce(name, value, defaults[name], where)
+            source = f"-p {name}=...: " if name in command_line else ""
+            raise ParameterError(f"{where}: {source}unknown parameter {name!r}{suggest(name, known)}")
+        if name in MANDATORY:
+            resolved[name] = value
+            continue
+        resolved[name] = coerce(name, value, defaults[name] if name in defaults else optional[name], where)
+    if "train_split" in resolved:
+        _apply_train_split(resolved, overrides, where)
     validate_training(resolved, task_type, where)
     return resolved

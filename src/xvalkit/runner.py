@@ -24,7 +24,7 @@ from .errors import XvalError
 from .executors import plan_slots
 from .faults import faults_stop
 from .experiment import Experiment
-from .fold_data import model_input_shape, num_outputs, targets_for
+from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_repeated_folds
 from .jobs import FoldJob
 from .progress import ProgressView
@@ -36,7 +36,7 @@ from .trainers import trainer_for
 
 @dataclass
 class RunOptions:
-    first: int | None = None
+    first: int | str | None = None  # or a list of instances such as '1,4-6,9' (Experiment.select)
     last: int | None = None
     overwrite: bool = False
     debug: bool = False
@@ -158,7 +158,7 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
     for inst in instances:
         p = inst.params
         fn = exp.model_function(p["framework"], p["architecture"], inst.where)
-        shape = model_input_shape(dataset.input_shape, p["reshaping_type"])
+        shape = model_input_shape(dataset.input_shape, p["reshaping_type"], channels_first(p["framework"]))
         try:
             trainer_for(p["framework"]).check_model(fn, shape, num_outputs(dataset, exp.task_type),
                                                     exp.task_type, p)
@@ -197,9 +197,13 @@ def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
         FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), num_repeats=exp.num_repeats, params=inst.params,
                 task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
                 store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
-                models_path=str(exp.models_path) if exp.models_path else None)
+                models_path=_str_or_none(exp.models_file(inst.params["framework"])))
         for fold in inst.folds
     ]
+
+
+def _str_or_none(path) -> str | None:
+    return None if path is None else str(path)
 
 
 def make_executor(options: RunOptions, device: str):
@@ -321,8 +325,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         console.print(f"GPU {choice.gpu} was asked for but {instances[0].params['framework']} sees no GPU (a CPU-only "
                       "build? see the README, Installing): training on the CPU")
     store.write_description(exp.short_description)
-    write_snapshot(store.code_dir, exp.path, exp.models_path, exp.config.to_ini(),
-                   provenance(exp.path, where, [i.id for i in instances]))
+    write_snapshot(store.code_dir, exp.path, [exp.models_path, *exp.framework_models.values()], exp.config.to_ini(),
+                   dict(provenance(exp.path, where, [i.id for i in instances]), overrides=exp.overrides))
     summary = RunSummary()
     jobs, todo = [], {}
     for inst in instances:

@@ -56,11 +56,13 @@ def provenance(experiment_path: Path, device: str, instances: list[int]) -> dict
     }
 
 
-def write_snapshot(code_dir: Path, experiment_path: Path, models_path: Path | None, config_text: str,
+def write_snapshot(code_dir: Path, experiment_path: Path, models_path: Path | list | None, config_text: str,
                    info: dict) -> None:
+    """`models_path`: the models module, or a list of them (None entries skipped)."""
     files = {experiment_path.name: experiment_path.read_bytes(), "config.ini": config_text.encode()}
-    if models_path is not None:
-        files[models_path.name] = models_path.read_bytes()
+    for path in models_path if isinstance(models_path, list) else [models_path]:
+        if path is not None:
+            files[path.name] = path.read_bytes()
     diff = _git(["diff", "HEAD"], experiment_path.resolve().parent) if info.get("git_commit") else None
     if diff:
         files["git.diff"] = diff.encode()

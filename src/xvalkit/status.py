@@ -55,13 +55,14 @@ def augmented_line(dataset) -> str:
             f"{total - copies} original ones only (the {copies} augmented copies, files <stem>_aug<N>, are left out)")
 
 
-def print_status(exp: Experiment) -> None:
+def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
+    """A table of every instance (of the file or with results), or only the `selected` ones."""
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     running = store.running()
     table = Table(title=f"{exp.path.name}: {store.folder}")
     for column in ("ID", "comment_1", "done", "running", "pending", "failed"):
         table.add_column(column)
-    ids = sorted(set(exp.instances) | set(store.instance_ids()))
+    ids = sorted(set(exp.instances) | set(store.instance_ids())) if selected is None else selected
     for run in ids:
         folds = store.load_folds(run)
         num = next((f["num_folds"] for f in folds.values()), exp.num_folds * exp.num_repeats)

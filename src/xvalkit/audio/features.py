@@ -7,6 +7,8 @@ features are librosa's, computed so that a plain librosa loop gives the same num
 - mfcc: librosa.feature.mfcc from a log-power mel spectrogram (mfcc_window_size, mfcc_hop_size,
   n_mels, n_mfcc), with the mel filterbank built once per process, not at every call
 - mel: log-power (dB) mel spectrogram (window_size, fft_size, hop_size, n_mels)
+- cqt: |librosa.cqt| (cqt_hop_size, cqt_bins_per_octave, cqt_n_bins, cqt_fmin), as the original
+  scripts' features_type = "cqt"
 
 Each file becomes one datapoint padded or cropped to `fix_length` seconds, or, with
 `sequence_length` > 0, windows of that many seconds overlapping by `sequence_overlap`.
@@ -31,7 +33,7 @@ configure_numba_cache()  # before librosa imports numba
 import librosa  # noqa: E402
 import soxr  # noqa: E402  (librosa's resampler)
 
-FEATURE_TYPES = ("stft", "mfcc", "mel")
+FEATURE_TYPES = ("stft", "mfcc", "mel", "cqt")
 RESAMPLE_TYPE = "soxr_hq"  # librosa.load's default, so a plain librosa.load loop matches
 
 
@@ -54,6 +56,10 @@ class FeatureSpec:
     sequence_length: float = 0.0
     sequence_overlap: float = 0.5
     fix_length: float = 3.0
+    cqt_hop_size: int = 512
+    cqt_bins_per_octave: int = 12
+    cqt_n_bins: int = 84
+    cqt_fmin: float = 32.70319566257483  # C1, librosa's default
 
     @classmethod
     def from_config(cls, section: dict[str, Any], **overrides: Any) -> FeatureSpec:
@@ -72,7 +78,8 @@ class FeatureSpec:
         if self.features_type not in FEATURE_TYPES:
             raise bad("features_type", f"one of {', '.join(FEATURE_TYPES)}")
         for key in ("sr_target", "window_size", "fft_size", "hop_size", "n_mfcc",
-                    "mfcc_window_size", "mfcc_hop_size", "n_mels"):
+                    "mfcc_window_size", "mfcc_hop_size", "n_mels", "cqt_hop_size", "cqt_bins_per_octave",
+                    "cqt_n_bins"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise bad(key, "a whole number > 0")
@@ -82,12 +89,20 @@ class FeatureSpec:
             raise bad("n_mfcc", f"at most n_mels ({self.n_mels})")
         if not isinstance(self.power_law_compression, bool):
             raise bad("power_law_compression", "True or False")
-        for key, low in (("power_law_exponent", 0), ("sequence_length", -1e-12), ("fix_length", 0)):
+        for key, low in (("power_law_exponent", 0), ("sequence_length", -1e-12), ("fix_length", 0),
+                         ("cqt_fmin", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
                 raise bad(key, "a number > 0" if low == 0 else "a number >= 0")
         if not 0 <= self.sequence_overlap < 1:
             raise bad("sequence_overlap", "a fraction, 0 <= overlap < 1")
+        if self.features_type == "cqt":
+            freqs = librosa.cqt_frequencies(self.cqt_n_bins, fmin=self.cqt_fmin,
+                                            bins_per_octave=self.cqt_bins_per_octave)
+            _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=self.sr_target)
+            if cutoff > self.sr_target / 2:  # librosa.cqt's own test, checked before any file is read
+                raise bad("cqt_n_bins", f"fewer: the highest bin's band reaches {cutoff:.0f} Hz, above the Nyquist "
+                                        f"frequency ({self.sr_target / 2:.0f} Hz); or lower cqt_fmin")
         if self.sequence_length and self.segment_samples < self.frame_size:
             raise bad("sequence_length", f"at least one analysis window ({self.frame_size} samples)")
         try:
@@ -97,11 +112,11 @@ class FeatureSpec:
 
     @property
     def frame_size(self) -> int:
-        return self.mfcc_window_size if self.features_type == "mfcc" else self.fft_size
+        return {"mfcc": self.mfcc_window_size, "cqt": self.cqt_hop_size}.get(self.features_type, self.fft_size)
 
     @property
     def hop(self) -> int:
-        return self.mfcc_hop_size if self.features_type == "mfcc" else self.hop_size
+        return {"mfcc": self.mfcc_hop_size, "cqt": self.cqt_hop_size}.get(self.features_type, self.hop_size)
 
     @property
     def segment_samples(self) -> int:
@@ -123,7 +138,7 @@ class FeatureSpec:
     def shape(self) -> tuple[int, int]:
         """(time, frequency) of one datapoint."""
         frames = 1 + self.segment_samples // self.hop  # librosa's centred frames
-        bins = {"stft": self.fft_size // 2 + 1, "mfcc": self.n_mfcc, "mel": self.n_mels}
+        bins = {"stft": self.fft_size // 2 + 1, "mfcc": self.n_mfcc, "mel": self.n_mels, "cqt": self.cqt_n_bins}
         return frames, bins[self.features_type]
 
     def to_manifest(self) -> dict[str, Any]:
@@ -187,7 +202,13 @@ def mel(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return _log_mel(audio, spec, spec.fft_size, spec.hop_size, spec.window_size).T
 
 
-FEATURES = {"stft": stft, "mfcc": mfcc, "mel": mel}
+def cqt(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(time, cqt_n_bins) constant-Q transform magnitude, low frequencies first."""
+    return np.abs(librosa.cqt(audio, sr=spec.sr_target, hop_length=spec.cqt_hop_size, fmin=spec.cqt_fmin,
+                              n_bins=spec.cqt_n_bins, bins_per_octave=spec.cqt_bins_per_octave)).T
+
+
+FEATURES = {"stft": stft, "mfcc": mfcc, "mel": mel, "cqt": cqt}
 
 
 def features(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:

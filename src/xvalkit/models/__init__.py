@@ -4,6 +4,8 @@ A model function's keyword defaults are the model parameters an instance may ove
 models live in keras_models.py (and torch_models.py); a user's models module (the experiment's
 `models = "my_models.py"`) is searched first, so a user may also redefine a built-in name.
 Importing these modules never imports a framework: that happens when a model is built.
+Functions of the original scripts, `NAME(time_dim, features_dim, user_parameters=[...]) -> (model, p)`,
+are recognised and adapted (legacy.py): their defaults are their `p` for the dataset's shape.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Callable
 
 from ..errors import ParameterError
 from ..params import suggest
+from . import legacy
 
 BUILTIN_MODULES = {"keras": "xvalkit.models.keras_models", "torch": "xvalkit.models.torch_models"}
 POSITIONAL = ("input_shape", "num_outputs", "task_type")
@@ -49,6 +52,8 @@ def model_function(framework: str, name: str, user_module: ModuleType | None, wh
             f"{where}: architecture {name!r} is not in {source}{suggest(name, candidates)}"
         )
     fn = candidates[name]
+    if legacy.is_legacy(fn):
+        return legacy.adapt(fn)
     check_signature(fn, where)
     return fn
 
@@ -62,8 +67,13 @@ def check_signature(fn: Callable, where: str) -> None:
         )
 
 
-def model_defaults(fn: Callable) -> dict[str, Any]:
-    """The keyword defaults of a model function: its overridable model parameters."""
+def model_defaults(fn: Callable, input_shape=None, num_outputs: int | None = None) -> dict[str, Any]:
+    """The keyword defaults of a model function: its overridable model parameters.
+
+    An original-scripts function's defaults depend on the input shape (legacy.LegacyModel.defaults).
+    """
+    if isinstance(fn, legacy.LegacyModel):
+        return fn.defaults(input_shape, num_outputs)
     return {
         p.name: p.default
         for p in list(inspect.signature(fn).parameters.values())[3:]
@@ -73,6 +83,8 @@ def model_defaults(fn: Callable) -> dict[str, Any]:
 
 def build_model(fn: Callable, input_shape, num_outputs: int, task_type: str, params: dict[str, Any]):
     """Call a model function with exactly the parameters it declares."""
+    if isinstance(fn, legacy.LegacyModel):
+        return fn(tuple(input_shape), num_outputs, task_type, **params)
     accepted = model_defaults(fn)
     kwargs = {name: params[name] for name in accepted if name in params}
     return fn(tuple(input_shape), num_outputs, task_type, **kwargs)

@@ -2,8 +2,8 @@
 
 Each takes (input_shape, num_outputs, task_type, **defaults) and returns a `torch.nn.Module` whose
 head outputs logits (classification) or the regression outputs; the trainer applies the softmax
-for predictions. Inputs are what FoldData.prepare gives: (batch, time, frequency, 1) for 'conv'
-(EXAMPLE_model moves the channel axis first itself), (batch, time, frequency) for 'rnn' / 'none'.
+for predictions. Inputs are what FoldData.prepare gives: channels first, (batch, 1, time, frequency),
+for 'conv' (the PyTorch convention), (batch, time, frequency) for 'rnn' / 'none'.
 
 Parity with Keras: Glorot-uniform kernels and zero biases (orthogonal recurrent kernels, LSTM
 forget bias 1), BatchNorm with Keras' momentum and epsilon, 'same' convolutions and max-pooling that
@@ -25,11 +25,13 @@ def _layers():
     import torch
     from torch import nn
 
-    class ChannelsFirst(nn.Module):
-        """(batch, time, frequency, channels) -> (batch, channels, time, frequency)."""
+    class ChannelAxis(nn.Module):
+        """(batch, time, frequency) -> (batch, 1, time, frequency); channels-first inputs pass as they
+        are. It has no weights but keeps its place in the Sequential, so the layer indices, hence
+        the state_dict keys, of models saved before inputs were channels first stay the same."""
 
         def forward(self, x):
-            return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)
+            return x.unsqueeze(1) if x.dim() == 3 else x
 
     class LastState(nn.Module):
         """A GRU or LSTM over time frames; its last hidden state (both directions concatenated)."""
@@ -44,7 +46,7 @@ def _layers():
             h = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c)
             return torch.cat([h[-2], h[-1]], dim=1) if self.rnn.bidirectional else h[-1]
 
-    return ChannelsFirst, LastState
+    return ChannelAxis, LastState
 
 
 def _keras_init(model):
@@ -104,9 +106,11 @@ def EXAMPLE_model(
     """A small CNN: two conv + max-pool blocks, flattened, dropout, a dense layer, the head."""
     from torch import nn
 
-    ChannelsFirst, _ = _layers()
-    layers = [ChannelsFirst()]
-    in_channels = input_shape[-1] if len(input_shape) == 3 else 1
+    ChannelAxis, _ = _layers()
+    layers = [ChannelAxis()]
+    if len(input_shape) == 3 and input_shape[-1] == 1 and input_shape[0] != 1:
+        raise ValueError(f"EXAMPLE_model takes channels-first inputs (1, time, frequency), got {tuple(input_shape)}")
+    in_channels = input_shape[0] if len(input_shape) == 3 else 1  # (channels, time, frequency)
     for channels, kernel in ((channels_1, kernel_size_1), (channels_2, kernel_size_2)):
         layers += [
             nn.Conv2d(in_channels, channels, tuple(kernel), padding="same"),

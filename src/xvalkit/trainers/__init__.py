@@ -62,6 +62,17 @@ def check_output_shape(shape, outputs: int) -> None:
         raise ValueError(f"the model outputs shape {tuple(shape)[1:]}, expected ({outputs},)")
 
 
+def stopping_patience(params: dict[str, Any]) -> int:
+    """Epochs without improvement before training stops; early_stopping=False (the original
+    scripts' switch) never stops early, the best epoch is still restored."""
+    return params["patience"] if params.get("early_stopping", True) else params["num_epochs"] + 1
+
+
+def shuffles(params: dict[str, Any]) -> bool:
+    """Whether training batches are reshuffled each epoch (shuffle_training_data, default True)."""
+    return bool(params.get("shuffle_training_data", True))
+
+
 def trainer_for(framework: str):
     if framework == "torch":
         from . import torch as trainer

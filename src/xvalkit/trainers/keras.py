@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import atomic
 from ..devices import import_keras, keras_device
-from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
+from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, shuffles, stopping_patience
 
 LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
 
@@ -89,7 +89,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor=p["save_best_model_metric"], mode=p["save_best_model_mode"],
-            patience=p["patience"], restore_best_weights=True,
+            patience=stopping_patience(p), restore_best_weights=True,
         )
     ]
     if p.get("tensorboard") and job.log_dir is not None:
@@ -98,7 +98,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
         callbacks.append(_EpochReporter(keras, job.on_epoch))
     data, batch_size = job.data, p["batch_size"]
     if job.generator:
-        train = _batches(keras, data.train, batch_size, shuffle=True, seed=job.seed)
+        train = _batches(keras, data.train, batch_size, shuffle=shuffles(p), seed=job.seed)
         val = _batches(keras, data.val, batch_size, shuffle=False, seed=job.seed)
         history = model.fit(train, validation_data=val, epochs=p["num_epochs"],
                             callbacks=callbacks, verbose=p["verbose"])
@@ -109,7 +109,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     else:
         x_train, y_train = data.train.arrays()
         history = model.fit(x_train, y_train, validation_data=data.val.arrays(), epochs=p["num_epochs"],
-                            batch_size=batch_size, shuffle=True, callbacks=callbacks, verbose=p["verbose"])
+                            batch_size=batch_size, shuffle=shuffles(p), callbacks=callbacks, verbose=p["verbose"])
         predictions = {
             name: model.predict(s.arrays()[0], batch_size=batch_size, verbose=0)
             for name, s in data.sets().items()

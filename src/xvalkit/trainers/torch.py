@@ -31,9 +31,9 @@ import numpy as np
 from .. import atomic
 from ..devices import torch_device
 from ..models import model_defaults
-from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
+from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, shuffles, stopping_patience
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 'input_layout' recorded; 1 (no layout) was channels last
 GPU_SET_BYTES = 2 * 1024**3
 
 
@@ -276,6 +276,7 @@ def _model_source(model_fn) -> str | None:
 
     if model_fn.__module__ == "xvalkit.models.torch_models":
         return None
+    model_fn = getattr(model_fn, "__wrapped_function__", model_fn)  # an original-scripts model (models/legacy.py)
     try:
         return str(Path(inspect.getfile(model_fn)).resolve())
     except (TypeError, OSError):
@@ -291,11 +292,13 @@ def save(job: TrainJob, model) -> None:
     payload = {
         "format": "xvalkit-torch", "format_version": FORMAT_VERSION,
         "architecture": p["architecture"],
-        "parameters": {k: p[k] for k in model_defaults(job.model_fn) if k in p},
+        "parameters": {k: p[k] for k in model_defaults(job.model_fn, job.data.input_shape, job.data.num_outputs)
+                       if k in p},
         "input_shape": tuple(int(n) for n in job.data.input_shape),
         "num_outputs": int(job.data.num_outputs),
         "task_type": job.task_type,
         "reshaping_type": p["reshaping_type"],
+        "input_layout": "channels_first" if job.data.channels_first else "channels_last",
         "models_module": _model_source(job.model_fn),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "normalization": None if norm is None else {"mean": torch.from_numpy(np.asarray(norm.mean)),
@@ -323,13 +326,13 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     pin = job.generator and device.startswith("cuda")
     sets = {name: item_batches(s, streaming=job.generator, device="cpu" if job.generator else device)
             for name, s in data.sets().items()}
-    train_batches = loader(sets["train"], batch_size, shuffle=True, seed=job.seed, pin_memory=pin)
+    train_batches = loader(sets["train"], batch_size, shuffle=shuffles(p), seed=job.seed, pin_memory=pin)
     val_batches = loader(sets["val"], batch_size, pin_memory=pin)
     metric = METRICS[job.task_type]
     logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
     boards = {"": ScalarLog(logs_dir / "train"), "val_": ScalarLog(logs_dir / "validation")} if logs_dir else {}
     history: dict[str, list[float]] = {"loss": [], metric: [], "val_loss": [], f"val_{metric}": []}
-    stopper = EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"], p["patience"])
+    stopper = EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"], stopping_patience(p))
     try:
         for epoch in range(1, p["num_epochs"] + 1):
             train = _run_pass(model, train_batches, loss_fn, job.task_type, device, amp, optimizer, scaler)
