@@ -49,11 +49,13 @@ class FoldJob:
 
 
 def dataset_for(folder: str, name: str):
-    """Each process reads a dataset once and keeps it for its next jobs."""
+    """Each process reads a dataset once and keeps it for its next jobs (a .xvd dataset is mapped,
+    so the workers of a machine share one copy in the page cache; its values were checked by
+    `xval run` before any job was planned, so they are not scanned again here)."""
     if (folder, name) not in _DATASETS:
         from .data import load_dataset
 
-        _DATASETS[(folder, name)] = load_dataset(folder, name)
+        _DATASETS[(folder, name)] = load_dataset(folder, name, check_values=False)
     return _DATASETS[(folder, name)]
 
 
@@ -99,7 +101,7 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
     log = EpochLog(store.log_path(*job.key), on_epoch)
     try:
         data = FoldData(dataset_for(job.data_folder, job.dataset), job.fold, job.task_type,
-                        p["reshaping_type"], p["normalization"])
+                        p["reshaping_type"], p["normalization"], release_pages=job.generator)
         seed = int(p["seed"]) + job.fold.index
         train_job = TrainJob(
             params=p, task_type=job.task_type, data=data, model_fn=model_function_for(job), seed=seed,
