@@ -203,3 +203,17 @@ def test_generator_and_in_memory_modes_give_identical_metrics(tmp_path, config_f
         assert metrics and all(np.array_equal(fold[k], other[k]) for k in metrics), [
             (k, fold[k], other[k]) for k in metrics if not np.array_equal(fold[k], other[k])]
         assert fold["history"] == other["history"]
+
+
+def test_an_interrupt_while_finishing_writes_nothing(tmp_path, monkeypatch):
+    save_small = mapped._save_small
+
+    def stop_at_items(path, array):
+        if path.name == "items.npy":
+            raise KeyboardInterrupt  # after the arrays, before the item names
+        save_small(path, array)
+
+    monkeypatch.setattr(mapped, "_save_small", stop_at_items)
+    with pytest.raises(KeyboardInterrupt):
+        data.save_dataset(tmp_path, "stopped", *dataset())
+    assert list(tmp_path.iterdir()) == []

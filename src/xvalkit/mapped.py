@@ -132,10 +132,11 @@ class DatasetWriter:
                 _save_small(self.folder / "items.npy", np.asarray(self.items, dtype=str))
                 atomic.write_text(self.folder / "manifest.json",
                                   json.dumps(self.manifest or {}, indent=2, default=str))
-        except BaseException as exc:
+        except BaseException as exc:  # failed while finishing: remove the temporary folder, re-raise
             self.x.handle.close()
             self.y.handle.close()
-            return bool(self._context.__exit__(type(exc), exc, exc.__traceback__))
+            self._context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         if kind is not None:
             self.x.handle.close()
             self.y.handle.close()
