@@ -105,7 +105,7 @@ def test_ravdess_cli_round_trip(tmp_path, capsys, config, ravdess_dir, kind):
     assert m["sr"] == 16000 and m["features"]["features_type"] == kind
     assert m["datapoints_per_item"] == {"Actor_01": 4, "Actor_02": 4, "Actor_03": 4}
     assert m["sources"]["Actor_02"][0] == f"Actor_02/{ravdess_name(1, 2, 1)}"
-    assert data_files(tmp_path) == ["rav_manifest.json", "rav_predictors.npz", "rav_target.npz"]
+    assert data_files(tmp_path) == ["rav.xvd"]  # the memory-mapped format (issue 15)
 
 
 def test_flat_ravdess_folder_and_jobs_give_identical_arrays(tmp_path, ravdess_dir):
@@ -192,7 +192,7 @@ def test_demo_corpus_through_the_whole_front_end(tmp_path, capsys, config):
     assert "01..04" in ds.manifest["corpus"]["label"]
     assert ds.input_shape == (32, 513)  # 1 s at 16 kHz: 1 + 16000 // 512 frames
     assert sorted(set(np.concatenate(list(ds.targets.values())))) == [0, 1, 2, 3]
-    assert not (tmp_path / "data" / "demo_predictors.npz").exists()  # the built-in demo is untouched
+    assert not (tmp_path / "data" / "demo.xvd").exists()  # the built-in demo is untouched
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -265,35 +265,37 @@ def test_failed_save_leaves_no_partial_files(tmp_path, monkeypatch, ravdess_dir)
     from xvalkit import data
     from xvalkit.audio.preprocess import preprocess
 
-    def fail(path, arrays):
+    def fail(self, x, where):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_write_npz", fail)
+    monkeypatch.setattr(data.mapped._Appender, "append", fail)
     with pytest.raises(OSError):
         preprocess(datasets.ravdess(ravdess_dir), spec_for(), tmp_path / "data", "rav", jobs=1)
-    leftovers = [p.name for p in (tmp_path / "data").iterdir() if "npz" in p.name or ".tmp" in p.name]
+    leftovers = [p.name for p in (tmp_path / "data").iterdir() if "xvd" in p.name or ".tmp" in p.name]
     assert leftovers == []
 
 
 def test_a_save_stopped_halfway_never_mixes_new_predictors_with_old_targets(tmp_path, monkeypatch, ravdess_dir):
-    from xvalkit import data
+    from xvalkit import mapped
     from xvalkit.audio.preprocess import preprocess
-    from xvalkit.data import DatasetError
 
     corpus = datasets.ravdess(ravdess_dir)
     preprocess(corpus, spec_for(), tmp_path / "data", "rav", jobs=1)  # an existing dataset
-    write_npz = data._write_npz
+    old = load_dataset(tmp_path / "data", "rav")
+    old_shape, old_first = old.input_shape, np.array(old.predictors[old.items[0]])
+    save_small = mapped._save_small
 
-    def stop_before_target(path, arrays):
-        if path.name.endswith("_target.npz"):
-            raise KeyboardInterrupt  # a second Ctrl-C between the predictors and the targets
-        write_npz(path, arrays)
+    def stop_before_items(path, array):
+        if path.name == "items.npy":
+            raise KeyboardInterrupt  # a second Ctrl-C after the arrays, before the item names
+        save_small(path, array)
 
-    monkeypatch.setattr(data, "_write_npz", stop_before_target)
+    monkeypatch.setattr(mapped, "_save_small", stop_before_items)
     with pytest.raises(KeyboardInterrupt):
         preprocess(corpus, spec_for(features_type="mfcc"), tmp_path / "data", "rav", jobs=1)
-    with pytest.raises(DatasetError):
-        load_dataset(tmp_path / "data", "rav")  # not loadable, rather than mfcc predictors with old targets
+    kept = load_dataset(tmp_path / "data", "rav")  # the old dataset, whole: the new folder never replaced it
+    assert kept.input_shape == old_shape and np.array_equal(kept.predictors[kept.items[0]], old_first)
+    assert data_files(tmp_path) == ["rav.xvd"]
 
 
 def test_misplaced_file_in_labelled_folder_is_skipped(tmp_path):

@@ -72,3 +72,35 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_pickle(target: str | Path, obj: Any) -> None:
     write_with(target, lambda handle: pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `target`; on success it replaces `target` as a whole.
+
+    The files are fsynced by their writer; here the folder is renamed into place, so a reader sees
+    the old folder, no folder, or the whole new one, never a half-written one. An existing
+    `target` is first renamed aside and removed after the swap (a crash between the two renames
+    leaves no `target` at all, never a mix of old and new files).
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

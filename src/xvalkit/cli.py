@@ -228,7 +228,7 @@ preprocess_app = typer.Typer(
 app.add_typer(preprocess_app, name="preprocess")
 
 NameOption = Annotated[
-    Optional[str], typer.Option("--name", help="Dataset name: <data folder>/<NAME>_predictors.npz ...")
+    Optional[str], typer.Option("--name", help="Dataset name: <data folder>/<NAME>.xvd/ ...")
 ]
 FeaturesOption = Annotated[
     Optional[str], typer.Option("--features", help="stft, mfcc, mel or cqt (default: features_type in config.ini).")
@@ -298,8 +298,8 @@ def preprocess_ravdess(
 ) -> None:
     """A RAVDESS corpus: label = emotion EE of MM-VV-EE-II-SS-RR-AA.wav, foldable item = actor AA.
 
-    `xval preprocess ravdess --input ~/RAVDESS --features mfcc` writes ravdess_predictors.npz,
-    ravdess_target.npz and ravdess_manifest.json in the data folder (config.ini, section paths).
+    `xval preprocess ravdess --input ~/RAVDESS --features mfcc` writes the folder ravdess.xvd/
+    (memory-mapped .npy files and manifest.json) in the data folder (config.ini, section paths).
     Feature parameters come from config.ini, section features.
     """
     _preprocess("ravdess", input_dir, name or "ravdess", features, jobs, config, labels=labels, merge=merge)
@@ -635,6 +635,27 @@ def export_mlflow(
     counts = ", ".join(f"{n} {what}" for what, n in sorted(done.counts.items())) or "nothing to do"
     console.print(f"exported {store.folder} to MLflow experiment {escape(done.experiment_name)!s} "
                   f"(id {done.experiment_id}) at {escape(done.tracking_uri)}: runs {counts}", soft_wrap=True)
+
+
+# --- convert-npz command (issue 15) ---
+@app.command("convert-npz")
+@user_errors
+def convert_npz(
+    name: Annotated[str, typer.Argument(help="Dataset name: <data folder>/<NAME>_predictors.npz and _target.npz.")],
+    data_folder: Annotated[Optional[Path], typer.Option("--data-folder", help="Default: config.ini's data_folder.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Turn a dataset's .npz files into the memory-mapped format <NAME>.xvd/, then remove them.
+
+    One item is in memory at a time; the new folder appears whole or not at all. Workers then map
+    it read-only and share one copy in the page cache, and `generator = True` runs in bounded memory.
+    """
+    from .config import load_config
+    from .data import convert_npz as convert
+
+    folder = convert(data_folder or load_config(config).data_folder, name)
+    console.print(f"converted dataset '{escape(name)}' to {escape(str(folder))} (the .npz files are removed)",
+                  soft_wrap=True)
 
 
 def _set_debug(value: bool) -> None:

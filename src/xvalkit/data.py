@@ -1,6 +1,9 @@
 """Datasets: a pair of dicts {foldable item: array} for predictors and targets.
 
-On disk, in the data folder (config.ini [paths] data_folder):
+On disk, in the data folder (config.ini [paths] data_folder), since issue 15 a folder
+  <name>.xvd/             memory-mapped .npy files, written whole (see xvalkit.mapped); loaded
+                          read-only and shared through the page cache by every worker of a machine
+or, as before (still loaded; `xval convert-npz NAME` turns them into <name>.xvd/):
   <name>_predictors.npz   one array per foldable item, shape (datapoints, time, frequency) or any
                           (datapoints, ...) shape shared by all items
   <name>_target.npz       one array per item: class indices (datapoints,) for classification (one-hot
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
+from . import atomic, mapped
 from .errors import DatasetError
 
 BUILTIN_DATASETS = ("demo", "demo_pitch")
@@ -31,6 +34,15 @@ class Dataset:
     predictors: dict[str, np.ndarray]
     targets: dict[str, np.ndarray]
     manifest: dict = field(default_factory=dict)
+    table: mapped.Table | None = None  # all rows in one array per set; the dicts hold views of it
+
+    def data_table(self) -> mapped.Table:
+        """The rows of every item in one array (a mapped dataset's own; else joined once, and the
+        dicts then point into it, so no second copy stays)."""
+        if self.table is None:
+            self.table = mapped.Table.from_items(self.predictors, self.targets)
+            self.predictors, self.targets = _item_views(self.table)
+        return self.table
 
     @property
     def items(self) -> list[str]:
@@ -77,13 +89,54 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(tmp, **{str(k): np.asarray(v) for k, v in arrays.items()})
 
 
+def _item_views(table: mapped.Table) -> tuple[dict, dict]:
+    return ({item: table.x[a:b] for item, (a, b) in table.span.items()},
+            {item: table.y[a:b] for item, (a, b) in table.span.items()})
+
+
 def save_dataset(folder: str | Path, name: str, predictors: dict, targets: dict,
                  manifest: dict | None = None) -> dict[str, Path]:
-    """Write a dataset: each file atomically, the target file last, so a dataset is never half there.
+    """Write a dataset as <name>.xvd/ (xvalkit.mapped), item by item, renamed into place whole.
 
-    An existing target file is removed first: a save stopped halfway then leaves a dataset that
-    does not load, rather than new predictors beside the old targets.
+    Older <name>_*.npz files of the same name are removed once the new folder is in place.
+    Returns {"dataset": the folder}.
     """
+    check_dataset(name, predictors, targets)
+    with mapped.DatasetWriter(folder, name, manifest) as writer:
+        for item in sorted(predictors, key=str):
+            writer.add(str(item), predictors[item], targets[item])
+    for path in dataset_paths(Path(folder), name).values():
+        path.unlink(missing_ok=True)
+    return {"dataset": writer.target}
+
+
+def convert_npz(folder: str | Path, name: str) -> Path:
+    """Turn dataset `name`'s .npz files into <name>.xvd/ (one item in memory at a time), then
+    remove the .npz files. Returns the new folder."""
+    folder = Path(folder)
+    paths = dataset_paths(folder, name)
+    for key in ("predictors", "target"):
+        if not paths[key].is_file():
+            raise DatasetError(f"dataset '{name}': {paths[key]} not found; nothing to convert")
+    manifest = json.loads(paths["manifest"].read_text(encoding="utf-8")) if paths["manifest"].is_file() else {}
+    try:
+        with np.load(paths["predictors"], allow_pickle=False) as px, np.load(paths["target"], allow_pickle=False) as ty:
+            # the item sets first; the writer checks each item (shape, lengths, values) as it goes
+            check_dataset(name, dict.fromkeys(px.files), dict.fromkeys(ty.files), items_only=True)
+            with mapped.DatasetWriter(folder, name, manifest) as writer:
+                for item in sorted(px.files):
+                    writer.add(item, px[item], ty[item])
+    except (OSError, ValueError, EOFError) as exc:
+        raise DatasetError(f"dataset '{name}': .npz files not readable ({exc})") from None
+    for path in paths.values():
+        path.unlink(missing_ok=True)
+    return writer.target
+
+
+def _save_npz_dataset(folder: str | Path, name: str, predictors: dict, targets: dict,
+                      manifest: dict | None = None) -> dict[str, Path]:
+    """The format before issue 15 (kept to make .npz datasets for tests and conversions):
+    each file atomically, the target file last; an existing target is removed first."""
     folder = Path(folder)
     check_dataset(name, predictors, targets)
     paths = dataset_paths(folder, name)
@@ -103,8 +156,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DatasetError(f"{path}: not a readable .npz dataset file ({exc})") from None
 
 
-def check_dataset(name: str, predictors: dict, targets: dict) -> None:
-    """Raise DatasetError unless both dicts have the same items, matching lengths and one shape."""
+def check_dataset(name: str, predictors: dict, targets: dict, items_only: bool = False) -> None:
+    """Raise DatasetError unless both dicts have the same items, matching lengths, one shape and
+    finite values (checked chunk by chunk); `items_only`: the first check alone."""
     if not predictors:
         raise DatasetError(f"dataset '{name}': no foldable items in the predictors")
     missing = set(map(str, predictors)) ^ set(map(str, targets))
@@ -112,6 +166,8 @@ def check_dataset(name: str, predictors: dict, targets: dict) -> None:
         raise DatasetError(
             f"dataset '{name}': items {sorted(missing)[:5]} are in only one of predictors and targets"
         )
+    if items_only:
+        return
     shapes = {tuple(np.shape(x)[1:]) for x in predictors.values()}
     if len(shapes) > 1:
         raise DatasetError(f"dataset '{name}': items have different datapoint shapes {sorted(shapes)[:4]}")
@@ -124,36 +180,34 @@ def check_dataset(name: str, predictors: dict, targets: dict) -> None:
             raise DatasetError(
                 f"dataset '{name}': item '{item}' has {len(x)} predictors but {len(targets[item])} targets"
             )
-        for kind, values in (("predictors", x), ("targets", targets[item])):
-            bad = first_non_finite(values)
-            if bad is not None:
-                raise DatasetError(
-                    f"dataset '{name}': item '{item}' has NaN or infinite {kind}, first in datapoint {bad} "
-                    f"(of {len(values)}); fix or drop them before running"
-                )
+        mapped.check_finite(np.asarray(x), f"dataset '{name}', item '{item}'")
+        mapped.check_finite(np.asarray(targets[item]), f"dataset '{name}', item '{item}'", "targets")
 
 
-def first_non_finite(values) -> int | None:
-    """Index of the first datapoint (along axis 0) holding a NaN or an infinity, or None."""
-    values = np.asarray(values)
-    if not np.issubdtype(values.dtype, np.inexact):  # integers and booleans are always finite
-        return None
-    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    return None if finite.all() else int(np.argmin(finite))
+def load_dataset(folder: str | Path, name: str, check_values: bool = True) -> Dataset:
+    """Load `name` from `folder`, synthesising a built-in dataset there the first time.
 
-
-def load_dataset(folder: str | Path, name: str) -> Dataset:
-    """Load `name` from `folder`, synthesising a built-in dataset there the first time."""
+    A <name>.xvd/ folder is mapped read-only (its values checked chunk by chunk unless
+    `check_values` is False: workers skip what `xval run` checked already); else the .npz files
+    are read into memory as before.
+    """
     folder = Path(folder)
     paths = dataset_paths(folder, name)
-    if name in BUILTIN_DATASETS and not paths["target"].is_file():
+    xvd = mapped.folder_for(folder, name)
+    if name in BUILTIN_DATASETS and not paths["target"].is_file() and not xvd.is_dir():
         from .demo import demo_dataset
 
         save_dataset(folder, name, *demo_dataset(name))
+    if xvd.is_dir():
+        table, manifest = mapped.open_table(xvd, name)
+        if check_values:
+            mapped.check_values(table, name)
+        predictors, targets = _item_views(table)
+        return Dataset(name, predictors, targets, manifest, table)
     for key in ("predictors", "target"):
         if not paths[key].is_file():
             raise DatasetError(
-                f"dataset '{name}': {paths[key]} not found (data_folder is {folder}; "
+                f"dataset '{name}': neither {xvd} nor {paths[key]} found (data_folder is {folder}; "
                 f"make it with `xval preprocess`, or use a built-in dataset: {', '.join(BUILTIN_DATASETS)})"
             )
     predictors = _read_npz(paths["predictors"])

@@ -56,14 +56,16 @@ class FoldJob:
 
 
 def dataset_for(folder: str, name: str):
-    """Each process reads a dataset once and keeps it for its next jobs."""
+    """Each process reads a dataset once and keeps it for its next jobs (a .xvd dataset is mapped,
+    so the workers of a machine share one copy in the page cache; its values were checked by
+    `xval run` before any job was planned, so they are not scanned again here)."""
     if (folder, name) not in _DATASETS:
         from .data import load_dataset
         from .faults import vanished
 
         if not Path(folder).is_dir():  # else a built-in dataset would be synthesised in its place
             raise vanished(Path(folder), "the data folder")
-        _DATASETS[(folder, name)] = load_dataset(folder, name)
+        _DATASETS[(folder, name)] = load_dataset(folder, name, check_values=False)
     return _DATASETS[(folder, name)]
 
 
@@ -161,8 +163,8 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
     log = EpochLog(store.log_path(*job.key), on_epoch, check=store.check_present)
     try:
         dataset = dataset_for(job.data_folder, job.dataset)
-        data = FoldData(dataset, job.fold, job.task_type,
-                        p["reshaping_type"], p["normalization"], channels_first(p["framework"]))
+        data = FoldData(dataset, job.fold, job.task_type, p["reshaping_type"], p["normalization"],
+                        channels_first(p["framework"]), release_pages=job.generator)
         seed = int(p["seed"]) + job.fold.index
         train_job = TrainJob(
             params=p, task_type=job.task_type, data=data, model_fn=model_function_for(job), seed=seed,

@@ -72,7 +72,7 @@ class Summary:
             reasons = Counter(reason.split(" (")[0] for _, reason in self.skipped)
             lines.append(f"skipped {len(self.skipped)}: " + "; ".join(f"{n} {r}" for r, n in reasons.items()))
         if self.paths:
-            lines.append(f"saved {self.paths['predictors']} and {self.paths['target'].name}")
+            lines.append(f"saved {self.paths['dataset']} (memory-mapped .npy files, written whole)")
         return lines
 
 
@@ -359,8 +359,9 @@ def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str,
                       skipped=list(corpus.skipped), notes=list(corpus.notes))
     results = extract_all([e.path for e in corpus.entries], spec, jobs, progress)
     predictors, targets, manifest = build_dataset(corpus, spec, results, summary, warn)
-    # A first Ctrl-C now waits until the dataset's three files are written (a second one stops at
-    # once: save_dataset removes the old target first, so a half-replaced dataset does not load).
+    # A first Ctrl-C now waits until the dataset's folder is written (a second one stops at once:
+    # save_dataset renames the folder into place whole, so a half-written dataset does not load).
+    # Items are appended straight from the shared extraction buffer: no second copy in RAM.
     # A full or read-only disk raises faults.EnvironmentFault: one line, no half-written file.
     with StopRequest("saving the dataset first"), faults_stop([folder]):
         summary.paths = data.save_dataset(folder, name, predictors, targets, manifest)

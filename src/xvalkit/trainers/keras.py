@@ -17,7 +17,7 @@ def make_optimizer(keras, name: str, learning_rate: float):
 
 
 def _batches(keras, data, batch_size: int, shuffle: bool, seed: int):
-    """A keras.utils.PyDataset reading batches straight from the per-item arrays."""
+    """A keras.utils.PyDataset reading seeded-shuffled batches from a set (SetData.batch)."""
 
     class ItemBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -97,23 +97,14 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     if job.on_epoch is not None:
         callbacks.append(_EpochReporter(keras, job.on_epoch))
     data, batch_size = job.data, p["batch_size"]
-    if job.generator:
-        train = _batches(keras, data.train, batch_size, shuffle=shuffles(p), seed=job.seed)
-        val = _batches(keras, data.val, batch_size, shuffle=False, seed=job.seed)
-        history = model.fit(train, validation_data=val, epochs=p["num_epochs"],
-                            callbacks=callbacks, verbose=p["verbose"])
-        predictions = {
-            name: model.predict(_batches(keras, s, batch_size, False, job.seed), verbose=0)
-            for name, s in data.sets().items()
-        }
-    else:
-        x_train, y_train = data.train.arrays()
-        history = model.fit(x_train, y_train, validation_data=data.val.arrays(), epochs=p["num_epochs"],
-                            batch_size=batch_size, shuffle=shuffles(p), callbacks=callbacks, verbose=p["verbose"])
-        predictions = {
-            name: model.predict(s.arrays()[0], batch_size=batch_size, verbose=0)
-            for name, s in data.sets().items()
-        }
+    # Both modes read batches from the sets (FoldData: the generator mode unmaps what it read, the
+    # in-memory mode keeps it resident, shared in the page cache for a mapped dataset), in the same
+    # seeded order, so a seeded run gives the same metrics in either mode.
+    train = _batches(keras, data.train, batch_size, shuffle=shuffles(p), seed=job.seed)
+    val = _batches(keras, data.val, batch_size, shuffle=False, seed=job.seed)
+    history = model.fit(train, validation_data=val, epochs=p["num_epochs"], callbacks=callbacks, verbose=p["verbose"])
+    predictions = {name: model.predict(_batches(keras, s, batch_size, False, job.seed), verbose=0)
+                   for name, s in data.sets().items()}
     with atomic.atomic_path(job.model_path, suffix=".hdf5") as tmp:
         model.save(tmp)
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}

@@ -324,7 +324,10 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     data, batch_size = job.data, p["batch_size"]
     pin = job.generator and device.startswith("cuda")
-    sets = {name: item_batches(s, streaming=job.generator, device="cpu" if job.generator else device)
+    # On the CPU a mapped dataset's sets are read batch by batch in both modes (the in-memory mode
+    # keeps the pages it read, shared by the workers in the page cache, instead of a private copy).
+    streaming = job.generator or (device == "cpu" and data.table.mapped)
+    sets = {name: item_batches(s, streaming=streaming, device="cpu" if streaming else device)
             for name, s in data.sets().items()}
     train_batches = loader(sets["train"], batch_size, shuffle=shuffles(p), seed=job.seed, pin_memory=pin)
     val_batches = loader(sets["val"], batch_size, pin_memory=pin)
