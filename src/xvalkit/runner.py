@@ -10,6 +10,7 @@ records, so folds can run in parallel anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +26,7 @@ from .fold_data import model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_repeated_folds
 from .jobs import FoldJob
 from .progress import ProgressView
+from .reporting.background import ReportRefresher
 from .snapshot import provenance, write_snapshot
 from .store import ExperimentStore, error_line
 from .trainers import trainer_for
@@ -88,9 +90,9 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset) -> li
     return instances
 
 
-def check_resumable(store: ExperimentStore, instance: Instance) -> None:
+def check_resumable(store: ExperimentStore, instance: Instance, fold_files: dict[int, Path] | None = None) -> None:
     """Refuse to mix folds trained under different parameters or fold plans."""
-    for index, saved in store.load_folds(instance.id).items():
+    for index, saved in store.load_folds(instance.id, fold_files).items():
         old, new = saved["parameters"], instance.params
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
         if changed:
@@ -109,11 +111,24 @@ def check_resumable(store: ExperimentStore, instance: Instance) -> None:
 
 
 def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -> None:
-    """Build every instance's model once, so a broken architecture fails before any training."""
+    """Build each distinct model once, so a broken architecture fails before any training.
+
+    Instances that differ only in training parameters share a check: a model's build depends on its
+    framework, architecture, model parameters (the model function's keyword arguments), input shape
+    and outputs alone.
+    """
+    from .models import model_defaults
+
+    checked = set()
     for inst in instances:
         p = inst.params
         fn = exp.model_function(p["framework"], p["architecture"], inst.where)
         shape = model_input_shape(dataset.input_shape, p["reshaping_type"])
+        key = (p["framework"], p["architecture"], shape,
+               repr(sorted((name, p.get(name)) for name in model_defaults(fn))))
+        if key in checked:
+            continue
+        checked.add(key)
         try:
             trainer_for(p["framework"]).check_model(fn, shape, num_outputs(dataset, exp.task_type),
                                                     exp.task_type, p)
@@ -131,8 +146,9 @@ def prepare(exp: Experiment, options: RunOptions):
     instances = plan_instances(exp, options, dataset)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     if not options.overwrite:
+        files = store.fold_files()
         for inst in instances:
-            check_resumable(store, inst)
+            check_resumable(store, inst, files.get(inst.id, {}))
     check_models(exp, instances, dataset)
     return dataset, instances, store
 
@@ -177,12 +193,14 @@ class RunListener:
     """Collects what the executor reports: rebuilds instance pickles, errors, report, progress."""
 
     def __init__(self, exp: Experiment, store: ExperimentStore, instances: list[Instance],
-                 todo: dict[int, set[int]], view: ProgressView, summary: RunSummary):
+                 todo: dict[int, set[int]], view: ProgressView, summary: RunSummary, refresher: ReportRefresher):
         self.exp, self.store, self.view, self.summary = exp, store, view, summary
         self.instances = {inst.id: inst for inst in instances}
         self.todo = todo
         self.running: dict[tuple[int, int], str] = {}  # key -> label of the folds being trained
         self.key, self.label = _main_metric(exp.task_type)
+        self.written: set[int] = set()  # instances whose pickle this run has written
+        self.refresher = refresher
 
     def should_skip(self, job: FoldJob) -> bool:
         return job.instance in self.summary.failed
@@ -198,19 +216,27 @@ class RunListener:
         self.running.pop(job.key, None)
         self.view.ended(job)
         inst = self.instances[job.instance]
-        results = self.store.rebuild_instance(inst.id, base_results(self.exp, inst))
         self.view.print(
             f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
             f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
         )
+        first = inst.id not in self.written
+        self.written.add(inst.id)
         self.todo[inst.id].discard(job.fold.index)
-        if not self.todo[inst.id] and inst.id not in self.summary.failed:
+        complete = not self.todo[inst.id]
+        # The instance pickle is derived from the fold files: written at its first fold of this run
+        # (so reports show a partial instance; later folds merge in as they are read) and when done.
+        if first or complete:
+            files = {f.index: self.store.fold_path(inst.id, f.index) for f in inst.folds}
+            results = self.store.rebuild_instance(inst.id, base_results(self.exp, inst),
+                                                  {i: path for i, path in files.items() if path.is_file()})
+        if complete and inst.id not in self.summary.failed:
             self.store.clear_error(inst.id)
             self.summary.done.append(inst.id)
             s = results["summary"]["test"]
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
                             f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}")
-            report.refresh(self.store)
+        self.refresher.request()
 
     def failed(self, job: FoldJob, error: str) -> None:
         self.running.pop(job.key, None)
@@ -224,7 +250,7 @@ class RunListener:
         self.store.save_error(job.instance, text)
         where = self.store.error_path(job.instance)
         self.view.print(f"[red]{job.label} failed[/]: {escape(line)} (traceback in {escape(str(where))})")
-        report.refresh(self.store)
+        self.refresher.request()
 
 
 def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
@@ -251,22 +277,26 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
                    provenance(exp.path, where, [i.id for i in instances]))
     summary = RunSummary()
     jobs, todo = [], {}
-    for inst in instances:
-        if options.overwrite:
+    if options.overwrite:
+        for inst in instances:
             store.clear_instance(inst.id)
-        done = set(store.load_folds(inst.id))
-        todo[inst.id] = {f.index for f in inst.folds} - done
-        if done and not store.is_current(inst.id):  # the last run was killed before it could update it
-            store.rebuild_instance(inst.id, base_results(exp, inst))
+    files = store.fold_files()
+    for inst in instances:
+        done = files.get(inst.id, {})
+        todo[inst.id] = {f.index for f in inst.folds} - set(done)
+        if done and not store.is_current(inst.id, done):  # the last run was killed before it could update it
+            store.rebuild_instance(inst.id, base_results(exp, inst), done)
         if not todo[inst.id]:
             summary.skipped.append(inst.id)
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst) if job.fold.index in todo[inst.id]]
     view = ProgressView(console, len(jobs), options.quiet)
-    listener = RunListener(exp, store, instances, todo, view, summary)
+    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30))
+    listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
         make_executor(options, device).run(jobs, listener, options.debug)
     except KeyboardInterrupt:
+        refresher.close(final=False)
         view.stop()
         summary.abandoned = sorted(listener.running.values())
         for key in listener.running:  # their workers are gone: not running any more
@@ -274,8 +304,11 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         report.refresh(store)
         _print_summary(console, summary, interrupted=True)
         raise
+    except BaseException:
+        refresher.close(final=False)
+        raise
     view.stop()
-    report.refresh(store, plots=True)  # plots once, at the end (per-instance refreshes skip them)
+    refresher.close(final=True, plots=True)  # the complete report, plots included
     _print_summary(console, summary)
     return summary
 
