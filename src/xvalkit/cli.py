@@ -200,10 +200,24 @@ JobsOption = Annotated[
 ]
 
 
+LabelsOption = Annotated[
+    Optional[str], typer.Option("--labels", help="Classes to keep, in this order, after --merge "
+                                "(neu,hap,ang,sad); files of other labels are dropped and counted. Default: "
+                                "the corpus's protocol (all its labels, or IEMOCAP's four), or 'all'.")
+]
+MergeOption = Annotated[
+    Optional[list[str]], typer.Option("--merge", help="LABEL=CLASS: files labelled LABEL count as CLASS "
+                                      "(repeat it, or a=b,c=d). Default: the corpus's protocol (IEMOCAP: "
+                                      "exc=hap); 'none' merges nothing.")
+]
+
+
 def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features: Optional[str],
-                jobs: Optional[int], config: Optional[Path], demo_output: Optional[Path] = None) -> None:
+                jobs: Optional[int], config: Optional[Path], demo_output: Optional[Path] = None,
+                labels: Optional[str] = None, merge: Optional[list[str]] = None, rest: Optional[str] = None,
+                regex: Optional[str] = None, template: Optional[str] = None) -> None:
     """Shared body of the preprocess commands: config -> spec -> corpus -> dataset."""
-    from .audio import datasets
+    from .audio import corpora, datasets
     from .audio.features import FeatureSpec
     from .audio.preprocess import run_with_progress
     from .audio.runtime import default_jobs
@@ -214,13 +228,16 @@ def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features
     if corpus_kind == "demo":
         overrides["fix_length"] = DEMO_DURATION  # one datapoint per whole demo utterance
     spec = FeatureSpec.from_config(cfg.section("features"), **overrides)
-    if corpus_kind == "ravdess":
-        corpus = datasets.ravdess(input_dir or cfg.data_folder / "RAVDESS")
-    elif corpus_kind == "folder":
-        corpus = datasets.labelled_folder(input_dir)
-    else:
+    if corpus_kind == "demo":
         wav_folder = demo_output or cfg.data_folder / "demo_wav"
         corpus = datasets.demo(wav_folder, sr=DEMO_SR, duration=DEMO_DURATION)
+    else:
+        selection = dict(labels=corpora.parse_labels(labels), merge=corpora.parse_merge(merge), rest=rest)
+        if corpus_kind == "ravdess":
+            corpus = datasets.ravdess(input_dir or cfg.data_folder / "RAVDESS", **selection)
+        else:
+            preset = corpora.Pattern(regex, template) if corpus_kind == "pattern" else corpora.PRESETS[corpus_kind]()
+            corpus = corpora.read(preset, input_dir, **selection)
     run_with_progress(corpus, spec, cfg.data_folder, name, jobs or default_jobs(), console)
 
 
@@ -238,6 +255,8 @@ def preprocess_ravdess(
     features: FeaturesOption = None,
     jobs: JobsOption = None,
     config: ConfigOption = None,
+    labels: LabelsOption = None,
+    merge: MergeOption = None,
 ) -> None:
     """A RAVDESS corpus: label = emotion EE of MM-VV-EE-II-SS-RR-AA.wav, foldable item = actor AA.
 
@@ -245,7 +264,7 @@ def preprocess_ravdess(
     ravdess_target.npz and ravdess_manifest.json in the data folder (config.ini, section paths).
     Feature parameters come from config.ini, section features.
     """
-    _preprocess("ravdess", input_dir, name or "ravdess", features, jobs, config)
+    _preprocess("ravdess", input_dir, name or "ravdess", features, jobs, config, labels=labels, merge=merge)
 
 
 @preprocess_app.command("folder")
@@ -256,12 +275,15 @@ def preprocess_folder(
     features: FeaturesOption = None,
     jobs: JobsOption = None,
     config: ConfigOption = None,
+    labels: LabelsOption = None,
+    merge: MergeOption = None,
 ) -> None:
     """Any corpus laid out as DIR/<foldable item>/<label>/*.wav (classes: the label folders, sorted).
 
     The dataset is named after DIR unless --name is given.
     """
-    _preprocess("folder", input_dir, name or input_dir.resolve().name, features, jobs, config)
+    _preprocess("folder", input_dir, name or input_dir.resolve().name, features, jobs, config,
+                labels=labels, merge=merge)
 
 
 @preprocess_app.command("demo")
@@ -282,6 +304,100 @@ def preprocess_demo(
     datapoint per utterance, into dataset demo_audio.
     """
     _preprocess("demo", None, name, features, jobs, config, demo_output=output)
+
+
+# --- preprocess presets for more corpora (issue 21): parsers in audio/corpora.py ---
+InputOption = Annotated[Path, typer.Option("--input", help="The corpus folder, as published.")]
+
+
+@preprocess_app.command("emodb")
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
+def preprocess_emodb(input_dir: InputOption, name: NameOption = None, features: FeaturesOption = None,
+                     jobs: JobsOption = None, config: ConfigOption = None, labels: LabelsOption = None,
+                     merge: MergeOption = None) -> None:
+    """EMO-DB (Berlin), files like 03a01Fa.wav: label = emotion letter (7 classes), foldable item = speaker 03.
+
+    Classes in the order W L E A F T N: anger, boredom, disgust, fear, happiness, sadness, neutral.
+    Dataset emodb unless --name is given.
+    """
+    _preprocess("emodb", input_dir, name or "emodb", features, jobs, config, labels=labels, merge=merge)
+
+
+@preprocess_app.command("tess")
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
+def preprocess_tess(input_dir: InputOption, name: NameOption = None, features: FeaturesOption = None,
+                    jobs: JobsOption = None, config: ConfigOption = None, labels: LabelsOption = None,
+                    merge: MergeOption = None) -> None:
+    """TESS (Toronto), folders OAF_angry/OAF_back_angry.wav: label = emotion of the folder, foldable item = speaker.
+
+    TESS has two speakers (OAF, YAF): grouped k-fold by speaker could at most use k = 2, which
+    leaves no validation speaker, so `xval run` cannot split it by item; the summary says so.
+    """
+    _preprocess("tess", input_dir, name or "tess", features, jobs, config, labels=labels, merge=merge)
+
+
+@preprocess_app.command("fsdd")
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
+def preprocess_fsdd(input_dir: InputOption, name: NameOption = None, features: FeaturesOption = None,
+                    jobs: JobsOption = None, config: ConfigOption = None, labels: LabelsOption = None,
+                    merge: MergeOption = None) -> None:
+    """Free Spoken Digit Dataset, files {digit}_{speaker}_{index}.wav: label = digit, foldable item = speaker."""
+    _preprocess("fsdd", input_dir, name or "fsdd", features, jobs, config, labels=labels, merge=merge)
+
+
+@preprocess_app.command("speechcommands")
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
+def preprocess_speechcommands(
+    input_dir: InputOption, name: NameOption = None, features: FeaturesOption = None,
+    jobs: JobsOption = None, config: ConfigOption = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Words to keep (yes,no,up,down); default all.")] = None,
+    merge: MergeOption = None,
+    unknown: Annotated[bool, typer.Option("--unknown", help="Put every other word in a class 'unknown' "
+                                          "instead of dropping it.")] = False,
+) -> None:
+    """Speech Commands, <word>/{speaker hash}_nohash_{n}.wav: label = word, foldable item = speaker hash.
+
+    _background_noise_ is not a class (its files are ignored and counted); validation_list.txt and
+    testing_list.txt are not used, since the folds are grouped by speaker.
+    """
+    _preprocess("speechcommands", input_dir, name or "speechcommands", features, jobs, config, labels=labels,
+                merge=merge, rest="unknown" if unknown else None)
+
+
+@preprocess_app.command("iemocap")
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
+def preprocess_iemocap(input_dir: InputOption, name: NameOption = None, features: FeaturesOption = None,
+                       jobs: JobsOption = None, config: ConfigOption = None, labels: LabelsOption = None,
+                       merge: MergeOption = None) -> None:
+    """IEMOCAP, Session{n}/sentences/wav/<dialog>/<utterance>.wav: label from dialog/EmoEvaluation,
+    foldable item = speaker (session + gender letter of the utterance: Ses01F, ten speakers).
+
+    Default: the common four-class protocol, --labels neu,hap,ang,sad --merge exc=hap; files of the
+    other labels are dropped and counted in the manifest. --labels all --merge none keeps all eleven.
+    """
+    _preprocess("iemocap", input_dir, name or "iemocap", features, jobs, config, labels=labels, merge=merge)
+
+
+@preprocess_app.command("pattern")
+@user_errors(interrupted=PREPROCESS_INTERRUPTED)
+def preprocess_pattern(
+    input_dir: Annotated[Path, typer.Option("--input", help="The corpus folder.")],
+    regex: Annotated[Optional[str], typer.Option("--regex", help="Regular expression with named groups item and "
+                     "label, matched against each file's whole path below --input (/ between folders).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Instead of --regex: a glob-like path "
+                        "with {item} and {label}, e.g. '**/{item}/{label}_*.wav' (* any characters but /, "
+                        "** any folders, ? one character).")] = None,
+    name: NameOption = None, features: FeaturesOption = None, jobs: JobsOption = None,
+    config: ConfigOption = None, labels: LabelsOption = None, merge: MergeOption = None,
+) -> None:
+    """Any corpus, named by a regex or a template: `--template '{item}/{label}_*.wav'` or
+    `--regex '(?P<item>[^/]+)/(?P<label>\\w+)_\\d+\\.wav'`.
+
+    A file whose path does not match is skipped and named. Classes: the labels found, sorted (or
+    --labels). The dataset is named after DIR unless --name is given.
+    """
+    _preprocess("pattern", input_dir, name or input_dir.resolve().name, features, jobs, config, labels=labels,
+                merge=merge, regex=regex, template=template)
 
 
 # --- augment command (issue 4) ---

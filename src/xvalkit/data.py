@@ -43,6 +43,26 @@ class Dataset:
     def datapoints(self, items) -> int:
         return sum(len(self.targets[item]) for item in items)
 
+    def originals(self, item: str) -> np.ndarray | None:
+        """Mask of the item's original datapoints (not augmented copies), from the manifest's
+        `augmented` record written by `xval preprocess`; None for a dataset without it."""
+        augmented = self.manifest.get("augmented")
+        if not isinstance(augmented, dict):
+            return None
+        flags = np.asarray(augmented.get(item, []), dtype=bool)
+        if len(flags) != len(self.targets[item]):
+            raise DatasetError(
+                f"dataset '{self.name}': its manifest records {len(flags)} augmented flags for item '{item}', "
+                f"which has {len(self.targets[item])} datapoints; preprocess it again"
+            )
+        return ~flags
+
+    @property
+    def has_augmented(self) -> bool:
+        """Whether the manifest says which datapoints are augmented copies, and some are."""
+        augmented = self.manifest.get("augmented")
+        return isinstance(augmented, dict) and any(any(flags) for flags in augmented.values())
+
 
 def dataset_paths(folder: Path, name: str) -> dict[str, Path]:
     return {
@@ -104,6 +124,22 @@ def check_dataset(name: str, predictors: dict, targets: dict) -> None:
             raise DatasetError(
                 f"dataset '{name}': item '{item}' has {len(x)} predictors but {len(targets[item])} targets"
             )
+        for kind, values in (("predictors", x), ("targets", targets[item])):
+            bad = first_non_finite(values)
+            if bad is not None:
+                raise DatasetError(
+                    f"dataset '{name}': item '{item}' has NaN or infinite {kind}, first in datapoint {bad} "
+                    f"(of {len(values)}); fix or drop them before running"
+                )
+
+
+def first_non_finite(values) -> int | None:
+    """Index of the first datapoint (along axis 0) holding a NaN or an infinity, or None."""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.inexact):  # integers and booleans are always finite
+        return None
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    return None if finite.all() else int(np.argmin(finite))
 
 
 def load_dataset(folder: str | Path, name: str) -> Dataset:

@@ -36,6 +36,7 @@ SETTINGS = {
     "gpu_ID": (int, False),
     "global_parameters": ((list, tuple, dict), False),
     "models": (str, False),
+    "fold_seed": (int, False),
 }
 
 
@@ -78,6 +79,7 @@ class Experiment:
     num_repeats: int = 1  # repeated grouped k-fold: num_repeats partitions of num_folds folds
     swept: dict[int, list[str]] = field(default_factory=dict)  # instance -> its swept parameters
     models_path: Path | None = None
+    fold_seed: int | None = None  # None: the seed of config.ini / global_parameters (runner.fold_seed)
     config: Config = field(default_factory=load_config)
 
     @property
@@ -203,5 +205,6 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None) -> 
         num_repeats=values.get("num_repeats", 1),
         swept=swept,
         models_path=(base / models).resolve() if models else None,
+        fold_seed=values.get("fold_seed"),
         config=load_config(config_file),
     )

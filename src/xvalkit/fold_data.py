@@ -113,11 +113,25 @@ class FoldData:
         self.reshaping_type = reshaping_type
         self.num_outputs = num_outputs(dataset, task_type)
         sets = {}
+        # Datapoints left out of validation / test: augmented copies (training uses them all).
+        self.excluded_augmented = {"val": 0, "test": 0} if dataset.has_augmented else None
         for name, items in (("train", fold.train), ("val", fold.val), ("test", fold.test)):
             parts = [np.asarray(dataset.predictors[i], dtype=np.float32) for i in items]
-            y = np.concatenate([targets_for(task_type, dataset.targets[i], f"dataset '{dataset.name}', item '{i}'")
-                                for i in items])
-            sets[name] = SetData(list(items), parts, y, self)
+            ys = [targets_for(task_type, dataset.targets[i], f"dataset '{dataset.name}', item '{i}'") for i in items]
+            if name != "train" and self.excluded_augmented is not None:
+                masks = [dataset.originals(i) for i in items]
+                self.excluded_augmented[name] = int(sum((~m).sum() for m in masks))
+                parts = [p[m] for p, m in zip(parts, masks) if m.any()]
+                ys = [y[m] for y, m in zip(ys, masks) if m.any()]
+                if not parts:
+                    raise DatasetError(
+                        f"dataset '{dataset.name}': the {name} items of fold {fold.index} ({', '.join(items)}) hold "
+                        "augmented copies only; keep the _orig files of the corpus to evaluate on"
+                    )
+            sets[name] = SetData(list(items), parts, np.concatenate(ys), self)
+        # Original training datapoints: the t-test's n_train counts in the same unit as n_test.
+        self.n_train_original = (sum(int(dataset.originals(i).sum()) for i in fold.train)
+                                 if self.excluded_augmented is not None else len(sets["train"]))
         self.normalizer = Normalizer.fit(sets["train"].parts) if normalization == "standard" else None
         self.train, self.val, self.test = sets["train"], sets["val"], sets["test"]
         self.input_shape = model_input_shape(dataset.input_shape, reshaping_type)

@@ -90,10 +90,23 @@ class EpochLog:
         self.handle.close()
 
 
+def divergence(predictions: dict[str, Any], history: dict[str, list[float]]) -> str | None:
+    """Why a trained model counts as diverged (NaN or infinite predictions), or None."""
+    import numpy as np
+
+    bad = [name for name, values in predictions.items() if not np.isfinite(np.asarray(values, dtype=float)).all()]
+    if not bad:
+        return None
+    losses = history.get("loss", [])
+    epoch = next((i for i, v in enumerate(losses, start=1) if not np.isfinite(v)), None)
+    when = f"; the training loss became {losses[epoch - 1]} at epoch {epoch}" if epoch else ""
+    return f"non-finite predictions on the {', '.join(bad)} set(s){when} (learning rate too high?)"
+
+
 def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train one fold and write its model and completion record; returns the fold record."""
     from .fold_data import FoldData
-    from .metrics import compute
+    from .metrics import compute, metric_names
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
     store = job.store()
@@ -111,9 +124,12 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             log_dir=store.tensorboard_dir(*job.key), generator=job.generator, on_epoch=log,
         )
         out = trainer_for(p["framework"]).fit_predict(train_job)
-        record: dict[str, Any] = {}
+        record: dict[str, Any] = {"diverged": divergence(out.predictions, out.history)}
         for set_name, set_data in data.sets().items():
-            values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
+            if record["diverged"]:  # no metric of a model that outputs NaN / inf: recorded, never averaged
+                values = dict.fromkeys(metric_names(job.task_type), float("nan"))
+            else:
+                values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
             record.update({f"{set_name}_{metric}": value for metric, value in values.items()})
         record.update(job.fold.as_dict(), repeat=job.fold.repeat, fold_in_repeat=job.fold.number)
         record.update(
@@ -121,11 +137,13 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             test_true=data.test.y, test_pred=out.predictions["test"],
             normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
             n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
+            n_train_original=data.n_train_original, excluded_augmented=data.excluded_augmented,
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
         )
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
-        log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}")
+        log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}"
+                  + (f"; diverged: {record['diverged']}" if record["diverged"] else ""))
         return record
     except BaseException:
         log.close(traceback.format_exc())

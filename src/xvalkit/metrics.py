@@ -1,7 +1,10 @@
 """Metrics from predictions, the same for every framework (scikit-learn, y_true first).
 
 Classification: loss (cross-entropy of the predicted probabilities), accuracy, macro F1,
-precision and recall, and the confusion matrix. Regression: loss (mean squared error), MAE,
+precision and recall, and the confusion matrix. The macro averages run over the classes present
+in y_true or y_pred of the set (scikit-learn's default): a class absent from both, common in a
+grouped fold's test or validation set, is not counted as a 0. The confusion matrix and the log
+loss keep every class. Regression: loss (mean squared error), MAE,
 RMSE, R². The loss here is the data term alone (no regularisation penalty), so that it compares
 across frameworks and architectures.
 """
@@ -31,8 +34,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, num_classes: i
     proba /= proba.sum(axis=1, keepdims=True)
     y_pred = proba.argmax(axis=1)
     labels = np.arange(num_classes)
+    # Macro averages over the classes present in y_true or y_pred (labels=None), not all classes.
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
+        y_true, y_pred, average="macro", zero_division=0
     )
     return {
         "loss": float(skm.log_loss(y_true, proba, labels=labels)),
@@ -64,8 +68,15 @@ def compute(task_type: str, y_true, y_pred, num_outputs: int) -> dict:
     return regression_metrics(y_true, y_pred)
 
 
+def valid_folds(folds: dict[int, dict]) -> dict[int, dict]:
+    """The folds whose model did not diverge (a diverged fold has no metrics to average)."""
+    return {index: fold for index, fold in folds.items() if not fold.get("diverged")}
+
+
 def summarize(folds: dict[int, dict], task_type: str) -> dict[str, dict[str, float]]:
-    """{'train'|'val'|'test': {'mean_<metric>', 'std_<metric>'}} over the given folds."""
+    """{'train'|'val'|'test': {'mean_<metric>', 'std_<metric>'}} over the given folds that did not
+    diverge (NaN means when none is left)."""
+    folds = valid_folds(folds)
     summary: dict[str, dict[str, float]] = {}
     for set_name in SETS:
         block = {}

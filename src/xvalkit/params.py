@@ -21,7 +21,7 @@ RESHAPING_TYPES = {"conv": "conv", "cnn": "conv", "rnn": "rnn", "none": "none"}
 CHOICES = {
     "framework": ("keras", "torch"),
     "optimizer": ("adam", "sgd", "rmsprop"),
-    "save_best_model_mode": ("min", "max"),
+    "save_best_model_mode": ("auto", "min", "max"),
     "normalization": ("standard", "none"),
 }
 HISTORY_METRICS = {
@@ -29,6 +29,9 @@ HISTORY_METRICS = {
     "regression": ("loss", "mae", "val_loss", "val_mae"),
 }
 METRIC_ALIASES = {"acc": "accuracy", "val_acc": "val_accuracy"}
+# The checkpoint mode each history metric needs: higher accuracy is better, lower loss / MAE.
+METRIC_MODES = {"loss": "min", "val_loss": "min", "accuracy": "max", "val_accuracy": "max",
+                "mae": "min", "val_mae": "min"}
 LITERAL_TYPES = (str, int, float, bool, type(None), tuple, list, dict, set, bytes, complex)
 
 
@@ -188,6 +191,20 @@ def validate_training(params: dict[str, Any], task_type: str, where: str) -> Non
                 f"{', '.join(map(repr, allowed))} for a {task_type} task"
             )
         params["save_best_model_metric"] = metric
+        _resolve_mode(params, metric, where)
+
+
+def _resolve_mode(params: dict[str, Any], metric: str, where: str) -> None:
+    """save_best_model_mode 'auto' becomes the metric's own mode; a contradicting mode is refused
+    (it would stop on the worst epoch and restore it)."""
+    mode, needed = params.get("save_best_model_mode", "auto"), METRIC_MODES[metric]
+    if mode not in ("auto", needed):
+        better = "higher" if needed == "max" else "lower"
+        raise ParameterError(
+            f"{where}: save_best_model_mode={mode!r} contradicts save_best_model_metric={metric!r} "
+            f"({better} is better): use {needed!r} or 'auto'"
+        )
+    params["save_best_model_mode"] = needed
 
 
 def resolve(

@@ -9,6 +9,7 @@ records, so folds can run in parallel anywhere.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from . import params as P
 from . import report
 from .data import Dataset, load_dataset
 from .devices import current_choice
@@ -67,26 +69,68 @@ class Instance:
     params: dict[str, Any]
     folds: list[Fold]
     where: str
+    fold_seed: int | None = None  # the seed its fold plan was made with
 
     @property
     def fold_plan(self) -> dict[int, dict[str, list[str]]]:
         return {f.index: f.as_dict() for f in self.folds}
 
 
-def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset) -> list[Instance]:
+def fold_seed(exp: Experiment) -> int:
+    """The seed of every instance's fold plan: the experiment's `fold_seed`, else the `seed` of
+    global_parameters or config.ini [training] (what instances that keep the default seed used)."""
+    if exp.fold_seed is not None:
+        return exp.fold_seed
+    default = exp.config.training.get("seed", 0)
+    return P.coerce("seed", exp.global_parameters.get("seed", default), default, f"{exp.path}: global_parameters")
+
+
+def _matches(saved: dict[int, dict[str, Any]], folds: list[Fold]) -> bool:
+    plan = {f.index: f.as_dict() for f in folds}
+    return all(i in plan and all(s["record"].get(k) == v for k, v in plan[i].items()) for i, s in saved.items())
+
+
+def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store: ExperimentStore | None = None,
+                   warn=None) -> list[Instance]:
+    """Resolve and plan each selected instance. Every instance shares the plan of `fold_seed(exp)`;
+    an instance whose saved folds were planned as before (from its own seed, validation drawn
+    without regard to classes) keeps that plan, so it resumes exactly."""
+    shown: set[str] = set()
+    say = warn or (lambda line: print(line, file=sys.stderr))
+
+    def warn(line: str) -> None:  # once each: several plans may hit the same sparse classes
+        if line not in shown:
+            shown.add(line)
+            say(line)
+
     num_folds = options.num_folds or exp.num_folds
     labels = None
     if exp.task_type == "classification":
         labels = {item: targets_for(exp.task_type, y, f"dataset '{dataset.name}', item '{item}'")
                   for item, y in dataset.targets.items()}
     plans: dict[tuple, list[Fold]] = {}
+
+    def plan(validation_split, test_split, seed, stratify_held_out=True) -> list[Fold]:
+        key = (validation_split, test_split, seed, stratify_held_out)
+        if key not in plans:
+            plans[key] = plan_repeated_folds(dataset.items, num_folds, exp.num_repeats, validation_split, test_split,
+                                             seed, labels=labels, warn=warn, stratify_held_out=stratify_held_out)
+        return plans[key]
+
+    seed = fold_seed(exp)
+    files = store.fold_files() if store is not None and not options.overwrite else {}  # one listing
     instances = []
     for run in exp.select(options.first, options.last):
         params = exp.resolve(run)
-        key = (params["validation_split"], params["test_split"], params["seed"])
-        if key not in plans:
-            plans[key] = plan_repeated_folds(dataset.items, num_folds, exp.num_repeats, *key, labels=labels)
-        instances.append(Instance(run, params, plans[key], f"{exp.path}: instance {run}"))
+        folds, seed_used = plan(params["validation_split"], params["test_split"], seed), seed
+        saved = store.load_folds(run, files.get(run, {})) if store is not None and not options.overwrite else {}
+        if saved and not _matches(saved, folds):
+            legacy = plan(params["validation_split"], params["test_split"], params["seed"], False)
+            if _matches(saved, legacy):
+                folds, seed_used = legacy, params["seed"]
+                warn(f"instance {run}: keeps the fold plan its saved folds were trained on (its own seed "
+                     f"{params['seed']}, validation drawn at random); --overwrite replans it with fold seed {seed}")
+        instances.append(Instance(run, params, folds, f"{exp.path}: instance {run}", seed_used))
     return instances
 
 
@@ -140,11 +184,13 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             ) from exc
 
 
-def prepare(exp: Experiment, options: RunOptions):
-    """Everything `xval run` and `xval plan` check before training: (dataset, instances, store)."""
+def prepare(exp: Experiment, options: RunOptions, warn=None):
+    """Everything `xval run` and `xval plan` check before training: (dataset, instances, store).
+
+    `warn(line)` receives warnings (fold planning); default: printed to stderr."""
     dataset = load_dataset(exp.config.data_folder, exp.dataset)
-    instances = plan_instances(exp, options, dataset)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
+    instances = plan_instances(exp, options, dataset, store, warn)
     if not options.overwrite:
         files = store.fold_files()
         for inst in instances:
@@ -156,7 +202,8 @@ def prepare(exp: Experiment, options: RunOptions):
 def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
     """An instance's results dict, less its folds and summary (rebuilt from the fold files)."""
     return {"instance": inst.id, "parameters": inst.params, "task_type": exp.task_type, "dataset": exp.dataset,
-            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "swept": exp.swept.get(inst.id, [])}
+            "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "fold_seed": inst.fold_seed,
+            "swept": exp.swept.get(inst.id, [])}
 
 
 def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
@@ -216,10 +263,14 @@ class RunListener:
         self.running.pop(job.key, None)
         self.view.ended(job)
         inst = self.instances[job.instance]
-        self.view.print(
-            f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
-            f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
-        )
+        if record.get("diverged"):
+            self.view.print(f"[yellow]{job.label} diverged[/]: {escape(record['diverged'])}; recorded, "
+                            "not averaged")
+        else:
+            self.view.print(
+                f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
+                f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
+            )
         first = inst.id not in self.written
         self.written.add(inst.id)
         self.todo[inst.id].discard(job.fold.index)
@@ -234,8 +285,11 @@ class RunListener:
             self.store.clear_error(inst.id)
             self.summary.done.append(inst.id)
             s = results["summary"]["test"]
+            diverged = [i for i, f in results["folds"].items() if f.get("diverged")]
+            note = f" over {len(results['folds']) - len(diverged)} folds; diverged in fold(s) " \
+                   f"{', '.join(map(str, diverged))}" if diverged else ""
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
-                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}")
+                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
         self.refresher.request()
 
     def failed(self, job: FoldJob, error: str) -> None:
@@ -255,7 +309,7 @@ class RunListener:
 
 def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
     console = console or Console(stderr=True, highlight=False)
-    dataset, instances, store = prepare(exp, options)
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":
         where = f"Ray ({options.address or 'local cluster'})"
@@ -269,6 +323,10 @@ def run_experiment(exp: Experiment, options: RunOptions, console: Console | None
         f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) x {len(instances[0].folds)} fold(s) on "
         f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"
     )
+    if dataset.has_augmented:
+        from .status import augmented_line
+
+        console.print(augmented_line(dataset))
     choice = current_choice()
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
         console.print(f"GPU {choice.gpu} was asked for but no GPU is visible: training on the CPU")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .executors import plan_slots
@@ -19,7 +20,7 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     from .runner import RunOptions, prepare
 
     options = RunOptions(first=first, last=last, num_folds=num_folds)
-    dataset, instances, store = prepare(exp, options)
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
     slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
     differ = differing_parameters([inst.params for inst in instances])
     table = Table(title=f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
@@ -36,11 +37,22 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
                       ", ".join(map(str, todo)) or "-", ", ".join(map(str, done)) or "-")
     console.print(table)
     fold = instances[0].folds[0]
+    if dataset.has_augmented:
+        console.print(augmented_line(dataset))
+    console.print(f"fold seed {instances[0].fold_seed} (the same folds for every instance; `seed` drives training)")
     console.print(f"folds ({len(instances[0].folds)}): e.g. fold 1 trains on {len(fold.train)} items, "
                   f"validates on {len(fold.val)}, tests on {len(fold.test)} ({', '.join(fold.test)})")
     console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}; "
                   f"results in {store.folder}")
     console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")
+
+
+def augmented_line(dataset) -> str:
+    """How a dataset with augmented copies is evaluated (said by `xval plan` and `xval run`)."""
+    copies = sum(int((~dataset.originals(item)).sum()) for item in dataset.items)
+    total = dataset.datapoints(dataset.items)
+    return (f"augmented data: training uses all {total} datapoints; validation and test use the "
+            f"{total - copies} original ones only (the {copies} augmented copies, files <stem>_aug<N>, are left out)")
 
 
 def print_status(exp: Experiment) -> None:

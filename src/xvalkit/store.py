@@ -236,9 +236,18 @@ def error_line(traceback_text: str, width: int | None = None) -> str:
 
 
 def _read_pickle(path: Path) -> Any:
+    """A results pickle, read as plain data only (safe_pickle): a foreign folder cannot run code."""
+    from .safe_pickle import ForeignObject, load
+
     try:
         with open(path, "rb") as handle:
-            return pickle.load(handle)
+            return load(handle)
+    except ForeignObject as exc:
+        raise XvalError(
+            f"{path}: refers to {exc.what}, which xvalkit never writes into results (only numbers, strings, "
+            "lists and numpy arrays); not read, since unpickling it could run code. Remove the file if you do "
+            "not trust it"
+        ) from None
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
         raise XvalError(f"{path}: unreadable results ({exc}); delete it or rerun with --overwrite") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
+import re
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -49,6 +50,8 @@ class Summary:
     resampled_from: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     paths: dict[str, Path] = field(default_factory=dict)
+    per_class: dict[str, int] = field(default_factory=dict)  # datapoints per class name
+    notes: list[str] = field(default_factory=list)  # the corpus's own lines (files dropped by --labels...)
 
     def lines(self) -> list[str]:
         rate = self.files / self.seconds if self.seconds else 0.0
@@ -57,12 +60,31 @@ class Summary:
         if self.resampled_from:
             rates = ", ".join(f"{n} from {sr} Hz" for sr, n in sorted(self.resampled_from.items()))
             lines.append(f"resampled: {rates}")
+        if self.per_class:
+            lines.append("per class: " + ", ".join(f"{name} {n}" for name, n in self.per_class.items()))
+            empty = [name for name, n in self.per_class.items() if not n]
+            if empty:
+                lines.append(f"no datapoints of class {', '.join(empty)}: the model still gets an output for "
+                             "each; keep only the classes present with --labels")
+        lines += self.notes + _fold_limit(self.items)
         if self.skipped:
             reasons = Counter(reason.split(" (")[0] for _, reason in self.skipped)
             lines.append(f"skipped {len(self.skipped)}: " + "; ".join(f"{n} {r}" for r, n in reasons.items()))
         if self.paths:
             lines.append(f"saved {self.paths['predictors']} and {self.paths['target'].name}")
         return lines
+
+
+def _fold_limit(items: int) -> list[str]:
+    """What the number of foldable items allows `xval run` (each fold needs a test, a validation
+    and a training item)."""
+    if items >= 5 or not items:  # k = 5 or 10 is usual: say nothing when 5 folds are possible
+        return []
+    if items <= 2:
+        return [f"only {items} foldable item(s): grouped folds need at least one test, one validation and one "
+                f"training item, so `xval run` cannot split this dataset by item (grouped k-fold could at "
+                f"most use k = {items}, which leaves no validation item)"]
+    return [f"only {items} foldable items: grouped k-fold with num_folds at most {items}"]
 
 
 def load(path: str | Path, sr_target: int) -> tuple[np.ndarray, int]:
@@ -247,6 +269,14 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(first, shape=(rows, *first.shape[1:]), writeable=False)
 
 
+AUGMENTED_NAME = re.compile(r"_aug\d+$")
+
+
+def is_augmented(path: Path) -> bool:
+    """Whether a file is an augmented copy written by `xval augment` (<stem>_aug<N>.wav)."""
+    return bool(AUGMENTED_NAME.search(Path(path).stem))
+
+
 def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Summary,
                   warn=None) -> tuple[dict, dict, dict]:
     """Predictors, targets and manifest from the results of `extract_all` on corpus.entries.
@@ -255,6 +285,7 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
     """
     feats: dict[str, list[np.ndarray]] = {}
     sources: dict[str, list[str]] = {}
+    augmented: dict[str, list[bool]] = {}
     starts: dict[str, list[float]] = {}
     labels: dict[str, list[int]] = {}
     step_s = spec.segment_step / spec.sr_target
@@ -271,6 +302,7 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
         labels.setdefault(entry.item, []).extend([entry.label] * len(x))
         source = str(entry.path.relative_to(corpus.root))
         sources.setdefault(entry.item, []).extend([source] * len(x))
+        augmented.setdefault(entry.item, []).extend([is_augmented(entry.path)] * len(x))
         starts.setdefault(entry.item, []).extend(round(i * step_s, 6) for i in range(len(x)))
     if not feats:
         raise XvalError(f"--input {corpus.root}: none of its {summary.files} audio files is usable "
@@ -291,12 +323,24 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
         "sr": spec.sr_target,
         "datapoints_per_item": {item: len(targets[item]) for item in items},
         "sources": {item: sources[item] for item in items},
+        # Per datapoint: from an `xval augment` copy (<stem>_aug<N>.wav)? `xval run` trains on every
+        # datapoint but validates and tests on the others (the originals) only.
+        "augmented": {item: augmented[item] for item in items},
         "skipped": [{"file": str(path), "reason": reason} for path, reason in summary.skipped],
+        **_counts(corpus.classes, targets, summary),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if spec.sequence_length:
         manifest["segment_starts_s"] = {item: starts[item] for item in items}
     return predictors, targets, manifest
+
+
+def _counts(classes: list[str], targets: dict[str, np.ndarray], summary: Summary) -> dict:
+    """Datapoints per class and per item and class (class names as keys), for the manifest."""
+    per_item = {item: {classes[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=len(classes))) if n}
+                for item, y in targets.items()}
+    summary.per_class = {name: sum(counts.get(name, 0) for counts in per_item.values()) for name in classes}
+    return {"datapoints_per_class": summary.per_class, "datapoints_per_item_and_class": per_item}
 
 
 def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str, jobs: int = 1,
@@ -311,7 +355,7 @@ def preprocess(corpus: Corpus, spec: FeatureSpec, folder: str | Path, name: str,
     for path, reason in corpus.skipped if warn else ():
         warn(path, reason)
     summary = Summary(name=name, files=len(corpus.entries) + len(corpus.skipped),
-                      skipped=list(corpus.skipped))
+                      skipped=list(corpus.skipped), notes=list(corpus.notes))
     results = extract_all([e.path for e in corpus.entries], spec, jobs, progress)
     predictors, targets, manifest = build_dataset(corpus, spec, results, summary, warn)
     # A first Ctrl-C now waits until the dataset's three files are written (a second one stops at

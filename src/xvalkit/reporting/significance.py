@@ -10,6 +10,11 @@ where d holds the per-fold differences of the metric between two instances over 
 folds (folds with the same test items), and n_test / n_train is the ratio of the test and training
 set sizes (datapoints). The p-value is two-sided.
 
+When every fold gives the same non-zero difference, var(d) = 0 and t would be infinite: no
+variance to test against. Such a comparison is reported as untested ('identical differences'),
+with t and p NaN, never as t = inf, p = 0. Identical results (every difference 0) are not
+different (t = 0, p = 1).
+
 With r repeats of k-fold cross-validation the same formula runs over all J = k x r paired folds,
 with J - 1 degrees of freedom: the corrected repeated k-fold t-test of Bouckaert and Frank (2004,
 "Evaluating the replicability of significance tests for comparing learning algorithms", PAKDD).
@@ -39,6 +44,8 @@ from typing import Any
 # not tell them apart: hence "not distinguishable", never "equivalent".
 BEST, SAME, DIFFERENT, BETTER, UNTESTED = (
     "best", "not distinguishable from the best", "worse than the best", "better than the best", "untested")
+IDENTICAL_DIFFERENCES = "identical differences"
+DIVERGED = "diverged in fold"
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
     """Corrected resampled paired t-test of a - b over k paired folds (k >= 2).
 
     Zero variance: identical results (mean difference 0) give t = 0, p = 1; a constant non-zero
-    difference gives t = ±inf, p = 0.
+    difference cannot be tested and gives t = p = NaN (see the module docstring).
     """
     if len(a) != len(b):
         raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
@@ -71,7 +78,7 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
     if var <= (1e-12 * scale) ** 2:
         if abs(mean) <= 1e-12 * scale:
             return TestResult(0.0, 1.0, k - 1, k, mean)
-        return TestResult(math.copysign(math.inf, mean), 0.0, k - 1, k, mean)
+        return TestResult(math.nan, math.nan, k - 1, k, mean)
     t = mean / math.sqrt((1.0 / k + test_train_ratio) * var)
     from scipy import stats
 
@@ -82,12 +89,14 @@ def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: f
 def fold_sizes(record: Mapping[str, Any], datapoints_per_item: float) -> tuple[float, float]:
     """(n_test, n_train) of one fold record, in datapoints.
 
-    Exact from the record's `n_test` / `n_train` (every fold trained by xvalkit records them). For
+    Exact from the record's `n_test` / `n_train_original` or `n_train` (every fold trained by xvalkit
+    records them; test and validation hold original datapoints only when the data is augmented). For
     records without them: len(test_true), and len(train_items) x the mean datapoints per item of
     the experiment's test sets (exact when items have equal sizes).
     """
     n_test = float(record.get("n_test", len(record["test_true"])))
-    n_train = float(record.get("n_train", len(record["train_items"]) * datapoints_per_item))
+    # With augmented data n_train counts the original datapoints, like n_test (copies are not new data).
+    n_train = float(record.get("n_train_original", record.get("n_train", len(record["train_items"]) * datapoints_per_item)))
     return n_test, n_train
 
 
@@ -181,11 +190,17 @@ def fold_values(folds: Mapping[int, Mapping[str, Any]], column: str) -> dict[int
     return out
 
 
+def diverged_folds(folds: Mapping[int, Mapping[str, Any]]) -> list[int]:
+    """The folds of one instance whose model diverged (non-finite predictions)."""
+    return [f for f, record in folds.items() if record.get("diverged")]
+
+
 def choose_best(folds: Mapping[int, Mapping[int, Mapping[str, Any]]], column: str, higher_is_better: bool,
                 candidates: Sequence[int] | None = None) -> int | None:
-    """The candidate with the best mean of `column` over its folds (ties: the lowest ID)."""
+    """The candidate with the best mean of `column` over its folds (ties: the lowest ID); an
+    instance that diverged in a fold is no candidate."""
     per_run = {run: fold_values(folds[run], column) for run in (candidates if candidates is not None else folds)
-               if run in folds}
+               if run in folds and not diverged_folds(folds[run])}
     pool = [r for r, v in per_run.items() if v]
     if not pool:
         return None
@@ -212,7 +227,9 @@ def mark_instances(
     with `level` and the sign of the mean difference. Returns (best instance or None, {instance: Mark}).
     """
     per_run = {run: fold_values(folds[run], column) for run in folds}
-    if best is None or not per_run.get(best):
+    # An instance whose model diverged in a fold is compared on none: its other folds alone would flatter it.
+    diverged = {run: diverged_folds(folds[run]) for run in folds}
+    if best is None or not per_run.get(best) or diverged.get(best):
         best = choose_best(folds, column, higher_is_better, candidates)
     if best is None:
         return None, {run: Mark(UNTESTED, why="no folds") for run in folds}
@@ -221,6 +238,10 @@ def mark_instances(
     marks: dict[int, Mark] = {}
     tested: dict[int, tuple[TestResult, float, Posterior]] = {}
     for run in folds:
+        if diverged[run]:
+            marks[run] = Mark(UNTESTED, why=f"{DIVERGED}{'s' if len(diverged[run]) > 1 else ''} "
+                                            f"{', '.join(map(str, diverged[run]))}")
+            continue
         if run == best:
             marks[run] = Mark(BEST, k=len(per_run[run]))
             continue
@@ -236,6 +257,9 @@ def mark_instances(
         ours = [per_run[run][f] for f in common]
         theirs = [per_run[best][f] for f in common]
         result = corrected_t_test(theirs, ours, ratio)
+        if math.isnan(result.p):
+            marks[run] = Mark(UNTESTED, k=result.k, why=IDENTICAL_DIFFERENCES, ratio=ratio)
+            continue
         # In the metric's "better" direction: above = the other instance is better than the best.
         posterior = bayesian_correlated_t_test([sign * x for x in ours], [sign * x for x in theirs], ratio, rope)
         tested[run] = (result, ratio, posterior)

@@ -22,7 +22,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.hyperlink import Hyperlink
 
 from . import significance as sig
-from .tables import Pivot, ReportData, best_rows, cell, metric_columns, pivot
+from .tables import Pivot, ReportData, best_rows, cell, evaluation_note, metric_columns, pivot
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -189,14 +189,20 @@ def _notes(data: ReportData, ratio_note: str) -> list[str]:
         f"on the same test items (with repeats: over all k x r folds, Bouckaert and Frank 2004), two-sided, level {level:g}. "
         f"p (Holm): adjusted with Holm's step-down procedure over the instances tested. Yellow ('{sig.SAME}'): "
         f"Holm p >= {level:g}, the folds cannot tell it from the best (which does not make it equivalent); "
-        f"'{sig.DIFFERENT}' / '{sig.BETTER}': Holm p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds. "
+        f"'{sig.DIFFERENT}' / '{sig.BETTER}': Holm p < {level:g}; '{sig.UNTESTED}': fewer than 2 common folds, or "
+        f"'{sig.UNTESTED}: {sig.IDENTICAL_DIFFERENCES}': the same difference in every fold (no variance to test). "
         f"{ratio_note}",
         f"P(...): Bayesian correlated t-test (Benavoli, Corani, Demsar and Zaffalon 2017): posterior probabilities "
         f"that the best is better by more than {data.rope:g}, that the two are within ±{data.rope:g} "
         f"(practically equivalent), or that this instance is better by more than {data.rope:g}.",
+        "A fold whose model diverged (NaN or infinite predictions) has no metrics: it is not averaged, its "
+        "instance is 'diverged', neither tested nor a candidate for the best (reason in the folds sheet).",
         "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
         "the best unless no instance is complete.",
     ]
+    augmented = evaluation_note(data)
+    if augmented:
+        notes.append(augmented)
     if data.selection is not None:
         notes.insert(2, f"Selection row: in each fold the instance with the best {chooser} is taken and its {main} "
                         "recorded; its mean estimates what choosing the best instance this way gives on new items, "

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..metrics import HIGHER_IS_BETTER, SETS, metric_names, summarize
+from ..metrics import HIGHER_IS_BETTER, SETS, metric_names, summarize, valid_folds
 from ..params import differing_parameters
 from ..store import ExperimentStore, error_line
 from . import significance as sig
@@ -39,14 +39,21 @@ class InstanceInfo:
         return (self.results or {}).get("num_folds")
 
     @property
+    def diverged(self) -> list[int]:
+        """Folds whose model diverged (non-finite predictions): recorded, never averaged."""
+        return [index for index, fold in self.folds.items() if fold.get("diverged")]
+
+    @property
     def complete(self) -> bool:
-        return self.results is not None and len(self.folds) == self.num_folds
+        return self.results is not None and len(self.folds) == self.num_folds and not self.diverged
 
     @property
     def status(self) -> str:
         if self.results is None:
             return "failed" if self.error else "missing"
         done, total = len(self.folds), self.num_folds
+        if self.diverged:
+            return f"diverged ({len(self.diverged)}/{total} folds: {', '.join(map(str, self.diverged))})"
         if done == total:
             return "done"
         return f"failed ({done}/{total} folds)" if self.error else f"partial ({done}/{total} folds)"
@@ -128,6 +135,17 @@ def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
     return data
 
 
+def evaluation_note(data: ReportData) -> str | None:
+    """What the report must say when validation and test left augmented copies out, else None."""
+    records = [f for i in data.instances for f in i.folds.values() if f.get("excluded_augmented") is not None]
+    if not records:
+        return None
+    excluded = sum(f["excluded_augmented"]["test"] for f in records)
+    return ("Augmented data: training used every datapoint, but validation and test metrics are measured on the "
+            f"original datapoints only; the augmented copies (files <stem>_aug<N>) were left out ({excluded} test "
+            "datapoints over all folds, see 'test_augmented_excluded' in the folds sheet).")
+
+
 def varying_parameters(instances: list[InstanceInfo]) -> list[str]:
     """Names of the parameters whose values differ between instances (comments excluded)."""
     return differing_parameters(i.params for i in instances if i.results is not None)
@@ -157,18 +175,22 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         row.update({k: cell(inst.params.get(k)) for k in data.varying})
         mark = data.marks.get(inst.id)
         posterior = mark.posterior if mark else None
-        row.update(significance=mark.verdict if mark else sig.UNTESTED,
+        verdict = mark.verdict if mark else sig.UNTESTED
+        if mark and (mark.why == sig.IDENTICAL_DIFFERENCES or mark.why.startswith(sig.DIVERGED)):
+            verdict = f"{sig.UNTESTED}: {mark.why}"
+        row.update(significance=verdict,
                    p_value=None if mark is None or math.isnan(mark.p) else mark.p,
                    p_holm=None if mark is None or math.isnan(mark.p_adjusted) else mark.p_adjusted,
                    prob_best_better=posterior.below if posterior else None,
                    prob_equivalent=posterior.within if posterior else None,
                    prob_other_better=posterior.above if posterior else None)
-        if inst.folds:
-            summary = summarize(inst.folds, data.task_type)
+        valid = valid_folds(inst.folds)  # diverged folds are not averaged
+        if valid:
+            summary = summarize(valid, data.task_type)
             for column in metric_columns(data.metrics):
                 set_name, stat, metric = column.split("_", 2)
                 value = summary[set_name][f"{stat}_{metric}"]
-                row[column] = None if stat == "std" and len(inst.folds) < 2 else value
+                row[column] = None if stat == "std" and len(valid) < 2 else value
         else:
             row.update(dict.fromkeys(metric_columns(data.metrics)))
         row["error"] = inst.error_line
@@ -185,9 +207,14 @@ def fold_rows(data: ReportData) -> list[dict[str, Any]]:
                                    "fold_in_repeat": record.get("fold_in_repeat", fold)}
             row.update({c: inst.params.get(c) for c in COMMENTS})
             row["status"] = inst.status
-            row.update({f"{s}_{m}": cell(record.get(f"{s}_{m}")) for m in data.metrics for s in SETS})
+            diverged = record.get("diverged")
+            row.update({f"{s}_{m}": None if diverged else cell(record.get(f"{s}_{m}"))
+                        for m in data.metrics for s in SETS})
+            row["diverged"] = diverged or None
             row.update({k: cell(record.get(k)) for k in ("epochs", "best_epoch", "seed", "duration_s", "device")})
             row["test_datapoints"] = len(record["test_true"]) if "test_true" in record else None
+            if record.get("excluded_augmented") is not None:
+                row["test_augmented_excluded"] = record["excluded_augmented"]["test"]
             for set_name in SETS:
                 row[f"{set_name}_items"] = " ".join(map(str, record.get(f"{set_name}_items", ())))
             row.update({f"param_{k}": cell(v) for k, v in inst.params.items()})
