@@ -189,7 +189,7 @@ class ExperimentStore:
 
     def mark_running(self, run: int, fold: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}
-        atomic.write_text(self.running_path(run, fold), json.dumps(info))
+        atomic.write_text(self.running_path(run, fold), json.dumps(info), durable=False)  # ephemeral
 
     def unmark_running(self, run: int, fold: int) -> None:
         self.running_path(run, fold).unlink(missing_ok=True)
