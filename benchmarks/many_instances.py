@@ -44,14 +44,16 @@ BATCH = 64
 
 
 def write_experiment(folder: Path, framework: str, n: int) -> Path:
-    params = [f'framework="{framework}"', "num_epochs=1", "patience=1", "tensorboard=False", f"batch_size={BATCH}",
+    params = [f'framework="{framework}"', "num_epochs=1", "tensorboard=False", f"batch_size={BATCH}",
               *[f"{k}={v!r}" for k, v in MODEL.items()]]
     text = (
         "short_description = 'many instances'\ndataset = 'demo'\nnum_experiment = 1\n"
         f"num_folds = {FOLDS}\nexperiment_folder = 'results_{framework}_{n}'\ntask_type = 'classification'\n"
         f"global_parameters = {params!r}\n"
         "experiment = {1: ['architecture=\"MLP_model\"', 'reshaping_type=\"none\"']}\n"
-        f"sweep = {{'seed': list(range({n}))}}\n"
+        # n identical instances: seeds x patience values (patience is inert with one epoch), as a sweep
+        # allows at most 99 values per parameter.
+        f"sweep = {{'seed': list(range({min(n, 50)})), 'patience': list(range(1, {n // min(n, 50) + 1}))}}\n"
     )
     path = folder / f"many_{framework}_{n}.py"
     path.write_text(text)
