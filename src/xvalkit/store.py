@@ -36,14 +36,15 @@ from .metrics import summarize
 
 
 class ExperimentStore:
-    def __init__(self, folder: Path, dataset: str, num_experiment: int):
+    def __init__(self, folder: Path, dataset: str, num_experiment: int, cache: bool = False):
         self.folder = Path(folder)
         self.dataset = dataset
         self.num_experiment = num_experiment
         self.prefix = f"{dataset}_exp{num_experiment}"
-        # Unpickled files by path, kept while their (mtime, size) is unchanged: a report refreshed
-        # many times during a run reads each fold file once.
-        self._read_cache: dict[Path, tuple[tuple[int, int], Any]] = {}
+        # With `cache`, unpickled files by path, kept while their (mtime, size) is unchanged: the
+        # report process of a run, refreshing many times, reads each fold file once. Off by default,
+        # so that the runner's memory does not grow with the folds it finishes.
+        self._read_cache: dict[Path, tuple[tuple[int, int], Any]] | None = {} if cache else None
 
     # --- paths -------------------------------------------------------------------------------
     @property
@@ -89,7 +90,9 @@ class ExperimentStore:
 
     # --- reading -----------------------------------------------------------------------------
     def read(self, path: Path) -> Any:
-        """A results pickle, from the cache while the file is unchanged."""
+        """A results pickle (from the cache, if kept, while the file is unchanged)."""
+        if self._read_cache is None:
+            return _read_pickle(path)
         try:
             stat = path.stat()
         except OSError:

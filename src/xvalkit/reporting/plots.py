@@ -205,6 +205,24 @@ def _draw_instances(instances: list[InstanceInfo], task_type: str, folder: Path,
         figures.close()
 
 
+def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: Path, prefix: str) -> None:
+    """Draw each chunk in a child `python -m xvalkit.reporting.plots` at once (plain processes, not
+    multiprocessing: they work from any script); the chunk goes over its stdin as a pickle."""
+    import pickle
+    import subprocess
+    import sys
+
+    children = [subprocess.Popen([sys.executable, "-m", "xvalkit.reporting.plots"], stdin=subprocess.PIPE,
+                                 stderr=subprocess.PIPE) for _ in chunks]
+    for child, chunk in zip(children, chunks):
+        child.stdin.write(pickle.dumps((chunk, task_type, folder, prefix)))
+        child.stdin.close()
+    for child in children:
+        errors = child.stderr.read().decode(errors="replace").strip()
+        if child.wait() != 0:
+            raise RuntimeError(f"drawing the instance plots failed: {errors.splitlines()[-1] if errors else child.returncode}")
+
+
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
          signatures: Path | None = None) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
@@ -232,16 +250,17 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
              (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
     workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
     if len(stale) >= PARALLEL_FROM and workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        chunks = [stale[i::workers] for i in range(workers)]
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_draw_instances, chunks, [data.task_type] * workers, [folder] * workers,
-                          [prefix] * workers))
+        _draw_in_children([stale[i::workers] for i in range(workers)], data.task_type, folder, prefix)
     elif stale:
         _draw_instances(stale, data.task_type, folder, prefix)
     if signatures is not None:
         atomic.write_text(signatures, json.dumps(current))
     paths += [folder / f"{prefix}_run{inst.id}.png" for inst in data.instances if inst.folds]
     return paths
+
+
+if __name__ == "__main__":  # a child of _draw_in_children: its input is this process's parent's data
+    import pickle
+    import sys
+
+    _draw_instances(*pickle.load(sys.stdin.buffer))

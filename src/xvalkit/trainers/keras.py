@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import atomic
 from ..devices import import_keras, keras_device
-from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
+from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, inference_batch_size
 
 LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
 
@@ -97,21 +97,23 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     if job.on_epoch is not None:
         callbacks.append(_EpochReporter(keras, job.on_epoch))
     data, batch_size = job.data, p["batch_size"]
+    eval_batch = inference_batch_size(batch_size, data.input_shape)
     if job.generator:
         train = _batches(keras, data.train, batch_size, shuffle=True, seed=job.seed)
-        val = _batches(keras, data.val, batch_size, shuffle=False, seed=job.seed)
+        val = _batches(keras, data.val, eval_batch, shuffle=False, seed=job.seed)
         history = model.fit(train, validation_data=val, epochs=p["num_epochs"],
                             callbacks=callbacks, verbose=p["verbose"])
         predictions = {
-            name: model.predict(_batches(keras, s, batch_size, False, job.seed), verbose=0)
+            name: model.predict(_batches(keras, s, eval_batch, False, job.seed), verbose=0)
             for name, s in data.sets().items()
         }
     else:
         x_train, y_train = data.train.arrays()
         history = model.fit(x_train, y_train, validation_data=data.val.arrays(), epochs=p["num_epochs"],
-                            batch_size=batch_size, shuffle=True, callbacks=callbacks, verbose=p["verbose"])
+                            batch_size=batch_size, validation_batch_size=eval_batch, shuffle=True,
+                            callbacks=callbacks, verbose=p["verbose"])
         predictions = {
-            name: model.predict(s.arrays()[0], batch_size=batch_size, verbose=0)
+            name: model.predict(s.arrays()[0], batch_size=eval_batch, verbose=0)
             for name, s in data.sets().items()
         }
     with atomic.atomic_path(job.model_path, suffix=".hdf5") as tmp:
