@@ -54,20 +54,25 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             os.fsync(handle.fileno())
 
 
-def write_with(target: str | Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Atomically write `target` with `write(handle)` on a binary handle."""
+def write_with(target: str | Path, write: Callable[[BinaryIO], Any], durable: bool = True) -> None:
+    """Atomically write `target` with `write(handle)` on a binary handle.
+
+    `durable=False` skips the fsync, for files that matter only while the process lives (a fold's
+    running marker): still all or nothing for readers, but not guaranteed on disk after a power cut.
+    """
     with _replacing(target, "") as (fd, _), os.fdopen(fd, "wb") as handle:
         write(handle)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
 
 
-def write_bytes(target: str | Path, data: bytes) -> None:
-    write_with(target, lambda handle: handle.write(data))
+def write_bytes(target: str | Path, data: bytes, durable: bool = True) -> None:
+    write_with(target, lambda handle: handle.write(data), durable)
 
 
-def write_text(target: str | Path, text: str) -> None:
-    write_bytes(target, text.encode("utf-8"))
+def write_text(target: str | Path, text: str, durable: bool = True) -> None:
+    write_bytes(target, text.encode("utf-8"), durable)
 
 
 def write_pickle(target: str | Path, obj: Any) -> None:

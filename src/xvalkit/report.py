@@ -102,7 +102,8 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     if plots:
         from .reporting import plots as plotting
 
-        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix)
+        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix,
+                              signatures=store.results_dir / "plot_signatures.json")
     atomic.write_bytes(store.spreadsheet_path,
                        spreadsheet.workbook_bytes(data, summary, folds, parameters, drawn, _ratio_note(data)))
     results_csv, summary_csv = store.folder / "results.csv", store.folder / "summary.csv"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -29,6 +30,7 @@ from .folds import Fold, plan_repeated_folds
 from .jobs import FoldJob
 from .progress import ProgressView
 from .quiet import framework_output_to
+from .reporting.background import ReportRefresher
 from .snapshot import provenance, write_snapshot
 from .store import ExperimentStore, error_line
 from .trainers import trainer_for
@@ -118,11 +120,12 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
         return plans[key]
 
     seed = fold_seed(exp)
+    files = store.fold_files() if store is not None and not options.overwrite else {}  # one listing
     instances = []
     for run in exp.select(options.first, options.last):
         params = exp.resolve(run)
         folds, seed_used = plan(params["validation_split"], params["test_split"], seed), seed
-        saved = store.load_folds(run) if store is not None and not options.overwrite else {}
+        saved = store.load_folds(run, files.get(run, {})) if store is not None and not options.overwrite else {}
         if saved and not _matches(saved, folds):
             legacy = plan(params["validation_split"], params["test_split"], params["seed"], False)
             if _matches(saved, legacy):
@@ -133,9 +136,9 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
     return instances
 
 
-def check_resumable(store: ExperimentStore, instance: Instance) -> None:
+def check_resumable(store: ExperimentStore, instance: Instance, fold_files: dict[int, Path] | None = None) -> None:
     """Refuse to mix folds trained under different parameters or fold plans."""
-    for index, saved in store.load_folds(instance.id).items():
+    for index, saved in store.load_folds(instance.id, fold_files).items():
         old, new = saved["parameters"], instance.params
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
         if changed:
@@ -154,11 +157,24 @@ def check_resumable(store: ExperimentStore, instance: Instance) -> None:
 
 
 def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -> None:
-    """Build every instance's model once, so a broken architecture fails before any training."""
+    """Build each distinct model once, so a broken architecture fails before any training.
+
+    Instances that differ only in training parameters share a check: a model's build depends on its
+    framework, architecture, model parameters (the model function's keyword arguments), input shape
+    and outputs alone.
+    """
+    from .models import model_defaults
+
+    checked = set()
     for inst in instances:
         p = inst.params
         fn = exp.model_function(p["framework"], p["architecture"], inst.where)
         shape = model_input_shape(dataset.input_shape, p["reshaping_type"], channels_first(p["framework"]))
+        key = (p["framework"], p["architecture"], shape,
+               repr(sorted((name, p.get(name)) for name in model_defaults(fn))))
+        if key in checked:
+            continue
+        checked.add(key)
         try:
             trainer_for(p["framework"]).check_model(fn, shape, num_outputs(dataset, exp.task_type),
                                                     exp.task_type, p)
@@ -178,8 +194,9 @@ def prepare(exp: Experiment, options: RunOptions, warn=None):
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     instances = plan_instances(exp, options, dataset, store, warn)
     if not options.overwrite:
+        files = store.fold_files()
         for inst in instances:
-            check_resumable(store, inst)
+            check_resumable(store, inst, files.get(inst.id, {}))
     with framework_output_to(None):  # the builds' warnings show again in each fold's log
         check_models(exp, instances, dataset)
     return dataset, instances, store
@@ -230,12 +247,14 @@ class RunListener:
     """Collects what the executor reports: rebuilds instance pickles, errors, report, progress."""
 
     def __init__(self, exp: Experiment, store: ExperimentStore, instances: list[Instance],
-                 todo: dict[int, set[int]], view: ProgressView, summary: RunSummary):
+                 todo: dict[int, set[int]], view: ProgressView, summary: RunSummary, refresher: ReportRefresher):
         self.exp, self.store, self.view, self.summary = exp, store, view, summary
         self.instances = {inst.id: inst for inst in instances}
         self.todo = todo
         self.running: dict[tuple[int, int], str] = {}  # key -> label of the folds being trained
         self.key, self.label = _main_metric(exp.task_type)
+        self.written: set[int] = set()  # instances whose pickle this run has written
+        self.refresher = refresher
 
     def should_skip(self, job: FoldJob) -> bool:
         return job.instance in self.summary.failed
@@ -252,7 +271,6 @@ class RunListener:
         self.running.pop(job.key, None)
         self.view.ended(job)
         inst = self.instances[job.instance]
-        results = self.store.rebuild_instance(inst.id, base_results(self.exp, inst))
         if record.get("diverged"):
             self.view.print(f"[yellow]{job.label} diverged[/]: {escape(record['diverged'])}; recorded, "
                             "not averaged")
@@ -261,8 +279,17 @@ class RunListener:
                 f"{job.label}: test {self.label} {record[f'test_{self.key}']:.4f} ({record['epochs']} epochs, "
                 f"best {record['best_epoch']}, {record['duration_s']:.1f} s, {record['device']})"
             )
+        first = inst.id not in self.written
+        self.written.add(inst.id)
         self.todo[inst.id].discard(job.fold.index)
-        if not self.todo[inst.id] and inst.id not in self.summary.failed:
+        complete = not self.todo[inst.id]
+        # The instance pickle is derived from the fold files: written at its first fold of this run
+        # (so reports show a partial instance; later folds merge in as they are read) and when done.
+        if first or complete:
+            files = {f.index: self.store.fold_path(inst.id, f.index) for f in inst.folds}
+            results = self.store.rebuild_instance(inst.id, base_results(self.exp, inst),
+                                                  {i: path for i, path in files.items() if path.is_file()})
+        if complete and inst.id not in self.summary.failed:
             self.store.clear_error(inst.id)
             self.summary.done.append(inst.id)
             s = results["summary"]["test"]
@@ -271,7 +298,7 @@ class RunListener:
                    f"{', '.join(map(str, diverged))}" if diverged else ""
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
                             f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
-            report.refresh(self.store)
+        self.refresher.request()
 
     def failed(self, job: FoldJob, error: str) -> None:
         self.store.check_present()
@@ -286,7 +313,7 @@ class RunListener:
         self.store.save_error(job.instance, text)
         where = self.store.error_path(job.instance)
         self.view.print(f"[red]{job.label} failed[/]: {escape(line)} (traceback in {escape(str(where))})")
-        report.refresh(self.store)
+        self.refresher.request()
 
 
 def run_experiment(exp: Experiment, options: RunOptions, console: Console | None = None) -> RunSummary:
@@ -329,22 +356,26 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
                    dict(provenance(exp.path, where, [i.id for i in instances]), overrides=exp.overrides))
     summary = RunSummary()
     jobs, todo = [], {}
-    for inst in instances:
-        if options.overwrite:
+    if options.overwrite:
+        for inst in instances:
             store.clear_instance(inst.id)
-        done = set(store.load_folds(inst.id))
-        todo[inst.id] = {f.index for f in inst.folds} - done
-        if done and not store.is_current(inst.id):  # the last run was killed before it could update it
-            store.rebuild_instance(inst.id, base_results(exp, inst))
+    files = store.fold_files()
+    for inst in instances:
+        done = files.get(inst.id, {})
+        todo[inst.id] = {f.index for f in inst.folds} - set(done)
+        if done and not store.is_current(inst.id, done):  # the last run was killed before it could update it
+            store.rebuild_instance(inst.id, base_results(exp, inst), done)
         if not todo[inst.id]:
             summary.skipped.append(inst.id)
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst) if job.fold.index in todo[inst.id]]
     view = ProgressView(console, len(jobs), options.quiet)
-    listener = RunListener(exp, store, instances, todo, view, summary)
+    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30))
+    listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
         make_executor(options, device).run(jobs, listener, options.debug)
     except KeyboardInterrupt:
+        refresher.close(final=False)
         view.stop()
         summary.abandoned = sorted(listener.running.values())
         for key in listener.running:  # their workers are gone: not running any more
@@ -352,11 +383,12 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         report.refresh(store)
         _print_summary(console, summary, interrupted=True)
         raise
-    except Exception:  # an environment fault (or a bug): the CLI prints its one line
+    except BaseException:  # an environment fault (or a bug): the CLI prints its one line
+        refresher.close(final=False)
         view.stop()
         raise
     view.stop()
-    report.refresh(store, plots=True)  # plots once, at the end (per-instance refreshes skip them)
+    refresher.close(final=True, plots=True)  # the complete report, plots included
     _print_summary(console, summary)
     return summary
 

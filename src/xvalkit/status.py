@@ -28,8 +28,9 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     for column in ("ID", "comment_1", "comment_2", *differ, "folds to train", "already done"):
         table.add_column(column)
     total = 0
+    files = store.fold_files()  # one listing; no fold file is read
     for inst in instances:
-        done = sorted(store.load_folds(inst.id))
+        done = sorted(files.get(inst.id, {}))
         todo = [f.index for f in inst.folds if f.index not in done]
         total += len(todo)
         table.add_row(str(inst.id), inst.params["comment_1"], inst.params["comment_2"],
@@ -63,9 +64,10 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
     for column in ("ID", "comment_1", "done", "running", "pending", "failed"):
         table.add_column(column)
     ids = sorted(set(exp.instances) | set(store.instance_ids())) if selected is None else selected
+    files = store.fold_files()  # one listing; one fold file read per instance, for its fold count
     for run in ids:
-        folds = store.load_folds(run)
-        num = next((f["num_folds"] for f in folds.values()), exp.num_folds * exp.num_repeats)
+        folds = dict(sorted(files.get(run, {}).items()))
+        num = store.read(next(iter(folds.values())))["num_folds"] if folds else exp.num_folds * exp.num_repeats
         now = sorted(f for (r, f) in running if r == run)
         pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
         error = store.error_text(run)

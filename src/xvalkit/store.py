@@ -36,11 +36,15 @@ from .metrics import summarize
 
 
 class ExperimentStore:
-    def __init__(self, folder: Path, dataset: str, num_experiment: int):
+    def __init__(self, folder: Path, dataset: str, num_experiment: int, cache: bool = False):
         self.folder = Path(folder)
         self.dataset = dataset
         self.num_experiment = num_experiment
         self.prefix = f"{dataset}_exp{num_experiment}"
+        # With `cache`, unpickled files by path, kept while their (mtime, size) is unchanged: the
+        # report process of a run, refreshing many times, reads each fold file once. Off by default,
+        # so that the runner's memory does not grow with the folds it finishes.
+        self._read_cache: dict[Path, tuple[tuple[int, int], Any]] | None = {} if cache else None
 
     # --- paths -------------------------------------------------------------------------------
     @property
@@ -85,11 +89,32 @@ class ExperimentStore:
         return self.folder / "logs" / f"run{run}_fold{fold}.log"
 
     # --- reading -----------------------------------------------------------------------------
-    def load_instance(self, run: int) -> dict[str, Any] | None:
+    def read(self, path: Path) -> Any:
+        """A results pickle (from the cache, if kept, while the file is unchanged)."""
+        if self._read_cache is None:
+            return _read_pickle(path)
+        try:
+            stat = path.stat()
+        except OSError:
+            return _read_pickle(path)  # its one-line error
+        key = (stat.st_mtime_ns, stat.st_size)
+        cached = self._read_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = _read_pickle(path)
+        self._read_cache[path] = (key, value)
+        return value
+
+    def load_instance(self, run: int, fold_files: dict[int, Path] | None = None) -> dict[str, Any] | None:
+        """An instance's results: its pickle, with the folds finished since it was last rebuilt.
+
+        `fold_files`: its entry of `fold_files()` when the caller listed the folder already.
+        """
         path = self.results_path(run)
-        results = _read_pickle(path) if path.is_file() else None
+        results = self.read(path) if path.is_file() else None
         # Folds finished after the pickle was last rebuilt (the runner was killed in between).
-        newer = {i: f for i, f in self.load_folds(run).items() if results is None or i not in results["folds"]}
+        newer = {i: f for i, f in self.load_folds(run, fold_files).items()
+                 if results is None or i not in results["folds"]}
         if results is None or not newer:
             return results
         folds = dict(sorted({**results["folds"], **{i: f["record"] for i, f in newer.items()}}.items()))
@@ -97,26 +122,36 @@ class ExperimentStore:
 
     def instance_ids(self) -> list[int]:
         pattern = re.compile(rf"^results_{re.escape(self.prefix)}_run(-?\d+)\.pkl$")
+        errors = re.compile(rf"^error_{re.escape(self.prefix)}_run(-?\d+)\.txt$")
         found = set()
-        for folder_pattern in (pattern, re.compile(rf"^error_{re.escape(self.prefix)}_run(-?\d+)\.txt$")):
-            if self.results_dir.is_dir():
-                for path in self.results_dir.iterdir():
-                    match = folder_pattern.match(path.name)
-                    if match:
-                        found.add(int(match.group(1)))
+        if self.results_dir.is_dir():
+            for entry in os.scandir(self.results_dir):
+                match = pattern.match(entry.name) or errors.match(entry.name)
+                if match:
+                    found.add(int(match.group(1)))
         return sorted(found)
 
-    def load_folds(self, run: int) -> dict[int, dict[str, Any]]:
-        """The finished folds of an instance: {fold: {'parameters', 'task_type', 'num_folds', 'record'}}."""
-        folder = self.results_dir / "folds"
-        pattern = re.compile(rf"^{re.escape(self.prefix)}_run{run}_fold(\d+)\.pkl$")
-        folds = {}
-        if folder.is_dir():
-            for path in folder.iterdir():
-                match = pattern.match(path.name)
-                if match:
-                    folds[int(match.group(1))] = _read_pickle(path)
-        return dict(sorted(folds.items()))
+    def fold_files(self) -> dict[int, dict[int, Path]]:
+        """{instance: {fold: path}} of every finished fold, from one listing of results/folds."""
+        pattern = re.compile(rf"^{re.escape(self.prefix)}_run(-?\d+)_fold(\d+)\.pkl$")
+        found: dict[int, dict[int, Path]] = {}
+        try:
+            entries = list(os.scandir(self.results_dir / "folds"))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match:
+                found.setdefault(int(match.group(1)), {})[int(match.group(2))] = Path(entry.path)
+        return found
+
+    def load_folds(self, run: int, fold_files: dict[int, Path] | None = None) -> dict[int, dict[str, Any]]:
+        """The finished folds of an instance: {fold: {'parameters', 'task_type', 'num_folds', 'record'}}.
+
+        `fold_files`: its entry of `fold_files()` when the caller listed the folder already.
+        """
+        files = self.fold_files().get(run, {}) if fold_files is None else fold_files
+        return {fold: self.read(path) for fold, path in sorted(files.items())}
 
     def running(self) -> dict[tuple[int, int], dict[str, Any]]:
         """Folds marked as running whose process is still alive (on this host) or on another host."""
@@ -134,7 +169,8 @@ class ExperimentStore:
         return found
 
     def load_all(self) -> dict[int, dict[str, Any]]:
-        return {run: r for run in self.instance_ids() if (r := self.load_instance(run)) is not None}
+        files = self.fold_files()
+        return {run: r for run in self.instance_ids() if (r := self.load_instance(run, files.get(run, {}))) is not None}
 
     def error_text(self, run: int) -> str | None:
         path = self.error_path(run)
@@ -164,19 +200,21 @@ class ExperimentStore:
 
     def mark_running(self, run: int, fold: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}
-        atomic.write_text(self.running_path(run, fold), json.dumps(info))
+        atomic.write_text(self.running_path(run, fold), json.dumps(info), durable=False)  # ephemeral
 
     def unmark_running(self, run: int, fold: int) -> None:
         self.running_path(run, fold).unlink(missing_ok=True)
 
-    def is_current(self, run: int) -> bool:
+    def is_current(self, run: int, fold_files: dict[int, Path] | None = None) -> bool:
         """Whether the instance pickle holds exactly the folds that have fold files."""
         path = self.results_path(run)
-        return path.is_file() and set(_read_pickle(path)["folds"]) == set(self.load_folds(run))
+        files = self.fold_files().get(run, {}) if fold_files is None else fold_files
+        return path.is_file() and set(self.read(path)["folds"]) == set(files)
 
-    def rebuild_instance(self, run: int, base: dict[str, Any]) -> dict[str, Any]:
+    def rebuild_instance(self, run: int, base: dict[str, Any], fold_files: dict[int, Path] | None = None
+                         ) -> dict[str, Any]:
         """Rebuild an instance's pickle from its fold files; `base` holds everything but the folds."""
-        folds = {index: saved["record"] for index, saved in self.load_folds(run).items()}
+        folds = {index: saved["record"] for index, saved in self.load_folds(run, fold_files).items()}
         results = {**base, "folds": folds, "summary": summarize(folds, base["task_type"]) if folds else {}}
         self.save_instance(run, results)
         return results

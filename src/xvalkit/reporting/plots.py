@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,35 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight" if tight else None)
     atomic.write_bytes(path, buffer.getvalue())
     return path
+
+
+class FigureCache:
+    """One figure per panel count, cleared and drawn again for each instance: creating a figure and
+    fitting a tight layout were most of the time of an instance plot (fixed margins instead)."""
+
+    def __init__(self, plt):
+        self.plt = plt
+        self.figures: dict[int, tuple] = {}
+
+    def get(self, panels: int):
+        if panels not in self.figures:
+            fig, axes = self.plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+            fig.subplots_adjust(left=0.35 / panels, right=0.98, bottom=0.2, top=0.84, wspace=0.32)
+            self.figures[panels] = (fig, axes)
+        fig, axes = self.figures[panels]
+        for ax in axes:
+            ax.clear()
+        return fig, axes
+
+    def close(self) -> None:
+        for fig, _ in self.figures.values():
+            self.plt.close(fig)
+        self.figures.clear()
 
 
 def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,23 +77,26 @@ def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.n
     return np.arange(1, length + 1), mean, std
 
 
-def instance_figure(plt, inst: InstanceInfo, task_type: str):
+def instance_figure(plt, inst: InstanceInfo, task_type: str, figures: FigureCache | None = None):
+    """Learning curves and the summed test confusion matrix of one instance (into a figure of
+    `figures` when given: not to be closed by the caller)."""
     from matplotlib.ticker import MaxNLocator
 
     histories = [f.get("history") or {} for f in inst.folds.values()]
     metric = "accuracy" if task_type == "classification" else "mae"
     confusion = test_confusion(inst)
     panels = 3 if confusion else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    fig, axes = figures.get(panels) if figures is not None else plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
     for ax, name in zip(axes, ("loss", metric)):
         for key, label, colour in ((name, "training", "tab:blue"), (f"val_{name}", "validation", "tab:orange")):
             curves = [h[key] for h in histories if h.get(key)]
             if not curves:
                 continue
             epochs, mean, std = curve_stats(curves)
-            ax.plot(epochs, mean, color=colour, label=label)
+            ax.plot(epochs, mean, color=colour, label=label, marker="o" if len(epochs) == 1 else None)
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, max((len(h.get(name) or ()) for h in histories), default=1) + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -75,9 +105,10 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
         total, labels, folds = confusion
         ax = axes[2]
         ax.imshow(total, cmap="Blues")
-        for (r, c), v in np.ndenumerate(total):
-            ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=8,
-                    color="white" if v > total.max() / 2 else "black")
+        if total.shape[0] <= 12:  # beyond, the numbers would not fit their cells
+            for (r, c), v in np.ndenumerate(total):
+                ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=8,
+                        color="white" if v > total.max() / 2 else "black")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         long = max(len(label) for label in labels) > 3
@@ -86,21 +117,32 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
         ax.set_yticks(range(total.shape[0]), labels, fontsize=8)
         ax.set_title(f"test, summed over {folds} folds", fontsize=9)
     comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
-    fig.suptitle(f"instance {inst.id}: {comments} ({len(inst.folds)} folds, mean ± std)", fontsize=10)
-    fig.tight_layout()
+    title = f"instance {inst.id}: {comments} ({len(inst.folds)} folds, mean ± std)"
+    if figures is not None:
+        fig.texts.clear()
+        fig.text(0.5, 0.95, title, ha="center", va="center", fontsize=10)
+    else:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
     return fig
 
 
 def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     set_name, _, metric = data.main_metric.partition("_")
     rows = [r for r in summary if r.get(f"{set_name}_mean_{metric}") is not None]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.2))
+    # Up to 60 labelled bars grow the figure; beyond, it stays 32 inches wide and labels every n-th bar.
+    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.5 * len(rows) + 2), 32.0), 3.2))
     means = [r[f"{set_name}_mean_{metric}"] for r in rows]
     stds = [r[f"{set_name}_std_{metric}"] or 0.0 for r in rows]
     colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == sig.SAME
                else "tab:gray" for r in rows]
     labels = [str(r["ID"]) if r["status"] == "done" else f"{r['ID']} ({r['folds_done']}/{r['num_folds']})" for r in rows]
-    ax.bar(labels, means, yerr=stds, capsize=3, color=colours)
+    positions = np.arange(len(rows))
+    ax.bar(positions, means, yerr=stds, capsize=3 if len(rows) <= 60 else 0, color=colours)
+    step = max(1, int(np.ceil(len(rows) / 60)))
+    ax.set_xticks(positions[::step], labels[::step], rotation=0 if step == 1 and len(rows) <= 30 else 90,
+                  fontsize=8 if len(rows) <= 30 else 6)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("instance (folds done where not all)")
     ax.set_ylabel(f"{set_name} {metric}")
     ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green best, olive not "
@@ -135,8 +177,63 @@ def pivot_figure(plt, data: ReportData, grid: Pivot):
     return fig
 
 
-def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str) -> list[Path]:
-    """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths."""
+PLOT_VERSION = 2  # part of every instance plot's signature: a change of style redraws them all
+PARALLEL_FROM = 24  # stale instance plots from which worker processes draw them
+
+
+def signature(inst: InstanceInfo) -> str:
+    """What an instance plot shows, in short: it is redrawn only when this changes."""
+    folds = [(f, r.get("epochs"), r.get("best_epoch"), r.get("duration_s"), r.get("seed"))
+             for f, r in inst.folds.items()]
+    comments = [inst.params.get("comment_1"), inst.params.get("comment_2")]
+    classes = [r.get("classes") for r in inst.folds.values()]
+    return hashlib.sha1(repr((PLOT_VERSION, folds, comments, classes)).encode()).hexdigest()[:16]
+
+
+def _plot_inputs(inst: InstanceInfo) -> InstanceInfo:
+    """The instance with only what its plot reads (cheap to send to a worker process)."""
+    keep = ("history", "test_confusion_matrix", "classes", "epochs", "best_epoch", "duration_s", "seed")
+    folds = {f: {k: r[k] for k in keep if k in r} for f, r in inst.folds.items()}
+    params = {k: inst.params.get(k) for k in ("comment_1", "comment_2")}
+    return InstanceInfo(inst.id, {"folds": folds, "parameters": params, "num_folds": inst.num_folds}, None)
+
+
+def _draw_instances(instances: list[InstanceInfo], task_type: str, folder: Path, prefix: str) -> list[Path]:
+    plt = _pyplot()
+    figures = FigureCache(plt)
+    try:
+        return [_save(instance_figure(plt, inst, task_type, figures), folder / f"{prefix}_run{inst.id}.png",
+                      tight=False) for inst in instances]
+    finally:
+        figures.close()
+
+
+def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: Path, prefix: str) -> None:
+    """Draw each chunk in a child `python -m xvalkit.reporting.plots` at once (plain processes, not
+    multiprocessing: they work from any script); the chunk goes over its stdin as a pickle."""
+    import pickle
+    import subprocess
+    import sys
+
+    children = [subprocess.Popen([sys.executable, "-m", "xvalkit.reporting.plots"], stdin=subprocess.PIPE,
+                                 stderr=subprocess.PIPE) for _ in chunks]
+    for child, chunk in zip(children, chunks):
+        child.stdin.write(pickle.dumps((chunk, task_type, folder, prefix)))
+        child.stdin.close()
+    for child in children:
+        errors = child.stderr.read().decode(errors="replace").strip()
+        if child.wait() != 0:
+            raise RuntimeError(f"drawing the instance plots failed: {errors.splitlines()[-1] if errors else child.returncode}")
+
+
+def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
+         signatures: Path | None = None) -> list[Path]:
+    """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
+
+    An instance plot whose instance has not changed since it was drawn (same folds: the signature
+    recorded in the JSON file `signatures`, when given) is kept, so refreshes during a run and `xval report` redraw only
+    what changed; many stale plots are drawn by one worker process per core.
+    """
     plt = _pyplot()
     paths = []
     fig = metric_bar_figure(plt, data, summary)
@@ -147,10 +244,26 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
         fig = pivot_figure(plt, data, grid)
         paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
         plt.close(fig)
-    for inst in data.instances:
-        if not inst.folds:
-            continue
-        fig = instance_figure(plt, inst, data.task_type)
-        paths.append(_save(fig, folder / f"{prefix}_run{inst.id}.png"))
-        plt.close(fig)
+    try:
+        drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
+    except (OSError, ValueError):
+        drawn = {}
+    current = {str(inst.id): signature(inst) for inst in data.instances if inst.folds}
+    stale = [_plot_inputs(inst) for inst in data.instances if inst.folds and
+             (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
+    workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
+    if len(stale) >= PARALLEL_FROM and workers > 1:
+        _draw_in_children([stale[i::workers] for i in range(workers)], data.task_type, folder, prefix)
+    elif stale:
+        _draw_instances(stale, data.task_type, folder, prefix)
+    if signatures is not None:
+        atomic.write_text(signatures, json.dumps(current))
+    paths += [folder / f"{prefix}_run{inst.id}.png" for inst in data.instances if inst.folds]
     return paths
+
+
+if __name__ == "__main__":  # a child of _draw_in_children: its input is this process's parent's data
+    import pickle
+    import sys
+
+    _draw_instances(*pickle.load(sys.stdin.buffer))

@@ -113,7 +113,9 @@ def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
     `settings`: the [report] section (main_metric_<task>, selection_metric_<task>, rope_<task>,
     significance_level).
     """
-    instances = [InstanceInfo(run, store.load_instance(run), store.error_text(run)) for run in store.instance_ids()]
+    files = store.fold_files()
+    instances = [InstanceInfo(run, store.load_instance(run, files.get(run, {})), store.error_text(run))
+                 for run in store.instance_ids()]
     task_types = {i.results["task_type"] for i in instances if i.results is not None}
     task_type = task_types.pop() if len(task_types) == 1 else "classification"
     main = str(settings[f"main_metric_{task_type}"])

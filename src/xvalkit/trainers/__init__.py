@@ -73,6 +73,19 @@ def shuffles(params: dict[str, Any]) -> bool:
     return bool(params.get("shuffle_training_data", True))
 
 
+INFERENCE_BATCH_BYTES = 32 * 1024**2
+
+
+def inference_batch_size(batch_size: int, input_shape) -> int:
+    """The batch of validation passes and predictions: `batch_size`, or as many datapoints as fit
+    in 32 MiB of float32 input if more. Inference treats each datapoint alone (no gradient, dropout
+    off, batch norm frozen), so the batch changes no result, while each small batch costs a round of
+    framework overhead: with the demo's 8 kB datapoints a fold's three predictions take one batch
+    each instead of a dozen."""
+    per_datapoint = 4 * int(np.prod(tuple(input_shape))) or 1
+    return max(int(batch_size), INFERENCE_BATCH_BYTES // per_datapoint)
+
+
 def trainer_for(framework: str):
     if framework == "torch":
         from . import torch as trainer

@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import atomic
 from ..devices import import_keras, keras_device
-from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, shuffles, stopping_patience
+from . import (METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, inference_batch_size, shuffles,
+               stopping_patience)
 
 LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
 
@@ -99,11 +100,13 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     data, batch_size = job.data, p["batch_size"]
     # Both modes read batches from the sets (FoldData: the generator mode unmaps what it read, the
     # in-memory mode keeps it resident, shared in the page cache for a mapped dataset), in the same
-    # seeded order, so a seeded run gives the same metrics in either mode.
+    # seeded order, so a seeded run gives the same metrics in either mode. Validation and predictions
+    # take larger batches (inference_batch_size: the same results, less overhead).
+    eval_batch = inference_batch_size(batch_size, data.input_shape)
     train = _batches(keras, data.train, batch_size, shuffle=shuffles(p), seed=job.seed)
-    val = _batches(keras, data.val, batch_size, shuffle=False, seed=job.seed)
+    val = _batches(keras, data.val, eval_batch, shuffle=False, seed=job.seed)
     history = model.fit(train, validation_data=val, epochs=p["num_epochs"], callbacks=callbacks, verbose=p["verbose"])
-    predictions = {name: model.predict(_batches(keras, s, batch_size, False, job.seed), verbose=0)
+    predictions = {name: model.predict(_batches(keras, s, eval_batch, False, job.seed), verbose=0)
                    for name, s in data.sets().items()}
     with atomic.atomic_path(job.model_path, suffix=".hdf5") as tmp:
         model.save(tmp)

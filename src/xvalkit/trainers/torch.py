@@ -31,7 +31,8 @@ import numpy as np
 from .. import atomic
 from ..devices import torch_device
 from ..models import model_defaults
-from . import METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, shuffles, stopping_patience
+from . import (METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, inference_batch_size, shuffles,
+               stopping_patience)
 
 FORMAT_VERSION = 2  # 2: 'input_layout' recorded; 1 (no layout) was channels last
 GPU_SET_BYTES = 2 * 1024**3
@@ -330,7 +331,8 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     sets = {name: item_batches(s, streaming=streaming, device="cpu" if streaming else device)
             for name, s in data.sets().items()}
     train_batches = loader(sets["train"], batch_size, shuffle=shuffles(p), seed=job.seed, pin_memory=pin)
-    val_batches = loader(sets["val"], batch_size, pin_memory=pin)
+    eval_batch = inference_batch_size(batch_size, data.input_shape)
+    val_batches = loader(sets["val"], eval_batch, pin_memory=pin)
     metric = METRICS[job.task_type]
     logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
     boards = {"": ScalarLog(logs_dir / "train"), "val_": ScalarLog(logs_dir / "validation")} if logs_dir else {}
@@ -359,7 +361,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
             board.close()
     if stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
-    predictions = {name: predict(model, loader(batches, batch_size, pin_memory=pin), job.task_type, device, amp)
+    predictions = {name: predict(model, loader(batches, eval_batch, pin_memory=pin), job.task_type, device, amp)
                    for name, batches in sets.items()}
     save(job, model)
     epochs = len(history["loss"])

@@ -1,0 +1,183 @@
+"""xvalkit's own cost per fold at sweep scale: N instances x 3 folds of a trivial model.
+
+For each N (default 10, 100, 1000) and framework (torch, keras), in one process after a warm-up:
+- bare: a hand-written loop over the same folds (standardise, build, fit 1 epoch with validation,
+  predict the three sets), saving nothing;
+- xval: `run_experiment` on an experiment of N instances (a sweep over the seed), which also writes
+  every model, fold record, log, the instance pickles, the report refreshes and the final report
+  with every plot.
+It prints both wall times, xvalkit's own cost per fold ((xval - bare) / folds), and the time of the
+final report alone (`xval report` of the finished folder, plots included).
+
+    python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N]
+Goal (issue 14): under 25 ms per fold at every N, the N = 1000 figure within 1.3x of N = 10; the
+final report of 1000 instances under 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from xvalkit.data import load_dataset  # noqa: E402
+from xvalkit.experiment import load_experiment  # noqa: E402
+from xvalkit.runner import RunOptions, plan_instances, run_experiment  # noqa: E402
+
+FOLDS = 3
+MODEL = {"hidden_sizes": (8,), "dropout": 0.0, "regularization_lambda": 0.0}
+BATCH = 64
+
+
+def write_experiment(folder: Path, framework: str, n: int) -> Path:
+    params = [f'framework="{framework}"', "num_epochs=1", "tensorboard=False", f"batch_size={BATCH}",
+              *[f"{k}={v!r}" for k, v in MODEL.items()]]
+    text = (
+        "short_description = 'many instances'\ndataset = 'demo'\nnum_experiment = 1\n"
+        f"num_folds = {FOLDS}\nexperiment_folder = 'results_{framework}_{n}'\ntask_type = 'classification'\n"
+        f"global_parameters = {params!r}\n"
+        "experiment = {1: ['architecture=\"MLP_model\"', 'reshaping_type=\"none\"']}\n"
+        # n identical instances: seeds x patience values (patience is inert with one epoch), as a sweep
+        # allows at most 99 values per parameter.
+        f"sweep = {{'seed': list(range({min(n, 50)})), 'patience': list(range(1, {n // min(n, 50) + 1}))}}\n"
+    )
+    path = folder / f"many_{framework}_{n}.py"
+    path.write_text(text)
+    return path
+
+
+def _arrays(dataset, fold):
+    sets = (("train", fold.train), ("val", fold.val), ("test", fold.test))
+    xs = {s: np.concatenate([dataset.predictors[i] for i in items]).astype(np.float32) for s, items in sets}
+    ys = {s: np.concatenate([dataset.targets[i] for i in items]).astype(np.int64) for s, items in sets}
+    mean, std = xs["train"].mean((0, 1)), xs["train"].std((0, 1)) + 1e-8
+    return {s: (x - mean) / std for s, x in xs.items()}, ys
+
+
+def bare_torch(dataset, folds, n: int) -> float:
+    import torch
+    from torch import nn
+
+    start = time.perf_counter()
+    for seed in range(n):
+        for fold in folds:
+            torch.manual_seed(seed + fold.index)
+            xs, ys = _arrays(dataset, fold)
+            x = {s: torch.from_numpy(v) for s, v in xs.items()}
+            y = {s: torch.from_numpy(v) for s, v in ys.items()}
+            model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(xs["train"].shape[1:])), 8), nn.ReLU(),
+                                  nn.Linear(8, 4))
+            optimiser = torch.optim.Adam(model.parameters(), lr=0.001)
+            loss_fn = nn.CrossEntropyLoss()
+            model.train()
+            order = torch.randperm(len(y["train"]))
+            for i in range(0, len(order), BATCH):
+                batch = order[i:i + BATCH]
+                optimiser.zero_grad()
+                loss_fn(model(x["train"][batch]), y["train"][batch]).backward()
+                optimiser.step()
+            model.eval()
+            with torch.no_grad():
+                loss_fn(model(x["val"]), y["val"]).item()
+                for s in x:
+                    torch.softmax(model(x[s]), dim=1).numpy()
+    return time.perf_counter() - start
+
+
+def bare_keras(dataset, folds, n: int) -> float:
+    from xvalkit.devices import import_keras
+
+    keras = import_keras()
+    start = time.perf_counter()
+    for seed in range(n):
+        for fold in folds:
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(seed + fold.index)
+            xs, ys = _arrays(dataset, fold)
+            inputs = keras.Input(shape=xs["train"].shape[1:])
+            hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(inputs))
+            model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(hidden))
+            model.compile(optimizer=keras.optimizers.Adam(0.001), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            model.fit(xs["train"], ys["train"], validation_data=(xs["val"], ys["val"]), epochs=1,
+                      batch_size=BATCH, verbose=0)
+            for s in xs:
+                model.predict(xs[s], batch_size=BATCH, verbose=0)
+    return time.perf_counter() - start
+
+
+def xval_run(path: Path, config: Path, profile: bool) -> tuple[float, float, pstats.Stats | None]:
+    from rich.console import Console
+
+    from xvalkit import report
+
+    exp = load_experiment(path, config_file=config)
+    shutil.rmtree(exp.folder, ignore_errors=True)
+    profiler = cProfile.Profile() if profile else None
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    with open(os.devnull, "w") as devnull:
+        run_experiment(exp, RunOptions(overwrite=True, quiet=True), console=Console(file=devnull))
+    if profiler:
+        profiler.disable()
+    wall = time.perf_counter() - start
+    from xvalkit.store import ExperimentStore
+
+    start = time.perf_counter()
+    report.refresh(ExperimentStore(exp.folder, exp.dataset, exp.num_experiment), plots=True, config=exp.config)
+    report_s = time.perf_counter() - start
+    stats = pstats.Stats(profiler, stream=io.StringIO()) if profiler else None
+    return wall, report_s, stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--frameworks", default="torch,keras")
+    parser.add_argument("--profile", type=int, default=0, help="print a profile of the xval run at this N")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = folder / "c.ini"
+        config.write_text(f"[paths]\ndata_folder = {folder / 'data'}\n")
+        for framework in args.frameworks.split(","):
+            bare = bare_torch if framework == "torch" else bare_keras
+            exp = load_experiment(write_experiment(folder, framework, 2), config_file=config)
+            dataset = load_dataset(exp.config.data_folder, "demo")
+            folds = plan_instances(exp, RunOptions(), dataset)[0].folds
+            bare(dataset, folds, 2)  # warm-up: imports, first traces
+            xval_run(exp.path, config, False)
+            print(f"{framework}: MLP_model {MODEL['hidden_sizes']}, 1 epoch, {FOLDS} folds, demo data, CPU", flush=True)
+            print(f"  {'N':>5} {'folds':>6} {'bare s':>8} {'xval s':>8} {'own ms/fold':>12} {'report s':>9}"
+                  f" {'peak RSS MB':>12}", flush=True)
+            for n in sizes:
+                path = write_experiment(folder, framework, n)
+                bare_s = bare(dataset, folds, n)
+                xval_s, report_s, stats = xval_run(path, config, args.profile == n)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                own = (xval_s - bare_s) / (n * FOLDS) * 1000
+                print(f"  {n:5d} {n * FOLDS:6d} {bare_s:8.2f} {xval_s:8.2f} {own:12.1f} {report_s:9.2f}"
+                      f" {peak:12.0f}", flush=True)
+                if stats is not None:
+                    stats.stream = sys.stdout
+                    stats.sort_stats("cumulative").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
