@@ -31,6 +31,7 @@ def test_confusion_matrices_name_the_classes(tmp_path):
                             dataset="moods", num_folds=3, global_parameters=["num_epochs=1", "tensorboard=False"])
     exp = load_experiment(path, config_file=config)
     _, instances, store = prepare(exp, RunOptions())
+    store.write_description(exp.short_description)  # as xval run does first: jobs check the folder is there
     records = [execute(job) for job in make_jobs(exp, instances[0])]
     assert all(r["classes"] == NAMES for r in records)
     store.rebuild_instance(1, base_results(exp, instances[0]))
