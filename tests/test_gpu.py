@@ -149,7 +149,8 @@ def test_a_ray_task_sets_growth_and_its_share_before_the_job(tmp_path, config_fi
         monkeypatch.delenv(name, raising=False)
     path = write_experiment(tmp_path, {1: MLP}, num_folds=2, global_parameters=QUICK)
     exp = load_experiment(path, config_file=config_file)
-    _, instances, _ = prepare(exp, RunOptions())
+    _, instances, store = prepare(exp, RunOptions())
+    store.write_description(exp.short_description)  # as xval run does first: jobs check the folder is there
     record = _execute(make_jobs(exp, instances[0])[0], 0.25)
     assert record["gpu_settings"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert record["gpu_settings"]["XVAL_GPU_MEMORY_FRACTION"] == "0.25"
@@ -169,7 +170,8 @@ def test_no_model_survives_its_fold(tmp_path, config_file, framework):
             'comment_2="b"']
     path = write_experiment(tmp_path, {1: spec}, num_folds=2, global_parameters=QUICK)
     exp = load_experiment(path, config_file=config_file)
-    _, instances, _ = prepare(exp, RunOptions())
+    _, instances, store = prepare(exp, RunOptions())
+    store.write_description(exp.short_description)  # as xval run does first: jobs check the folder is there
     if framework == "keras":
         import keras
 
