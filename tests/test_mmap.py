@@ -127,7 +127,7 @@ def test_loading_checks_stay_strict(tmp_path):
     damaged[8, 0, 3] = np.inf  # row 8 is speaker2's datapoint 1 (offsets 0, 3, 7, ...)
     damaged.flush()
     del damaged
-    with pytest.raises(DatasetError, match=r"dataset 'bad', item 'speaker2': predictor values of datapoint 1 "):
+    with pytest.raises(DatasetError, match=r"dataset 'bad', item 'speaker2' has NaN or infinite predictors, first in datapoint 1 "):
         data.load_dataset(tmp_path, "bad")
     with open(folder / "predictors.npy", "r+b") as handle:  # truncated: fewer bytes than the header says
         handle.truncate(os.path.getsize(folder / "predictors.npy") - 4)
