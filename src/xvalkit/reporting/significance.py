@@ -57,22 +57,27 @@ class TestResult:
     mean_difference: float
 
 
+def _paired(a: Sequence[float], b: Sequence[float], test_train_ratio: float, test: str) -> tuple[int, float, float]:
+    """(n, mean, var with ddof=1) of the paired differences a - b, after checking the arguments."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 2:
+        raise ValueError(f"{test} needs at least 2 paired folds, got {n}")
+    if not test_train_ratio >= 0:
+        raise ValueError(f"test_train_ratio must be >= 0, got {test_train_ratio}")
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    return n, mean, sum((x - mean) ** 2 for x in d) / (n - 1)
+
+
 def corrected_t_test(a: Sequence[float], b: Sequence[float], test_train_ratio: float) -> TestResult:
     """Corrected resampled paired t-test of a - b over k paired folds (k >= 2).
 
     Zero variance: identical results (mean difference 0) give t = 0, p = 1; a constant non-zero
     difference cannot be tested and gives t = p = NaN (see the module docstring).
     """
-    if len(a) != len(b):
-        raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
-    k = len(a)
-    if k < 2:
-        raise ValueError(f"the corrected t-test needs at least 2 paired folds, got {k}")
-    if not test_train_ratio >= 0:
-        raise ValueError(f"test_train_ratio must be >= 0, got {test_train_ratio}")
-    d = [x - y for x, y in zip(a, b)]
-    mean = sum(d) / k
-    var = sum((x - mean) ** 2 for x in d) / (k - 1)
+    k, mean, var = _paired(a, b, test_train_ratio, "the corrected t-test")
     # Differences below rounding noise of the metric count as none (0.1 - 0.1 in floats).
     scale = max([abs(x) for x in (*a, *b)] + [1.0])
     if var <= (1e-12 * scale) ** 2:
@@ -139,16 +144,9 @@ def bayesian_correlated_t_test(a: Sequence[float], b: Sequence[float], test_trai
     correct for the folds' overlap (rho / (1 - rho) = n_test / n_train). With zero variance the
     posterior is a point mass at mean(d).
     """
-    if len(a) != len(b):
-        raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
-    n = len(a)
-    if n < 2:
-        raise ValueError(f"the Bayesian correlated t-test needs at least 2 paired folds, got {n}")
     if not rope >= 0:
         raise ValueError(f"rope must be >= 0, got {rope}")
-    d = [x - y for x, y in zip(a, b)]
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    n, mean, var = _paired(a, b, test_train_ratio, "the Bayesian correlated t-test")
     scale = math.sqrt((1.0 / n + test_train_ratio) * var)
     if scale <= 1e-12 * max([abs(x) for x in (*a, *b)] + [1.0]):
         return Posterior(float(mean < -rope), float(-rope <= mean <= rope), float(mean > rope))
