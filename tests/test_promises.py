@@ -232,8 +232,8 @@ class _Trap:
 def test_npz_with_an_object_array_is_refused_and_never_unpickled(tmp_path, capsys):
     data = tmp_path / "data"
     marker = tmp_path / "unpickled"
-    save_dataset(data, "evil", {i: np.zeros((2, 3, 4), np.float32) for i in ("a", "b", "c")},
-                 {i: np.zeros(2, np.int64) for i in ("a", "b", "c")})
+    data.mkdir()  # an .npz dataset (the format before .xvd folders), as a foreign one would come
+    np.savez(data / "evil_target.npz", **{i: np.zeros(2, np.int64) for i in ("a", "b", "c")})
     predictors = data / "evil_predictors.npz"
     trap = np.empty(2, dtype=object)
     trap[:] = [_Trap(marker), _Trap(marker)]
