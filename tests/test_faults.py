@@ -327,11 +327,11 @@ def test_preprocess_on_a_full_data_disk(tmp_path, tmpfs):
     assert code == FAULT_EXIT, output
     lines = error_lines(output)
     assert len(lines) == 1 and "no space left on device" in lines[0] and "a dataset file" in lines[0], output
-    assert not list(data.glob("*_target.npz")) and not list(data.glob(".*")), list(data.iterdir())
+    assert not list(data.glob("*.xvd")) and not list(data.glob(".*")), list(data.iterdir())
     remount(data, "size=1g")  # tmpfs takes memory only as files grow
     code, output = xval("preprocess", "demo", "--output", wavs, "--jobs", "1", "--config", config)
     assert code == 0, output
-    assert (data / "demo_audio_target.npz").is_file()
+    assert (data / "demo_audio.xvd").is_dir()
 
 
 def test_full_disk_in_a_ray_task_stops_the_run(tmp_path, config_file, tmpfs):

@@ -107,5 +107,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        note_file(exc, target)  # a failed write names no file; a full disk must say which
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -120,7 +120,7 @@ def describe(path: Path) -> str:
         return "an error file"
     if name.endswith("_description.txt"):
         return "the description"
-    if name.endswith((".npz", "_manifest.json")):
+    if name.endswith((".npz", ".xvd", "_manifest.json")):
         return "a dataset file"
     if name.endswith(".wav") or name == "augment_log.json":
         return "an augmented output"

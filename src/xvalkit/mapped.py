@@ -20,6 +20,8 @@ reserved before the data.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import mmap
 import os
@@ -133,14 +135,19 @@ class DatasetWriter:
                 atomic.write_text(self.folder / "manifest.json",
                                   json.dumps(self.manifest or {}, indent=2, default=str))
         except BaseException as exc:  # failed while finishing: remove the temporary folder, re-raise
-            self.x.handle.close()
-            self.y.handle.close()
+            self._close_quietly()
             self._context.__exit__(type(exc), exc, exc.__traceback__)
             raise
         if kind is not None:
-            self.x.handle.close()
-            self.y.handle.close()
+            self._close_quietly()
         return bool(self._context.__exit__(kind, value, tb))
+
+    def _close_quietly(self) -> None:
+        """Close the row files of a write that already failed: closing flushes their buffers, which
+        fails again on a full disk, and must not hide the first error nor keep the temporary folder."""
+        for appender in (self.x, self.y):
+            with contextlib.suppress(OSError):
+                appender.handle.close()
 
 
 def check_finite(x: np.ndarray, where: str, what: str = "predictors", release=None) -> None:
