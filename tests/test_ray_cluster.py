@@ -300,8 +300,11 @@ def test_a_python_error_in_a_fold_is_recorded_not_retried(cluster, tmp_path, con
 def test_folds_spread_over_two_nodes_and_a_node_lost_mid_fold_is_retried_elsewhere(cluster, tmp_path, config_file):
     cluster.add_worker_node("worker")  # `ray start --address`, as on a second machine
     wait_for(lambda: cluster.alive_nodes() == 2, "the worker node to join")
+    # Long enough that the head's fold is still training when the worker node's (cold) Ray worker
+    # starts: 60 epochs took 10 s on a quiet machine, less than that start-up.
+    epochs = 300
     path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=2,
-                            global_parameters=["num_epochs=60", "patience=60"])
+                            global_parameters=[f"num_epochs={epochs}", f"patience={epochs}"])
     folder = exp_folder(path)
     proc = xval_run(cluster, path, config_file, "--address", cluster.address, wait=False)
 
@@ -333,7 +336,7 @@ def test_folds_spread_over_two_nodes_and_a_node_lost_mid_fold_is_retried_elsewhe
     assert proc.returncode == 0, err
     records = fold_records(path)
     assert sorted(records) == [1, 2]
-    assert records[fold]["pid"] not in killed and records[fold]["epochs"] == 60  # trained again, whole
+    assert records[fold]["pid"] not in killed and records[fold]["epochs"] == epochs  # trained again, whole
     for pkl in folder.rglob("*.pkl"):
         pickle.loads(pkl.read_bytes())  # every fold file whole
     assert not list(folder.rglob(".*.tmp*"))
