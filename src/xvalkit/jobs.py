@@ -130,9 +130,10 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
     An environment error (full disk, read-only or vanished folder) raises faults.EnvironmentFault,
     which executors pass on to stop the run instead of recording a failed fold.
     """
-    from .devices import gpu_settings, release_memory
+    from .devices import freeze_survivors, gpu_settings, release_memory
 
     gpu = gpu_settings()  # as the job found them, before it imports a framework
+    freeze_survivors()
     store = job.store()
     with faults_stop(job_folders(job)):
         store.check_present()
