@@ -368,3 +368,14 @@ def test_workbook_converts_with_libreoffice(crafted, tmp_path):
     text = (tmp_path / "out" / "demo_exp1_results.csv").read_text(encoding="utf-8")
     assert "comment_1" in text and "partial (2/3 folds)" in text
     assert "R²" in text  # the legend under the table, decoded as UTF-8 (LibreOffice's default wrote byte 0xb2)
+
+
+def test_a_slow_refresh_spaces_out_the_next_during_a_run():
+    """The background report waits `refresh_seconds`, or 5 times the last refresh when that is longer
+    (a workbook of a thousand instances): refreshes take at most a fifth of a core from training."""
+    from xvalkit.reporting.background import refresh_wait
+
+    assert refresh_wait(30, 0.0) == 30  # the first refresh, or quick ones: the configured interval
+    assert refresh_wait(30, 2.0) == 30
+    assert refresh_wait(30, 20.0) == 100  # 20 s to rebuild: the next one 100 s after it started
+    assert refresh_wait(0, 0.5) == 2.5

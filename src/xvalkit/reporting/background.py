@@ -4,7 +4,9 @@
 report at most every `interval` seconds, in one child process at low priority, so the next fold
 trains while the workbook is written. The spreadsheet of a running experiment is then never more
 than about `interval` seconds (plus one refresh) behind, or one instance behind when instances take
-longer than that. The child keeps its ExperimentStore, whose cache reads each fold file once, and
+longer than that; when a refresh itself takes long (a workbook of a thousand instances), the wait
+grows to SLOW_FACTOR times its duration, so that the report never takes more than a small share of
+a core from training. The child keeps its ExperimentStore, whose cache reads each fold file once, and
 redraws only the plots of instances that changed. Runs shorter than `interval` never start it:
 their report is written once, at the end, in this process.
 
@@ -26,6 +28,13 @@ import time
 
 from ..store import ExperimentStore
 
+SLOW_FACTOR = 5  # at most about 1/SLOW_FACTOR of a core for refreshes during a run
+
+
+def refresh_wait(interval: float, last_duration: float) -> float:
+    """Seconds from one refresh's start to the next: `interval`, or more after a slow refresh."""
+    return max(interval, SLOW_FACTOR * last_duration)
+
 
 class ReportRefresher:
     """Throttled, coalesced report refreshes in a child process (see the module docstring)."""
@@ -37,6 +46,7 @@ class ReportRefresher:
         self._dirty = False
         self._closed = False
         self._last = time.monotonic()  # the run's start counts as a refresh: nothing to show yet
+        self._duration = 0.0  # of the last refresh
         self.error: str | None = None  # the last background refresh's error, if it failed
         self._thread = threading.Thread(target=self._loop, name="report-refresher", daemon=True)
         self._thread.start()
@@ -50,8 +60,9 @@ class ReportRefresher:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not (self._dirty and time.monotonic() - self._last >= self.interval):
-                    wait = None if not self._dirty else self.interval - (time.monotonic() - self._last)
+                gap = refresh_wait(self.interval, self._duration)
+                while not self._closed and not (self._dirty and time.monotonic() - self._last >= gap):
+                    wait = None if not self._dirty else gap - (time.monotonic() - self._last)
                     self._wake.wait(wait)
                 if self._closed:
                     return
@@ -62,6 +73,7 @@ class ReportRefresher:
                 self.error = None
             except Exception as exc:  # a broken report must not stop training; the final refresh says why
                 self.error = f"{type(exc).__name__}: {exc}"
+            self._duration = time.monotonic() - self._last
 
     def _ask(self, plots: bool) -> None:
         """One refresh in the child (started on first use); raises its error."""
