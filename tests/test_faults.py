@@ -334,20 +334,6 @@ def test_preprocess_on_a_full_data_disk(tmp_path, tmpfs):
     assert (data / "demo_audio.xvd").is_dir()
 
 
-def test_full_disk_in_a_ray_task_stops_the_run(tmp_path, config_file, tmpfs):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    path, folder = setup(tmp_path, config_file, {1: act_instance("fills", "fill"), 2: act_instance("b")})
-    small = tmpfs(tmp_path / "small", "3m")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    try:
-        code, output = xval("run", path, "--backend", "ray", "--quiet", "--config", config_file)
-    finally:
-        ray.shutdown()
-    line = assert_stopped_by_fault(code, output, "no space left on device")
-    assert str(small) in line
-    assert not list((folder / "results").glob("error_*"))
-
-
 def _fill(folder: Path) -> None:
     with open(folder / "filler", "wb", buffering=0) as handle:  # unbuffered: close() has nothing left
         try:

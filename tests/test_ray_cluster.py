@@ -29,6 +29,7 @@ from xvalkit.errors import XvalError
 from xvalkit.executors.ray_address import check_cluster, find_token
 
 from .conftest import instance, write_experiment
+from .test_faults import tmpfs  # noqa: F401  (a fixture, for the full-disk test below)
 from .test_run import exp_folder, load_results, summary_header, xval
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -186,6 +187,55 @@ def assert_same_results(a: dict, b: dict) -> None:
         for metric in ("train_loss", "val_loss", "test_loss", "test_acc"):
             assert b[fold][metric] == pytest.approx(a[fold][metric], rel=2e-3, abs=2e-3), (fold, metric)
         np.testing.assert_allclose(b[fold]["test_pred"], a[fold]["test_pred"], atol=5e-3)
+
+
+# --- Ray started in this process (ray.init), as a script or a notebook starts it -------------------
+# These two live here, not in test_scale.py / test_faults.py, so that the one xdist worker that runs
+# this file runs every Ray test: one Ray cluster at a time on the machine. They come before the
+# tests of the `cluster` fixture, which keeps its nodes until the end of the file.
+@pytest.fixture
+def local_ray(monkeypatch):
+    import ray
+
+    # for this test only: a `ray start` worker node of the cluster tests below refuses to start with it
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend_on_loopback(tmp_path, config_file, local_ray):
+    from .test_scale import TWO_BY_TWO, fold_metrics
+
+    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
+    result = xval("run", path, "--backend", "ray", "--quiet", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    folds = fold_metrics(exp_folder(path))
+    assert len(folds) == 4 and all(f["pid"] != os.getpid() for f in folds.values())
+    from openpyxl import load_workbook
+
+    ws = load_workbook(exp_folder(path) / "demo_exp1_results.xlsx")["summary"]
+    rows = list(ws.iter_rows(min_row=3, max_row=4, values_only=True))  # below the two header rows
+    assert [r[0] for r in rows] == [1, 2]
+    assert [r[summary_header(ws).index("status")] for r in rows] == ["done", "done"]
+
+
+def test_full_disk_in_a_ray_task_stops_the_run(tmp_path, config_file, tmpfs):
+    import ray
+
+    from . import test_faults as faults
+
+    path, folder = faults.setup(tmp_path, config_file, {1: faults.act_instance("fills", "fill"),
+                                                        2: faults.act_instance("b")})
+    small = tmpfs(tmp_path / "small", "3m")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        code, output = faults.xval("run", path, "--backend", "ray", "--quiet", "--config", config_file)
+    finally:
+        ray.shutdown()
+    line = faults.assert_stopped_by_fault(code, output, "no space left on device")
+    assert str(small) in line
+    assert not list((folder / "results").glob("error_*"))
 
 
 def test_the_token_is_found_where_ray_documents_it(tmp_path, monkeypatch):

@@ -20,6 +20,9 @@ from xvalkit.experiment import load_experiment
 from .conftest import check_test_metrics, device_matches, expected_device, instance, write_experiment
 
 runner = CliRunner()
+# Where the framework is not what a test is about (resume, kill -9): torch, quicker to import and train
+TORCH = ['framework="torch"', "hidden_sizes=(8,)"]
+TORCH_GLOBAL = ["num_epochs=3", "patience=2", "batch_size=32"]
 
 
 def xval(*args: str):
@@ -187,9 +190,11 @@ def test_rerun_skips_finished_instances(finished):
 
 
 def test_changed_parameters_refuse_to_resume(tmp_path, config_file):
-    path = write_experiment(tmp_path, {1: instance("a")}, num_folds=2)
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH)}, num_folds=2,
+                            global_parameters=TORCH_GLOBAL)
     assert xval("run", path, "--cpu", "--config", config_file).exit_code == 0
-    write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "dropout=0.5")}, num_folds=2)
+    write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH, "dropout=0.5")}, num_folds=2,
+                     global_parameters=TORCH_GLOBAL)
     result = xval("run", path, "--cpu", "--config", config_file)
     assert result.exit_code == 2
     assert "instance 1: parameters changed since its saved folds were trained (dropout: 0.2 -> 0.5)" in result.output
@@ -257,7 +262,10 @@ def test_debug_mode_stops_at_the_first_error_with_traceback(tmp_path, config_fil
 
 
 def test_kill_9_mid_run_then_resume(tmp_path, config_file):
-    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=4")}, num_folds=4)
+    # 30 epochs: about a second a fold, so the kill after the first fold leaves folds to do
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH, "num_epochs=30",
+                                                   "patience=30")}, num_folds=4,
+                            global_parameters=TORCH_GLOBAL)
     results = exp_folder(path) / "results" / "results_demo_exp1_run1.pkl"
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--config", str(config_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

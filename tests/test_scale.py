@@ -19,6 +19,12 @@ from .conftest import (child_workers, device_matches, epoch_logged, expected_dev
 from .test_run import exp_folder, load_results, summary_header, xval
 
 TWO_BY_TWO = {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.3")}
+# Where the framework is not what a test is about (the pool, kills, Ctrl-C): torch, whose import and
+# folds take a fraction of Keras' (Keras in workers: the GPU test below, tests/test_faults.py).
+TORCH = ['framework="torch"', "hidden_sizes=(8,)"]
+TORCH_GLOBAL = ["num_epochs=3", "patience=2", "batch_size=32"]
+TORCH_TWO_BY_TWO = {1: instance("a", "MLP_model", "none", *TORCH),
+                    2: instance("b", "MLP_model", "none", *TORCH, "dropout=0.3")}
 
 
 def run_cli(*args, timeout=900):
@@ -35,8 +41,8 @@ def fold_metrics(folder: Path) -> dict:
 
 
 def test_two_cpu_workers_give_the_results_of_one(tmp_path, config_file):
-    one = write_experiment(tmp_path / "one", TWO_BY_TWO, num_folds=2)
-    two = write_experiment(tmp_path / "two", TWO_BY_TWO, num_folds=2)
+    one = write_experiment(tmp_path / "one", TORCH_TWO_BY_TWO, num_folds=2, global_parameters=TORCH_GLOBAL)
+    two = write_experiment(tmp_path / "two", TORCH_TWO_BY_TWO, num_folds=2, global_parameters=TORCH_GLOBAL)
     assert xval("run", one, "--cpu", "--config", config_file).exit_code == 0
     result = run_cli("run", two, "--cpu", "--cpu-workers", "2", "--quiet", "--config", config_file)
     assert result.returncode == 0, result.stderr
@@ -76,10 +82,11 @@ def test_each_gpu_worker_sees_only_its_gpu(tmp_path, config_file):
 
 
 def test_a_killed_worker_is_replaced_and_its_fold_redone(tmp_path, config_file):
-    # 12 epochs: the fold is still training when its first epoch is seen; it is stopped there (SIGSTOP)
-    # so that it cannot finish before the SIGKILL, which then hits a fold half-way through.
-    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=12", "patience=12")},
-                            num_folds=2)
+    # 60 epochs (seconds): the fold is still training when its first epoch is seen; it is stopped there
+    # (SIGSTOP) so that it cannot finish before the SIGKILL, which then hits a fold half-way through.
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH, "num_epochs=60",
+                                                   "patience=60")}, num_folds=2,
+                            global_parameters=TORCH_GLOBAL)
     folder = exp_folder(path)
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", "2",
                              "--quiet", "--config", str(config_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -98,12 +105,14 @@ def test_a_killed_worker_is_replaced_and_its_fold_redone(tmp_path, config_file):
     results = load_results(folder, 1)
     assert sorted(results["folds"]) == [1, 2]
     assert results["folds"][1]["pid"] != victim  # fold 1 was redone by another worker
-    assert results["folds"][1]["epochs"] == 12
+    assert results["folds"][1]["epochs"] == 60
     assert "done in" in (folder / "logs" / "run1_fold1.log").read_text()  # the retry's log, complete
 
 
 def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
-    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=3)
+    # 20 epochs: a fold takes about a second, so the kill after two finished folds leaves work to do
+    path = write_experiment(tmp_path, TORCH_TWO_BY_TWO, num_folds=3,
+                            global_parameters=["num_epochs=20", "patience=20", "batch_size=32"])
     folds_dir = exp_folder(path) / "results" / "folds"
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", "2",
                              "--quiet", "--config", str(config_file)],
@@ -133,9 +142,10 @@ def test_kill_9_of_the_runner_with_workers_then_resume(tmp_path, config_file):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_cleanly_and_says_what_was_abandoned(tmp_path, config_file, workers):
-    # 3 folds x 30 epochs: far from done when the first epoch is seen
-    path = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "cnn", "num_epochs=30", "patience=30")},
-                            num_folds=3)
+    # 3 folds x 1000 epochs: far from done when the first epoch is seen
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH, "num_epochs=1000",
+                                                   "patience=1000")}, num_folds=3,
+                            global_parameters=TORCH_GLOBAL)
     folder = exp_folder(path)
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--cpu-workers", workers,
                              "--quiet", "--config", str(config_file)], stderr=subprocess.PIPE, text=True,
@@ -150,7 +160,7 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_abandoned(tmp_path, config_file,
     assert "interrupted" in err and "abandoned (will be redone) instance 1 fold 1/3" in err
     assert not list((folder / "results" / "running").glob("*.json"))
     assert not list((folder / "results" / "folds").glob("*.pkl"))  # no fold of 30 epochs finished
-    assert not list(folder.rglob("*.hdf5")) and not list(folder.rglob(".*.tmp*"))  # nothing half-done
+    assert not list(folder.rglob("*.pt")) and not list(folder.rglob(".*.tmp*"))  # nothing half-done
     assert "Traceback" not in err
 
 
@@ -187,26 +197,3 @@ def test_status_shows_done_failed_and_pending(tmp_path, config_file):
     assert rows[1][2:5] == ["1, 2", "-", "-"] and rows[1][5] == "-"  # done
     assert rows[2][2] == "-" and rows[2][4] == "1, 2" and "flaky model exploded" in rows[2][5]  # failed
     assert rows[3][2:5] == ["-", "-", "1, 2"]  # never run: pending
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed")  # only the Ray test needs it
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
-
-
-def test_ray_backend_on_loopback(tmp_path, config_file, local_ray):
-    path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
-    result = xval("run", path, "--backend", "ray", "--quiet", "--config", config_file)
-    assert result.exit_code == 0, result.output
-    folds = fold_metrics(exp_folder(path))
-    assert len(folds) == 4 and all(f["pid"] != os.getpid() for f in folds.values())
-    from openpyxl import load_workbook
-
-    ws = load_workbook(exp_folder(path) / "demo_exp1_results.xlsx")["summary"]
-    rows = list(ws.iter_rows(min_row=3, max_row=4, values_only=True))  # below the two header rows
-    assert [r[0] for r in rows] == [1, 2]
-    assert [r[summary_header(ws).index("status")] for r in rows] == ["done", "done"]
