@@ -7,7 +7,9 @@
    of 0.5 s samples) of two CPU workers against one, in-memory mode on the same dataset
    (goal: two <= 1.2x one: the workers share the mapped pages in the page cache).
 4. Seconds per fold and epochs/s of generator mode against in-memory mode on a dataset that fits
-   (--small-mb), same run, torch and Keras (goal: generator >= 0.8x in-memory).
+   (--small-mb), same run, torch and Keras (goal: generator >= 0.8x in-memory); and the in-memory
+   mode on the same data saved as .npz files, the format before (goal: the in-memory mode keeps its
+   speed).
 
     python benchmarks/memory.py [--gb 6.2] [--small-mb 300] [--where /work]
 
@@ -159,14 +161,24 @@ def main() -> None:
         if "speed" not in args.skip:
             size = write_dataset(data, "small", args.small_mb * 1e6, seed=1)
             print(f"small dataset: {gb(size)} (fits in memory)")
+            # the same data as .npz files, the format before issue 15: the in-memory mode's old speed
+            from xvalkit.data import _save_npz_dataset, load_dataset
+
+            small = load_dataset(data, "small")
+            _save_npz_dataset(data, "small_npz", {i: np.asarray(x) for i, x in small.predictors.items()},
+                              {i: np.asarray(y) for i, y in small.targets.items()}, small.manifest)
             for framework in ("torch", "keras"):
                 r = {g: run(config, experiment(tmp, "small", framework, g, args.epochs, f"speed_{framework}_{g}"))
                      for g in (False, True)}
+                old = run(config, experiment(tmp, "small_npz", framework, False, args.epochs, f"speed_{framework}_npz"))
                 ratio = r[True]["epochs_per_s"] / r[False]["epochs_per_s"]
                 print(f"{framework:5s}: in-memory {r[False]['epochs_per_s']:.3f} epochs/s ({r[False]['fold_s']:.1f} s "
                       f"for {r[False]['epochs']} epochs), generator {r[True]['epochs_per_s']:.3f} epochs/s "
                       f"({r[True]['fold_s']:.1f} s): {ratio:.2f}x (goal >= 0.8x); same test accuracy: "
                       f"{r[False]['test_accuracy'] == r[True]['test_accuracy']}")
+                print(f"{'':5s}  in-memory from the old .npz files: {old['epochs_per_s']:.3f} epochs/s "
+                      f"({old['fold_s']:.1f} s): .xvd / .npz {r[False]['epochs_per_s'] / old['epochs_per_s']:.2f}x; "
+                      f"same test accuracy: {old['test_accuracy'] == r[False]['test_accuracy']}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"load after: {os.getloadavg()[0]:.1f}; removed {tmp}")
