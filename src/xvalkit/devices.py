@@ -83,7 +83,7 @@ def freeze_survivors() -> None:
     """Before a fold: move every object alive now (the frameworks' modules, the runner's state) to
     the garbage collector's permanent generation, so that release_memory's collection after the fold,
     and Python's own full collections, walk only what was made since: a full collection over Keras' and
-    TensorFlow's half a million objects costs about 0.3 s. Nothing of the coming fold is frozen, so
+    TensorFlow's half a million objects took 0.5 s here. Nothing of the coming fold is frozen, so
     its model and graphs are still collected (tests/test_gpu.py), and frozen objects are still freed
     by reference counting."""
     import gc

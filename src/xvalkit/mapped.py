@@ -21,7 +21,6 @@ reserved before the data.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import mmap
 import os
