@@ -347,27 +347,59 @@ def test_a_python_error_in_a_fold_is_recorded_not_retried(cluster, tmp_path, con
     assert {r[0]: r[status] for r in ws.iter_rows(min_row=3, max_row=4, values_only=True)} == {1: "failed", 2: "done"}
 
 
+GATED_MODELS = '''
+import math
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def Gated_model(input_shape, num_outputs, task_type):
+    """A linear model whose training waits, after its first step, until the test opens the gate: a fold
+    stays mid-training for as long as the test needs, however fast or slow the machine."""
+    import torch
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(math.prod(input_shape), num_outputs)
+            self.steps = 0
+
+        def forward(self, x):
+            if self.training:
+                self.steps += 1
+                if self.steps == 2:
+                    (HERE / f"training_{os.getpid()}").touch()
+                    while not (HERE / "gate").exists():
+                        time.sleep(0.05)
+            return self.out(x.flatten(1))
+
+    return Gated()
+'''
+
+
 def test_folds_spread_over_two_nodes_and_a_node_lost_mid_fold_is_retried_elsewhere(cluster, tmp_path, config_file):
     cluster.add_worker_node("worker")  # `ray start --address`, as on a second machine
     wait_for(lambda: cluster.alive_nodes() == 2, "the worker node to join")
-    # Long enough that the head's fold is still training when the worker node's (cold) Ray worker
-    # starts: 60 epochs took 10 s on a quiet machine, less than that start-up.
-    epochs = 300
-    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=2,
-                            global_parameters=[f"num_epochs={epochs}", f"patience={epochs}"])
+    (tmp_path / "gated.py").write_text(GATED_MODELS)
+    epochs = 3
+    path = write_experiment(tmp_path, {1: instance("a", "Gated_model", "none", 'framework="torch"', "batch_size=32")},
+                            models="gated.py", num_folds=2, global_parameters=[f"num_epochs={epochs}",
+                                                                               f"patience={epochs}"])
     folder = exp_folder(path)
     proc = xval_run(cluster, path, config_file, "--address", cluster.address, wait=False)
 
     def training_folds() -> dict[str, str]:
-        """node -> the fold it trains, among folds some epochs in (their running marker names the process)."""
+        """node -> the fold it trains, among folds held at the gate (their running marker names the process)."""
         out = {}
         for marker in (folder / "results" / "running").glob("*.json"):
             try:
                 pid = json.loads(marker.read_text())["pid"]
             except (OSError, ValueError):
                 continue
-            log = folder / "logs" / marker.with_suffix(".log").name
-            if log.is_file() and " epoch " in log.read_text():
+            if (tmp_path / f"training_{pid}").exists():
                 out[cluster.node_of(pid)] = marker.stem  # run1_fold<F>
         return out
 
@@ -382,6 +414,7 @@ def test_folds_spread_over_two_nodes_and_a_node_lost_mid_fold_is_retried_elsewhe
     fold_file = folder / "results" / "folds" / f"demo_exp1_run1_fold{fold}.pkl"
     killed = cluster.kill_node("worker")  # the worker node's daemons and Ray workers, kill -9
     assert not fold_file.exists(), "the fold finished before its node was killed"
+    (tmp_path / "gate").touch()  # both folds may go on: the head's, and the lost one wherever Ray retries it
     out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     records = fold_records(path)
