@@ -269,6 +269,86 @@ def test_plots_are_drawn_and_embedded(crafted):
     assert not list(crafted.folder.rglob(".*.tmp*"))
 
 
+def _instance(run: int, epochs: int, task_type: str = "classification", validation: bool = True, classes: int = 2):
+    """An instance of 3 folds with ragged histories (early stopping) and, classifying, a confusion matrix."""
+    from xvalkit.reporting.tables import InstanceInfo
+
+    rng = np.random.default_rng(run)
+    metric = "accuracy" if task_type == "classification" else "mae"
+    folds = {}
+    for fold in (1, 2, 3):
+        length = max(1, epochs - fold + 1)
+        names = ["loss", metric] + (["val_loss", f"val_{metric}"] if validation else [])
+        record = {"history": {name: list(rng.random(length) + run) for name in names}}
+        if task_type == "classification":
+            record.update(test_confusion_matrix=rng.integers(0, 30, (classes, classes)),
+                          classes=[f"class{k}" for k in range(classes)])
+        folds[fold] = record
+    return InstanceInfo(run, {"folds": folds, "num_folds": 3, "parameters": {"comment_1": "c", "comment_2": str(run)}},
+                        None)
+
+
+def test_an_instance_plot_drawn_into_a_reused_figure_equals_one_drawn_anew():
+    """Instance plots update one figure per layout in place; nothing of the instance drawn before
+    (limits, markers, legend entries, matrix numbers, title) may show in the next one."""
+    import io
+
+    from matplotlib.image import imread
+
+    from xvalkit.reporting import plots
+
+    plt = plots._pyplot()
+    instances = [(_instance(1, 6), "classification"), (_instance(2, 1), "classification"),
+                 (_instance(3, 4, validation=False), "classification"), (_instance(4, 9, classes=3), "classification"),
+                 (_instance(5, 3), "classification"), (_instance(6, 5, "regression"), "regression"),
+                 (_instance(7, 1, "regression", validation=False), "regression")]
+
+    def pixels(fig):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=40)
+        return imread(io.BytesIO(buffer.getvalue()))
+
+    reused = {task: plots.InstancePlotter(plt, task) for task in ("classification", "regression")}
+    try:
+        for inst, task in instances:
+            fresh = plots.instance_figure(plt, inst, task)
+            expected = pixels(fresh)
+            plt.close(fresh)
+            assert np.array_equal(pixels(reused[task].figure(inst)), expected), f"instance {inst.id}"
+    finally:
+        for plotter in reused.values():
+            plotter.close()
+
+
+def test_in_a_sweep_each_instance_plot_is_drawn_as_it_finishes(crafted):
+    """From EAGER_FROM instances, the report child draws a finished instance's plot at once, long
+    before the next whole refresh (here: never during the test); it runs in the runner's session,
+    so its `nice` counts against the training process (a session of its own is scheduled apart)."""
+    import os
+    import time
+
+    from xvalkit.reporting.background import EAGER_FROM, ReportRefresher
+
+    plot = crafted.folder / "plots" / "demo_exp1_run2.png"
+    refresher = ReportRefresher(crafted, interval=1e6, instances=EAGER_FROM)
+    try:
+        refresher.instance_done(2)
+        deadline = time.monotonic() + 120
+        while not plot.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert plot.is_file(), refresher.error
+        child = refresher._child.pid
+        assert os.getsid(child) == os.getsid(0) and os.getpgid(child) != os.getpgid(0)  # Ctrl-C: not its
+        assert os.getpriority(os.PRIO_PROCESS, child) >= 10
+    finally:
+        refresher.close(final=False)
+    assert not crafted.spreadsheet_path.exists()  # a plot, not a whole refresh
+    assert sorted(p.name for p in plot.parent.iterdir()) == ["demo_exp1_run2.png"]
+    fewer = ReportRefresher(crafted, interval=1e6, instances=EAGER_FROM - 1)
+    fewer.close(final=False)
+    assert not fewer.eager
+
+
 def test_curve_stats_with_early_stopping():
     from xvalkit.reporting.plots import curve_stats
 

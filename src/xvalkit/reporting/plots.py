@@ -38,30 +38,6 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
-class FigureCache:
-    """One figure per panel count, cleared and drawn again for each instance: creating a figure and
-    fitting a tight layout were most of the time of an instance plot (fixed margins instead)."""
-
-    def __init__(self, plt):
-        self.plt = plt
-        self.figures: dict[int, tuple] = {}
-
-    def get(self, panels: int):
-        if panels not in self.figures:
-            fig, axes = self.plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
-            fig.subplots_adjust(left=0.35 / panels, right=0.98, bottom=0.2, top=0.84, wspace=0.32)
-            self.figures[panels] = (fig, axes)
-        fig, axes = self.figures[panels]
-        for ax in axes:
-            ax.clear()
-        return fig, axes
-
-    def close(self) -> None:
-        for fig, _ in self.figures.values():
-            self.plt.close(fig)
-        self.figures.clear()
-
-
 def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(epochs, mean, std) per epoch over ragged per-fold curves; std is 0 where one fold remains."""
     length = max((len(c) for c in curves), default=0)
@@ -77,53 +53,106 @@ def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.n
     return np.arange(1, length + 1), mean, std
 
 
-def instance_figure(plt, inst: InstanceInfo, task_type: str, figures: FigureCache | None = None):
-    """Learning curves and the summed test confusion matrix of one instance (into a figure of
-    `figures` when given: not to be closed by the caller)."""
-    from matplotlib.ticker import MaxNLocator
+class InstancePlotter:
+    """Instance plots drawn into figures built once per layout and updated in place.
 
-    histories = [f.get("history") or {} for f in inst.folds.values()]
-    metric = "accuracy" if task_type == "classification" else "mae"
-    confusion = test_confusion(inst)
-    panels = 3 if confusion else 2
-    fig, axes = figures.get(panels) if figures is not None else plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
-    for ax, name in zip(axes, ("loss", metric)):
-        for key, label, colour in ((name, "training", "tab:blue"), (f"val_{name}", "validation", "tab:orange")):
-            curves = [h[key] for h in histories if h.get(key)]
+    Building axes, ticks, legends and texts was most of an instance plot's time. `ax.clear()` builds
+    them all again. Here each layout (panel count, confusion matrix labels) gets its figure once; an
+    instance then only sets its curves, bands, matrix and texts (`set_data`, `set_text`). The margins
+    are fixed, so no tight layout is fitted per plot.
+    """
+
+    def __init__(self, plt, task_type: str):
+        self.plt = plt
+        self.metric = "accuracy" if task_type == "classification" else "mae"
+        self.layouts: dict[tuple, dict[str, Any]] = {}
+
+    def _layout(self, key: tuple) -> dict[str, Any]:
+        from matplotlib.ticker import MaxNLocator
+
+        panels, labels = key
+        fig, axes = self.plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+        fig.subplots_adjust(left=0.35 / panels, right=0.98, bottom=0.2, top=0.84, wspace=0.32)
+        layout: dict[str, Any] = {"fig": fig, "title": fig.text(0.5, 0.95, "", ha="center", va="center", fontsize=10),
+                                  "curves": [], "legends": {}}
+        for ax, name in zip(axes, ("loss", self.metric)):
+            for key_name, label, colour in ((name, "training", "tab:blue"), (f"val_{name}", "validation", "tab:orange")):
+                line, = ax.plot([], [], color=colour, label=label)
+                band = ax.fill_between([0.0], [0.0], [0.0], color=colour, alpha=0.2, linewidth=0)
+                layout["curves"].append((ax, name, key_name, line, band))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+        if labels is not None:
+            ax = axes[2]
+            size = len(labels)
+            layout["image"] = ax.imshow(np.zeros((size, size)), cmap="Blues")
+            layout["cells"] = {} if size > 12 else {  # beyond 12 classes the numbers would not fit their cells
+                (r, c): ax.text(c, r, "", ha="center", va="center", fontsize=8) for r in range(size) for c in range(size)}
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            long = max(len(label) for label in labels) > 3
+            ax.set_xticks(range(size), labels, rotation=45 if long else 0, ha="right" if long else "center", fontsize=8)
+            ax.set_yticks(range(size), labels, fontsize=8)
+            layout["matrix_axes"] = ax
+        return layout
+
+    def figure(self, inst: InstanceInfo):
+        """The figure of `inst` (owned by this plotter: drawn into again by the next call)."""
+        histories = [f.get("history") or {} for f in inst.folds.values()]
+        confusion = test_confusion(inst)
+        key = (3 if confusion else 2, tuple(confusion[1]) if confusion else None)
+        if key not in self.layouts:
+            self.layouts[key] = self._layout(key)
+        layout = self.layouts[key]
+        shown: dict[Any, list] = {}
+        for ax, name, key_name, line, band in layout["curves"]:
+            curves = [h[key_name] for h in histories if h.get(key_name)]
+            line.set_visible(bool(curves))
+            band.set_visible(bool(curves))
             if not curves:
                 continue
             epochs, mean, std = curve_stats(curves)
-            ax.plot(epochs, mean, color=colour, label=label, marker="o" if len(epochs) == 1 else None)
-            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set_xlim(0.5, max((len(h.get(name) or ()) for h in histories), default=1) + 0.5)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if confusion:
-        total, labels, folds = confusion
-        ax = axes[2]
-        ax.imshow(total, cmap="Blues")
-        if total.shape[0] <= 12:  # beyond, the numbers would not fit their cells
-            for (r, c), v in np.ndenumerate(total):
-                ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=8,
-                        color="white" if v > total.max() / 2 else "black")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        long = max(len(label) for label in labels) > 3
-        ax.set_xticks(range(total.shape[1]), labels, rotation=45 if long else 0, ha="right" if long else "center",
-                      fontsize=8)
-        ax.set_yticks(range(total.shape[0]), labels, fontsize=8)
-        ax.set_title(f"test, summed over {folds} folds", fontsize=9)
-    comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
-    title = f"instance {inst.id}: {comments} ({len(inst.folds)} folds, mean ± std)"
-    if figures is not None:
-        fig.texts.clear()
-        fig.text(0.5, 0.95, title, ha="center", va="center", fontsize=10)
-    else:
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
+            line.set_data(epochs, mean)
+            line.set_marker("o" if len(epochs) == 1 else "None")
+            band.set_data(epochs, mean - std, mean + std)
+            if not shown.get(ax):  # the first curve of this panel: forget the last instance's limits
+                ax.ignore_existing_data_limits = True
+            ax.update_datalim(np.column_stack([np.concatenate([epochs, epochs]),
+                                               np.concatenate([mean - std, mean + std])]))
+            shown.setdefault(ax, []).append(line)
+            ax.set_xlim(0.5, max((len(h.get(name) or ()) for h in histories), default=1) + 0.5)
+        for ax, lines in shown.items():
+            ax.autoscale_view(scalex=False)
+            entries = tuple((line.get_label(), line.get_marker()) for line in lines)
+            if layout["legends"].get(ax) != entries:  # rebuilt only when its entries change (a legend copies them)
+                ax.legend(handles=lines, fontsize=8)
+                layout["legends"][ax] = entries
+        if confusion:
+            total, _, folds = confusion
+            layout["image"].set_data(total)
+            layout["image"].set_clim(total.min(), total.max())
+            for (r, c), text in layout["cells"].items():
+                text.set_text(str(int(total[r, c])))
+                text.set_color("white" if total[r, c] > total.max() / 2 else "black")
+            layout["matrix_axes"].set_title(f"test, summed over {folds} folds", fontsize=9)
+        comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
+        layout["title"].set_text(f"instance {inst.id}: {comments} ({len(inst.folds)} folds, mean ± std)")
+        return layout["fig"]
+
+    def close(self) -> None:
+        for layout in self.layouts.values():
+            self.plt.close(layout["fig"])
+        self.layouts.clear()
+
+
+def instance_figure(plt, inst: InstanceInfo, task_type: str):
+    """Learning curves and the summed test confusion matrix of one instance, in a new figure (the
+    caller closes it)."""
+    plotter = InstancePlotter(plt, task_type)
+    fig = plotter.figure(inst)
+    plotter.layouts.clear()  # the figure is the caller's now
     return fig
 
 
@@ -199,13 +228,11 @@ def _plot_inputs(inst: InstanceInfo) -> InstanceInfo:
 
 
 def _draw_instances(instances: list[InstanceInfo], task_type: str, folder: Path, prefix: str) -> list[Path]:
-    plt = _pyplot()
-    figures = FigureCache(plt)
+    plotter = InstancePlotter(_pyplot(), task_type)
     try:
-        return [_save(instance_figure(plt, inst, task_type, figures), folder / f"{prefix}_run{inst.id}.png",
-                      tight=False) for inst in instances]
+        return [_save(plotter.figure(inst), folder / f"{prefix}_run{inst.id}.png", tight=False) for inst in instances]
     finally:
-        figures.close()
+        plotter.close()
 
 
 def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: Path, prefix: str) -> None:
@@ -226,13 +253,34 @@ def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: 
             raise RuntimeError(f"drawing the instance plots failed: {errors.splitlines()[-1] if errors else child.returncode}")
 
 
+def draw_stale(instances: list[InstanceInfo], task_type: str, folder: Path, prefix: str,
+               signatures: Path | None = None, *, every: bool = True) -> None:
+    """Draw the plots of `instances` that are stale: not drawn yet, or drawn before their folds
+    changed (the signatures recorded in the JSON file `signatures`, when given). Many stale plots are
+    drawn by one worker process per core. With `every`, `instances` are all the experiment's and the
+    signatures of others are dropped; else theirs are kept (a few instances, as they finish)."""
+    try:
+        drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
+    except (OSError, ValueError):
+        drawn = {}
+    current = {str(inst.id): signature(inst) for inst in instances if inst.folds}
+    stale = [_plot_inputs(inst) for inst in instances if inst.folds and
+             (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
+    workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
+    if len(stale) >= PARALLEL_FROM and workers > 1:
+        _draw_in_children([stale[i::workers] for i in range(workers)], task_type, folder, prefix)
+    elif stale:
+        _draw_instances(stale, task_type, folder, prefix)
+    if signatures is not None and (stale or every):
+        atomic.write_text(signatures, json.dumps(current if every else {**drawn, **current}))
+
+
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
          signatures: Path | None = None) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
 
-    An instance plot whose instance has not changed since it was drawn (same folds: the signature
-    recorded in the JSON file `signatures`, when given) is kept, so refreshes during a run and `xval report` redraw only
-    what changed; many stale plots are drawn by one worker process per core.
+    An instance plot whose instance has not changed since it was drawn is kept (see draw_stale), so
+    refreshes during a run and `xval report` redraw only what changed.
     """
     plt = _pyplot()
     paths = []
@@ -244,20 +292,7 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
         fig = pivot_figure(plt, data, grid)
         paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
         plt.close(fig)
-    try:
-        drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
-    except (OSError, ValueError):
-        drawn = {}
-    current = {str(inst.id): signature(inst) for inst in data.instances if inst.folds}
-    stale = [_plot_inputs(inst) for inst in data.instances if inst.folds and
-             (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
-    workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
-    if len(stale) >= PARALLEL_FROM and workers > 1:
-        _draw_in_children([stale[i::workers] for i in range(workers)], data.task_type, folder, prefix)
-    elif stale:
-        _draw_instances(stale, data.task_type, folder, prefix)
-    if signatures is not None:
-        atomic.write_text(signatures, json.dumps(current))
+    draw_stale(data.instances, data.task_type, folder, prefix, signatures)
     paths += [folder / f"{prefix}_run{inst.id}.png" for inst in data.instances if inst.folds]
     return paths
 
