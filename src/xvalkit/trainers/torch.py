@@ -11,9 +11,9 @@ stop after `patience` epochs without improvement), the model saved atomically as
   gradient, so wd = 2λ gives the same penalty. It is applied, as in the Keras models, to the kernels
   of conv / dense layers and the input kernels of recurrent layers (not biases, BatchNorm, recurrent
   kernels). The logged loss / val_loss add λ·Σw², as Keras' do, so histories compare.
-- Batches: a DataLoader whose sampler yields whole batches of indices (seeded torch.Generator for the
-  shuffling); in memory the arrays are tensors (on the GPU when training there), with
-  `generator=True` each batch is read from the per-item arrays (SetData.batch), nothing concatenated.
+- Batches (SetBatches): one seeded permutation per epoch for the shuffling; in memory the arrays are
+  tensors (on the GPU when training there), with `generator=True` each batch is read from the
+  per-item arrays (SetData.batch), nothing concatenated.
 - TensorBoard: <log_dir>/train and <log_dir>/validation with the tags Keras' callback writes
   (epoch_loss, epoch_accuracy or epoch_mae), written without importing TensorFlow.
 - Seeds: Python, numpy and torch seeded with job.seed; on the CPU the same seed gives the same run.
@@ -36,6 +36,7 @@ from . import (METRICS, TrainJob, TrainOutput, build_checked, check_output_shape
 
 FORMAT_VERSION = 2  # 2: 'input_layout' recorded; 1 (no layout) was channels last
 GPU_SET_BYTES = 2 * 1024**3
+IN_MEMORY_BYTES = 64 * 1024**2  # on the CPU, a mapped dataset's set up to this size is gathered once
 
 
 def device_name() -> str:
@@ -110,41 +111,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def item_batches(set_data, *, streaming: bool, device: str):
-    """A map-style dataset indexed by a whole batch of positions: tensors held in memory (on
-    `device`), or, streaming, each batch gathered from the per-item arrays (SetData.batch)."""
-    import torch
-    from torch.utils.data import Dataset
+class SetBatches:
+    """One set's datapoints as (x, y) tensor batches.
 
-    class Batches(Dataset):
-        def __init__(self):
-            if not streaming:
-                x, y = set_data.arrays()
-                # On a GPU a set up to GPU_SET_BYTES lives there: batches are gathered on the device.
-                where = device if x.nbytes <= GPU_SET_BYTES else "cpu"
-                self.x, self.y = torch.from_numpy(x).to(where), torch.from_numpy(y).to(where)
+    In memory, the set is gathered once into tensors (on `device`: on a GPU a set up to
+    GPU_SET_BYTES lives there), and a batch is a slice of them, or a gather for a shuffled pass.
+    Streaming, each batch is gathered from the per-item arrays (SetData.batch), nothing
+    concatenated. Both iterate the same batches in the same order, so a seeded run gives the same
+    result either way. (No DataLoader: with no worker processes it only added its own cost, a
+    tenth of a tiny fold's.)
+    """
 
-        def __len__(self):
-            return len(set_data)
+    def __init__(self, set_data, *, streaming: bool, device: str, pin_memory: bool = False):
+        import torch
 
-        def __getitem__(self, index):
-            if streaming:
-                x, y = set_data.batch(np.asarray(index))
-                return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y))
-            index = torch.as_tensor(index, device=self.x.device)
-            return self.x[index], self.y[index]
+        self.set_data, self.streaming, self.pin_memory = set_data, streaming, pin_memory
+        if not streaming:
+            x, y = set_data.arrays()
+            where = device if x.nbytes <= GPU_SET_BYTES else "cpu"
+            self.x, self.y = torch.from_numpy(x).to(where), torch.from_numpy(y).to(where)
 
-    return Batches()
+    def __len__(self) -> int:
+        return len(self.set_data)
 
+    def iterate(self, batch_size: int, generator=None):
+        """One pass, in order, or shuffled by `generator` (a seeded torch.Generator: one
+        permutation drawn per pass)."""
+        import torch
 
-def loader(batches, batch_size: int, *, shuffle: bool = False, seed: int = 0, pin_memory: bool = False):
-    """A DataLoader whose sampler yields whole batches of indices (seeded shuffling)."""
-    import torch
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-
-    order = RandomSampler(batches, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(batches)
-    return DataLoader(batches, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
-                      pin_memory=pin_memory)
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for start in range(0, n, batch_size):
+            if self.streaming:
+                index = order[start:start + batch_size].numpy() if order is not None else np.arange(start, min(n, start + batch_size))
+                x, y = self.set_data.batch(index)
+                x, y = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y))
+                yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
+            elif order is None:
+                yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+            else:
+                index = order[start:start + batch_size].to(self.x.device)
+                yield self.x[index], self.y[index]
 
 
 class EarlyStopping:
@@ -310,6 +317,17 @@ def save(job: TrainJob, model) -> None:
     atomic.write_with(job.model_path, lambda handle: torch.save(payload, handle))
 
 
+def streams(job: TrainJob, set_data, device: str) -> bool:
+    """Whether a set is read batch by batch: with `generator=True`, and on the CPU for a mapped
+    dataset's set above IN_MEMORY_BYTES (the in-memory mode then keeps the pages it read, shared by
+    the workers in the page cache, instead of a private copy). A smaller set is gathered once:
+    gathering and normalising batch by batch cost more than the copy (a tenth of a tiny fold)."""
+    if job.generator:
+        return True
+    row = set_data.table.x[:1]
+    return device == "cpu" and set_data.table.mapped and len(set_data) * row.size * 4 > IN_MEMORY_BYTES
+
+
 def fit_predict(job: TrainJob) -> TrainOutput:
     import torch
 
@@ -325,14 +343,10 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     data, batch_size = job.data, p["batch_size"]
     pin = job.generator and device.startswith("cuda")
-    # On the CPU a mapped dataset's sets are read batch by batch in both modes (the in-memory mode
-    # keeps the pages it read, shared by the workers in the page cache, instead of a private copy).
-    streaming = job.generator or (device == "cpu" and data.table.mapped)
-    sets = {name: item_batches(s, streaming=streaming, device="cpu" if streaming else device)
+    sets = {name: SetBatches(s, streaming=streams(job, s, device), device=device, pin_memory=pin)
             for name, s in data.sets().items()}
-    train_batches = loader(sets["train"], batch_size, shuffle=shuffles(p), seed=job.seed, pin_memory=pin)
+    shuffling = torch.Generator().manual_seed(job.seed) if shuffles(p) else None
     eval_batch = inference_batch_size(batch_size, data.input_shape)
-    val_batches = loader(sets["val"], eval_batch, pin_memory=pin)
     metric = METRICS[job.task_type]
     logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
     boards = {"": ScalarLog(logs_dir / "train"), "val_": ScalarLog(logs_dir / "validation")} if logs_dir else {}
@@ -340,11 +354,13 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     stopper = EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"], stopping_patience(p))
     try:
         for epoch in range(1, p["num_epochs"] + 1):
-            train = _run_pass(model, train_batches, loss_fn, job.task_type, device, amp, optimizer, scaler)
+            train = _run_pass(model, sets["train"].iterate(batch_size, shuffling), loss_fn, job.task_type, device, amp,
+                              optimizer, scaler)
             train_loss, train_metric = train.values()
             # Keras logs the training loss with the penalty at each batch's weights; the end-of-epoch
             # weights are close enough for a log (the gradient itself uses the exact penalty).
-            val_loss, val_metric = _run_pass(model, val_batches, loss_fn, job.task_type, device, amp).values()
+            val_loss, val_metric = _run_pass(model, sets["val"].iterate(eval_batch), loss_fn, job.task_type, device,
+                                             amp).values()
             penalty = _penalty(weights, l2)
             logs = {"loss": train_loss + penalty, metric: train_metric,
                     "val_loss": val_loss + penalty, f"val_{metric}": val_metric}
@@ -361,7 +377,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
             board.close()
     if stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
-    predictions = {name: predict(model, loader(batches, eval_batch, pin_memory=pin), job.task_type, device, amp)
+    predictions = {name: predict(model, batches.iterate(eval_batch), job.task_type, device, amp)
                    for name, batches in sets.items()}
     save(job, model)
     epochs = len(history["loss"])
