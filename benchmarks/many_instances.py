@@ -6,10 +6,12 @@ For each N (default 10, 100, 1000) and framework (torch, keras), in one process 
 - xval: `run_experiment` on an experiment of N instances (a sweep over the seed), which also writes
   every model, fold record, log, the instance pickles, the report refreshes and the final report
   with every plot.
-It prints both wall times, xvalkit's own cost per fold ((xval - bare) / folds), and the time of the
-final report alone (`xval report` of the finished folder, plots included).
+It prints both wall times, xvalkit's own cost per fold ((xval - bare) / folds), the time of the
+final report alone (`xval report` of the finished folder, plots included), and the process's
+resident memory once a quarter of the folds are recorded and once all are (before the final
+report): what the runner keeps per finished fold.
 
-    python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N]
+    python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N] [--keep DIR]
 Goal (issue 14): under 25 ms per fold at every N, the N = 1000 figure within 1.3x of N = 10; the
 final report of 1000 instances under 60 s.
 """
@@ -25,6 +27,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -120,7 +123,36 @@ def bare_keras(dataset, folds, n: int) -> float:
     return time.perf_counter() - start
 
 
-def xval_run(path: Path, config: Path, profile: bool) -> tuple[float, float, pstats.Stats | None]:
+class RssSampler:
+    """This process's resident memory every 0.2 s, beside the number of fold records written: the
+    runner's memory after a quarter and after all of the folds (before the final report)."""
+
+    def __init__(self, folds_dir: Path, total: int):
+        self.folds_dir, self.total, self.samples = folds_dir, total, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stop.wait(0.2):
+            try:
+                done = sum(1 for _ in os.scandir(self.folds_dir))
+            except OSError:
+                done = 0
+            with open("/proc/self/statm") as handle:
+                rss = int(handle.read().split()[1]) * page / 2**20
+            self.samples.append((done, rss))
+
+    def quarter_and_end(self) -> tuple[float, float]:
+        self.stop.set()
+        self.thread.join()
+        quarter = next((rss for done, rss in self.samples if done >= self.total / 4), float("nan"))
+        end = max((rss for done, rss in self.samples if done >= self.total), default=float("nan"))
+        return quarter, end
+
+
+def xval_run(path: Path, config: Path, profile: bool, n: int) -> tuple[float, float, pstats.Stats | None, tuple]:
     from rich.console import Console
 
     from xvalkit import report
@@ -128,6 +160,7 @@ def xval_run(path: Path, config: Path, profile: bool) -> tuple[float, float, pst
     exp = load_experiment(path, config_file=config)
     shutil.rmtree(exp.folder, ignore_errors=True)
     profiler = cProfile.Profile() if profile else None
+    sampler = RssSampler(exp.folder / "results" / "folds", n * FOLDS)
     start = time.perf_counter()
     if profiler:
         profiler.enable()
@@ -136,13 +169,14 @@ def xval_run(path: Path, config: Path, profile: bool) -> tuple[float, float, pst
     if profiler:
         profiler.disable()
     wall = time.perf_counter() - start
+    rss = sampler.quarter_and_end()
     from xvalkit.store import ExperimentStore
 
     start = time.perf_counter()
     report.refresh(ExperimentStore(exp.folder, exp.dataset, exp.num_experiment), plots=True, config=exp.config)
     report_s = time.perf_counter() - start
     stats = pstats.Stats(profiler, stream=io.StringIO()) if profiler else None
-    return wall, report_s, stats
+    return wall, report_s, stats, rss
 
 
 def main() -> None:
@@ -150,10 +184,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--frameworks", default="torch,keras")
     parser.add_argument("--profile", type=int, default=0, help="print a profile of the xval run at this N")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep the experiments (to time "
+                        "`xval report / plan / status` on them), instead of a temporary one")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) if args.keep is None else args.keep.resolve()
+        folder.mkdir(parents=True, exist_ok=True)
         config = folder / "c.ini"
         config.write_text(f"[paths]\ndata_folder = {folder / 'data'}\n")
         for framework in args.frameworks.split(","):
@@ -162,18 +199,18 @@ def main() -> None:
             dataset = load_dataset(exp.config.data_folder, "demo")
             folds = plan_instances(exp, RunOptions(), dataset)[0].folds
             bare(dataset, folds, 2)  # warm-up: imports, first traces
-            xval_run(exp.path, config, False)
+            xval_run(exp.path, config, False, 2)
             print(f"{framework}: MLP_model {MODEL['hidden_sizes']}, 1 epoch, {FOLDS} folds, demo data, CPU", flush=True)
             print(f"  {'N':>5} {'folds':>6} {'bare s':>8} {'xval s':>8} {'own ms/fold':>12} {'report s':>9}"
-                  f" {'peak RSS MB':>12}", flush=True)
+                  f" {'peak RSS MB':>12} {'RSS MB at 25% -> 100% of folds':>31}", flush=True)
             for n in sizes:
                 path = write_experiment(folder, framework, n)
                 bare_s = bare(dataset, folds, n)
-                xval_s, report_s, stats = xval_run(path, config, args.profile == n)
+                xval_s, report_s, stats, (quarter, end) = xval_run(path, config, args.profile == n, n)
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 own = (xval_s - bare_s) / (n * FOLDS) * 1000
                 print(f"  {n:5d} {n * FOLDS:6d} {bare_s:8.2f} {xval_s:8.2f} {own:12.1f} {report_s:9.2f}"
-                      f" {peak:12.0f}", flush=True)
+                      f" {peak:12.0f} {quarter:20.0f} -> {end:.0f}", flush=True)
                 if stats is not None:
                     stats.stream = sys.stdout
                     stats.sort_stats("cumulative").print_stats(30)

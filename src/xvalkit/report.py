@@ -102,29 +102,14 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     if plots:
         from .reporting import plots as plotting
 
-        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix, signatures=_signatures(store))
+        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix,
+                              signatures=store.results_dir / "plot_signatures.json")
     atomic.write_bytes(store.spreadsheet_path,
                        spreadsheet.workbook_bytes(data, summary, folds, parameters, drawn, _ratio_note(data)))
     results_csv, summary_csv = store.folder / "results.csv", store.folder / "summary.csv"
     atomic.write_text(results_csv, pd.DataFrame(folds).to_csv(index=False))
     atomic.write_text(summary_csv, pd.DataFrame(_summary_table(summary, parameters)).to_csv(index=False))
     return ReportFiles(store.spreadsheet_path, results_csv, summary_csv, tuple(drawn))
-
-
-def _signatures(store: ExperimentStore) -> Path:
-    return store.results_dir / "plot_signatures.json"
-
-
-def draw_instance_plots(store: ExperimentStore, runs: list[int]) -> None:
-    """The plots of instances `runs` alone, as they finish during a run: no tables, no workbook
-    (the next refresh keeps them, since their folds have not changed since)."""
-    from .reporting import plots, tables
-
-    files = store.fold_files()
-    instances = [tables.InstanceInfo(run, store.load_instance(run, files.get(run, {})), None) for run in runs]
-    for task_type in {i.results["task_type"] for i in instances if i.results is not None}:
-        plots.draw_stale([i for i in instances if i.results and i.results["task_type"] == task_type], task_type,
-                         store.folder / "plots", store.prefix, _signatures(store), every=False)
 
 
 def load_results(target: str | Path, config: Config | None = None) -> Results:

@@ -298,9 +298,7 @@ class RunListener:
                    f"{', '.join(map(str, diverged))}" if diverged else ""
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
                             f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
-            self.refresher.instance_done(inst.id)
-        else:
-            self.refresher.request()
+        self.refresher.request()
 
     def failed(self, job: FoldJob, error: str) -> None:
         self.store.check_present()
@@ -372,8 +370,7 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst) if job.fold.index in todo[inst.id]]
     view = ProgressView(console, len(jobs), options.quiet)
-    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30),
-                                instances=sum(1 for run in todo.values() if run))
+    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30))
     listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
         make_executor(options, device).run(jobs, listener, options.debug)

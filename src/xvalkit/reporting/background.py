@@ -10,11 +10,6 @@ a core from training. The child keeps its ExperimentStore, whose cache reads eac
 redraws only the plots of instances that changed. Runs shorter than `interval` never start it:
 their report is written once, at the end, in this process.
 
-In a run of EAGER_FROM instances or more (a sweep), the child also draws each instance's plot as soon
-as the instance finishes (`instance_done`), between refreshes: plots are a large part of a report
-(about 0.15 s of a core each), and drawing a thousand of them at the end would keep the user waiting
-for minutes after the last fold.
-
 The child is a plain `python -m xvalkit.reporting.background` (not multiprocessing), so it works
 from any script, guarded by `if __name__ == "__main__"` or not. It reads one JSON request per line
 on stdin and answers one line on stdout. The report is always rebuilt from the folder alone, so a
@@ -34,7 +29,6 @@ import time
 from ..store import ExperimentStore
 
 SLOW_FACTOR = 5  # at most about 1/SLOW_FACTOR of a core for refreshes during a run
-EAGER_FROM = 24  # instances in a run from which each instance's plot is drawn as it finishes
 
 
 def refresh_wait(interval: float, last_duration: float) -> float:
@@ -45,13 +39,11 @@ def refresh_wait(interval: float, last_duration: float) -> float:
 class ReportRefresher:
     """Throttled, coalesced report refreshes in a child process (see the module docstring)."""
 
-    def __init__(self, store: ExperimentStore, interval: float, instances: int = 0):
+    def __init__(self, store: ExperimentStore, interval: float):
         self.store, self.interval = store, float(interval)
-        self.eager = instances >= EAGER_FROM  # draw each instance's plot as it finishes
         self._child: subprocess.Popen | None = None
         self._wake = threading.Condition()
         self._dirty = False
-        self._finished: set[int] = set()  # instances whose plot is to be drawn now (eager)
         self._closed = False
         self._last = time.monotonic()  # the run's start counts as a refresh: nothing to show yet
         self._duration = 0.0  # of the last refresh
@@ -65,53 +57,38 @@ class ReportRefresher:
             self._dirty = True
             self._wake.notify()
 
-    def instance_done(self, instance: int) -> None:
-        """An instance finished: in a sweep (`eager`), draw its plot now; always, refresh within
-        `interval` seconds."""
-        with self._wake:
-            if self.eager:
-                self._finished.add(instance)
-            self._dirty = True
-            self._wake.notify()
-
-    def _next(self) -> dict | None:
-        """Wait for the next request to send the child: instance plots at once, a whole refresh
-        `refresh_wait` after the last one started; None once closed."""
-        with self._wake:
-            while not self._closed:
-                if self._finished:
-                    runs, self._finished = sorted(self._finished), set()
-                    return {"plots_of": runs}
-                since = time.monotonic() - self._last
-                gap = refresh_wait(self.interval, self._duration)
-                if self._dirty and since >= gap:
-                    self._dirty = False
-                    self._last = time.monotonic()
-                    return {"plots": True}
-                self._wake.wait(gap - since if self._dirty else None)
-            return None
-
     def _loop(self) -> None:
-        while (request := self._next()) is not None:
+        while True:
+            with self._wake:
+                gap = refresh_wait(self.interval, self._duration)
+                while not self._closed and not (self._dirty and time.monotonic() - self._last >= gap):
+                    wait = None if not self._dirty else gap - (time.monotonic() - self._last)
+                    self._wake.wait(wait)
+                if self._closed:
+                    return
+                self._dirty = False
+                self._last = time.monotonic()
             try:
-                self._ask(**request)
+                self._ask(plots=True)
                 self.error = None
             except Exception as exc:  # a broken report must not stop training; the final refresh says why
                 self.error = f"{type(exc).__name__}: {exc}"
-            if "plots" in request:
-                self._duration = time.monotonic() - self._last
+            self._duration = time.monotonic() - self._last
 
-    def _ask(self, plots: bool = False, plots_of: list[int] | None = None) -> None:
-        """One refresh in the child (started on first use), or with `plots_of` the plots of those
-        instances only; raises its error."""
+    def _ask(self, plots: bool) -> None:
+        """One refresh in the child (started on first use); raises its error."""
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "xvalkit.reporting.background"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True, process_group=0,  # Ctrl-C is the runner's to handle
+                stdout=subprocess.PIPE, text=True,
+                # A process group of its own: Ctrl-C (sent to the terminal's group) is the runner's to
+                # handle. Not a session of its own: Linux's autogroup schedules each session as a peer,
+                # and the child's `nice` would then not yield to training at all.
+                process_group=0,
             )
         store = self.store
         request = {"folder": str(store.folder), "dataset": store.dataset, "num_experiment": store.num_experiment,
-                   "plots": plots, "plots_of": plots_of}
+                   "plots": plots}
         self._child.stdin.write(json.dumps(request) + "\n")
         self._child.stdin.flush()
         answer = self._child.stdout.readline().strip()
@@ -159,10 +136,7 @@ def main() -> None:
         key = (request["folder"], request["dataset"], request["num_experiment"])
         store = stores.setdefault(key, ExperimentStore(*key, cache=True))
         try:
-            if request.get("plots_of"):
-                report.draw_instance_plots(store, request["plots_of"])
-            else:
-                report.refresh(store, plots=request["plots"])
+            report.refresh(store, plots=request["plots"])
             answer = "ok"
         except (XvalError, OSError, ValueError) as exc:
             answer = "error: " + " ".join(str(exc).split())

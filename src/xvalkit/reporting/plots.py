@@ -253,34 +253,13 @@ def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: 
             raise RuntimeError(f"drawing the instance plots failed: {errors.splitlines()[-1] if errors else child.returncode}")
 
 
-def draw_stale(instances: list[InstanceInfo], task_type: str, folder: Path, prefix: str,
-               signatures: Path | None = None, *, every: bool = True) -> None:
-    """Draw the plots of `instances` that are stale: not drawn yet, or drawn before their folds
-    changed (the signatures recorded in the JSON file `signatures`, when given). Many stale plots are
-    drawn by one worker process per core. With `every`, `instances` are all the experiment's and the
-    signatures of others are dropped; else theirs are kept (a few instances, as they finish)."""
-    try:
-        drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
-    except (OSError, ValueError):
-        drawn = {}
-    current = {str(inst.id): signature(inst) for inst in instances if inst.folds}
-    stale = [_plot_inputs(inst) for inst in instances if inst.folds and
-             (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
-    workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
-    if len(stale) >= PARALLEL_FROM and workers > 1:
-        _draw_in_children([stale[i::workers] for i in range(workers)], task_type, folder, prefix)
-    elif stale:
-        _draw_instances(stale, task_type, folder, prefix)
-    if signatures is not None and (stale or every):
-        atomic.write_text(signatures, json.dumps(current if every else {**drawn, **current}))
-
-
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
          signatures: Path | None = None) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
 
-    An instance plot whose instance has not changed since it was drawn is kept (see draw_stale), so
-    refreshes during a run and `xval report` redraw only what changed.
+    An instance plot whose instance has not changed since it was drawn (same folds: the signature
+    recorded in the JSON file `signatures`, when given) is kept, so refreshes during a run and `xval report` redraw only
+    what changed; many stale plots are drawn by one worker process per core.
     """
     plt = _pyplot()
     paths = []
@@ -292,7 +271,20 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
         fig = pivot_figure(plt, data, grid)
         paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
         plt.close(fig)
-    draw_stale(data.instances, data.task_type, folder, prefix, signatures)
+    try:
+        drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
+    except (OSError, ValueError):
+        drawn = {}
+    current = {str(inst.id): signature(inst) for inst in data.instances if inst.folds}
+    stale = [_plot_inputs(inst) for inst in data.instances if inst.folds and
+             (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
+    workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
+    if len(stale) >= PARALLEL_FROM and workers > 1:
+        _draw_in_children([stale[i::workers] for i in range(workers)], data.task_type, folder, prefix)
+    elif stale:
+        _draw_instances(stale, data.task_type, folder, prefix)
+    if signatures is not None:
+        atomic.write_text(signatures, json.dumps(current))
     paths += [folder / f"{prefix}_run{inst.id}.png" for inst in data.instances if inst.folds]
     return paths
 
