@@ -235,8 +235,8 @@ def _draw_instances(instances: list[InstanceInfo], task_type: str, folder: Path,
         plotter.close()
 
 
-def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: Path, prefix: str) -> None:
-    """Draw each chunk in a child `python -m xvalkit.reporting.plots` at once (plain processes, not
+def _start_children(chunks: list[list[InstanceInfo]], task_type: str, folder: Path, prefix: str) -> list:
+    """Start drawing each chunk in a child `python -m xvalkit.reporting.plots` (plain processes, not
     multiprocessing: they work from any script); the chunk goes over its stdin as a pickle."""
     import pickle
     import subprocess
@@ -247,6 +247,10 @@ def _draw_in_children(chunks: list[list[InstanceInfo]], task_type: str, folder: 
     for child, chunk in zip(children, chunks):
         child.stdin.write(pickle.dumps((chunk, task_type, folder, prefix)))
         child.stdin.close()
+    return children
+
+
+def _wait_children(children: list) -> None:
     for child in children:
         errors = child.stderr.read().decode(errors="replace").strip()
         if child.wait() != 0:
@@ -261,16 +265,6 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
     recorded in the JSON file `signatures`, when given) is kept, so refreshes during a run and `xval report` redraw only
     what changed; many stale plots are drawn by one worker process per core.
     """
-    plt = _pyplot()
-    paths = []
-    fig = metric_bar_figure(plt, data, summary)
-    paths.append(_save(fig, folder / f"{prefix}_{data.main_metric}.png"))
-    plt.close(fig)
-    grid = pivot(data, summary)
-    if grid is not None:
-        fig = pivot_figure(plt, data, grid)
-        paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
-        plt.close(fig)
     try:
         drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
     except (OSError, ValueError):
@@ -279,17 +273,31 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
     stale = [_plot_inputs(inst) for inst in data.instances if inst.folds and
              (drawn.get(str(inst.id)) != current[str(inst.id)] or not (folder / f"{prefix}_run{inst.id}.png").is_file())]
     workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
-    if len(stale) >= PARALLEL_FROM and workers > 1:
-        _draw_in_children([stale[i::workers] for i in range(workers)], data.task_type, folder, prefix)
-    elif stale:
-        _draw_instances(stale, data.task_type, folder, prefix)
+    children = []
+    if len(stale) >= PARALLEL_FROM and workers > 1:  # they start (imports) while the summary plots are drawn here
+        children = _start_children([stale[i::workers] for i in range(workers)], data.task_type, folder, prefix)
+    try:
+        plt = _pyplot()
+        paths = []
+        fig = metric_bar_figure(plt, data, summary)
+        paths.append(_save(fig, folder / f"{prefix}_{data.main_metric}.png"))
+        plt.close(fig)
+        grid = pivot(data, summary)
+        if grid is not None:
+            fig = pivot_figure(plt, data, grid)
+            paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
+            plt.close(fig)
+        if stale and not children:
+            _draw_instances(stale, data.task_type, folder, prefix)
+    finally:
+        _wait_children(children)
     if signatures is not None:
         atomic.write_text(signatures, json.dumps(current))
     paths += [folder / f"{prefix}_run{inst.id}.png" for inst in data.instances if inst.folds]
     return paths
 
 
-if __name__ == "__main__":  # a child of _draw_in_children: its input is this process's parent's data
+if __name__ == "__main__":  # a child of _start_children: its input is this process's parent's data
     import pickle
     import sys
 
