@@ -88,8 +88,9 @@ class InstancePlotter:
             ax = axes[2]
             size = len(labels)
             layout["image"] = ax.imshow(np.zeros((size, size)), cmap="Blues")
-            layout["cells"] = {} if size > 12 else {  # beyond 12 classes the numbers would not fit their cells
-                (r, c): ax.text(c, r, "", ha="center", va="center", fontsize=8) for r in range(size) for c in range(size)}
+            cells = [(r, c) for r in range(size) for c in range(size)] if size <= 12 else []  # beyond, numbers
+            layout["cells"] = {(r, c): ax.text(c, r, "", ha="center", va="center", fontsize=8)  # would not fit
+                               for r, c in cells}
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             long = max(len(label) for label in labels) > 3

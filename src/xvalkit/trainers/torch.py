@@ -142,15 +142,15 @@ class SetBatches:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else None
         for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
             if self.streaming:
-                index = order[start:start + batch_size].numpy() if order is not None else np.arange(start, min(n, start + batch_size))
-                x, y = self.set_data.batch(index)
+                x, y = self.set_data.batch(order[start:stop].numpy() if order is not None else np.arange(start, stop))
                 x, y = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y))
                 yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
             elif order is None:
-                yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+                yield self.x[start:stop], self.y[start:stop]
             else:
-                index = order[start:start + batch_size].to(self.x.device)
+                index = order[start:stop].to(self.x.device)
                 yield self.x[index], self.y[index]
 
 
