@@ -277,9 +277,9 @@ def _instance(run: int, epochs: int, task_type: str = "classification", validati
     metric = "accuracy" if task_type == "classification" else "mae"
     folds = {}
     for fold in (1, 2, 3):
-        length = max(1, epochs - fold + 1)
+        length = max(1, epochs - fold + 1)  # epochs 0: folds recorded without a history
         names = ["loss", metric] + (["val_loss", f"val_{metric}"] if validation else [])
-        record = {"history": {name: list(rng.random(length) + run) for name in names}}
+        record = {"history": {name: list(rng.random(length) + run) for name in names} if epochs else {}}
         if task_type == "classification":
             record.update(test_confusion_matrix=rng.integers(0, 30, (classes, classes)),
                           classes=[f"class{k}" for k in range(classes)])
@@ -300,7 +300,8 @@ def test_an_instance_plot_drawn_into_a_reused_figure_equals_one_drawn_anew():
     plt = plots._pyplot()
     instances = [(_instance(1, 6), "classification"), (_instance(2, 1), "classification"),
                  (_instance(3, 4, validation=False), "classification"), (_instance(4, 9, classes=3), "classification"),
-                 (_instance(5, 3), "classification"), (_instance(6, 5, "regression"), "regression"),
+                 (_instance(5, 0), "classification"), (_instance(8, 3), "classification"),  # 5: no curves
+                 (_instance(6, 5, "regression"), "regression"),
                  (_instance(7, 1, "regression", validation=False), "regression")]
 
     def pixels(fig):

@@ -123,12 +123,20 @@ class InstancePlotter:
             ax.update_datalim(np.column_stack([np.concatenate([epochs, epochs]),
                                                np.concatenate([mean - std, mean + std])]))
             shown.setdefault(ax, []).append(line)
-            ax.set_xlim(0.5, max((len(h.get(name) or ()) for h in histories), default=1) + 0.5)
-        for ax, lines in shown.items():
-            ax.autoscale_view(scalex=False)
+        for ax, name in dict.fromkeys((ax, name) for ax, name, *_ in layout["curves"]):
+            ax.set_xlim(0.5, max([1] + [len(h.get(name) or ()) for h in histories]) + 0.5)
+            lines = shown.get(ax, [])
+            if lines:
+                ax.set_autoscaley_on(True)
+                ax.autoscale_view(scalex=False)
+            else:  # no curve at all: the empty panel of a new figure
+                ax.set_ylim(0.0, 1.0)
             entries = tuple((line.get_label(), line.get_marker()) for line in lines)
-            if layout["legends"].get(ax) != entries:  # rebuilt only when its entries change (a legend copies them)
-                ax.legend(handles=lines, fontsize=8)
+            if layout["legends"].get(ax, ()) != entries:  # rebuilt only when its entries change (it copies them)
+                if lines:
+                    ax.legend(handles=lines, fontsize=8)
+                else:
+                    ax.get_legend().remove()
                 layout["legends"][ax] = entries
         if confusion:
             total, _, folds = confusion
