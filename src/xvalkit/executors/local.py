@@ -17,6 +17,7 @@ from collections import deque
 from multiprocessing.connection import wait
 
 from ..faults import EnvironmentFault
+from ..interrupts import StopRequest
 from ..jobs import FoldJob
 from . import JobError, Listener, Slot
 
@@ -90,33 +91,41 @@ class LocalPoolExecutor:
         pending = deque(jobs)
         workers = self.workers
         retried: set[tuple[int, int]] = set()
-        try:
-            while True:
-                for i, slot in enumerate(self.slots):  # give every idle slot a job
-                    if workers[i] is not None and workers[i].job is not None:
-                        continue
-                    while pending and listener.should_skip(pending[0]):
-                        pending.popleft()
-                    if not pending:
-                        break
-                    if workers[i] is None:
-                        workers[i] = Worker(slot, self.context)
-                    job = pending.popleft()
-                    workers[i].job = job
-                    workers[i].conn.send(job)
-                    listener.started(job, slot.name)
-                busy = [w for w in workers if w is not None and w.job is not None]
-                if not busy:
-                    return
-                ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-                for i, worker in enumerate(workers):
-                    if worker is None or worker.job is None:
-                        continue
-                    if worker.conn in ready or worker.process.sentinel in ready:
-                        workers[i] = self._handle(worker, listener, debug, pending, retried)
-        finally:
-            if not self.keep_workers or any(w is not None and w.job is not None for w in workers):
-                self.close()
+        # Ctrl-C sets a flag, checked here at every wake-up: raised straight from the signal, the
+        # KeyboardInterrupt could land in a finaliser of the many Connection objects and be lost.
+        with StopRequest("stopping: the folds in training are abandoned") as stop:
+            try:
+                self._loop(pending, workers, retried, listener, debug, stop)
+            finally:
+                if not self.keep_workers or any(w is not None and w.job is not None for w in workers):
+                    self.close()
+
+    def _loop(self, pending: deque, workers: list, retried: set, listener: Listener, debug: bool,
+              stop: StopRequest) -> None:
+        while True:
+            for i, slot in enumerate(self.slots):  # give every idle slot a job
+                if workers[i] is not None and workers[i].job is not None:
+                    continue
+                while pending and listener.should_skip(pending[0]):
+                    pending.popleft()
+                if not pending:
+                    break
+                if workers[i] is None:
+                    workers[i] = Worker(slot, self.context)
+                job = pending.popleft()
+                workers[i].job = job
+                workers[i].conn.send(job)
+                listener.started(job, slot.name)
+            busy = [w for w in workers if w is not None and w.job is not None]
+            if not busy:
+                return
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.2)
+            stop.check()
+            for i, worker in enumerate(workers):
+                if worker is None or worker.job is None:
+                    continue
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    workers[i] = self._handle(worker, listener, debug, pending, retried)
 
     def _handle(self, worker: Worker, listener: Listener, debug: bool, pending: deque,
                 retried: set) -> Worker | None:
