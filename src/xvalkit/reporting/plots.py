@@ -74,12 +74,14 @@ class InstancePlotter:
         fig, axes = self.plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
         fig.subplots_adjust(left=0.35 / panels, right=0.98, bottom=0.2, top=0.84, wspace=0.32)
         layout: dict[str, Any] = {"fig": fig, "title": fig.text(0.5, 0.95, "", ha="center", va="center", fontsize=10),
-                                  "curves": [], "legends": {}}
+                                  "panels": [], "legends": {}}
         for ax, name in zip(axes, ("loss", self.metric)):
+            curves = []  # (history key, line, band): training, then validation
             for key_name, label, colour in ((name, "training", "tab:blue"), (f"val_{name}", "validation", "tab:orange")):
                 line, = ax.plot([], [], color=colour, label=label)
                 band = ax.fill_between([0.0], [0.0], [0.0], color=colour, alpha=0.2, linewidth=0)
-                layout["curves"].append((ax, name, key_name, line, band))
+                curves.append((key_name, line, band))
+            layout["panels"].append((ax, name, curves))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
@@ -107,25 +109,23 @@ class InstancePlotter:
         if key not in self.layouts:
             self.layouts[key] = self._layout(key)
         layout = self.layouts[key]
-        shown: dict[Any, list] = {}
-        for ax, name, key_name, line, band in layout["curves"]:
-            curves = [h[key_name] for h in histories if h.get(key_name)]
-            line.set_visible(bool(curves))
-            band.set_visible(bool(curves))
-            if not curves:
-                continue
-            epochs, mean, std = curve_stats(curves)
-            line.set_data(epochs, mean)
-            line.set_marker("o" if len(epochs) == 1 else "None")
-            band.set_data(epochs, mean - std, mean + std)
-            if not shown.get(ax):  # the first curve of this panel: forget the last instance's limits
-                ax.ignore_existing_data_limits = True
-            ax.update_datalim(np.column_stack([np.concatenate([epochs, epochs]),
-                                               np.concatenate([mean - std, mean + std])]))
-            shown.setdefault(ax, []).append(line)
-        for ax, name in dict.fromkeys((ax, name) for ax, name, *_ in layout["curves"]):
+        for ax, name, curves in layout["panels"]:
+            ax.ignore_existing_data_limits = True  # forget the last instance's limits
+            lines = []
+            for key_name, line, band in curves:
+                values = [h[key_name] for h in histories if h.get(key_name)]
+                line.set_visible(bool(values))
+                band.set_visible(bool(values))
+                if not values:
+                    continue
+                epochs, mean, std = curve_stats(values)
+                line.set_data(epochs, mean)
+                line.set_marker("o" if len(epochs) == 1 else "None")
+                band.set_data(epochs, mean - std, mean + std)
+                ax.update_datalim(np.column_stack([np.concatenate([epochs, epochs]),
+                                                   np.concatenate([mean - std, mean + std])]))
+                lines.append(line)
             ax.set_xlim(0.5, max([1] + [len(h.get(name) or ()) for h in histories]) + 0.5)
-            lines = shown.get(ax, [])
             if lines:
                 ax.set_autoscaley_on(True)
                 ax.autoscale_view(scalex=False)
