@@ -14,6 +14,7 @@ Imported on first use by report.refresh (openpyxl is not needed to import xvalki
 from __future__ import annotations
 
 import io
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,24 @@ PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent
 HEADER_ROWS = 2
 
 
+# One style object per distinct style, shared by its cells: openpyxl validates every attribute of a
+# new one, which was half of a large workbook's styling time (a thousand confusion matrices). The
+# file is the same: the workbook keeps each distinct style once either way.
+@cache
+def _font(**kwargs) -> Font:
+    return Font(**kwargs)
+
+
+@cache
+def _solid(colour: str) -> PatternFill:
+    return PatternFill("solid", fgColor=colour)
+
+
+@cache
+def _alignment(**kwargs) -> Alignment:
+    return Alignment(**kwargs)
+
+
 def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[dict[str, Any]],
                    parameters: list[dict[str, Any]], plots: list[Path], ratio_note: str) -> bytes:
     wb = Workbook()
@@ -63,9 +82,9 @@ def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[
 
 def _header(cell_, title: str, fill: str) -> None:
     cell_.value = title
-    cell_.font = Font(bold=True)
-    cell_.fill = PatternFill("solid", fgColor=fill)
-    cell_.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
+    cell_.font = _font(bold=True)
+    cell_.fill = _solid(fill)
+    cell_.alignment = _alignment(horizontal="center", vertical="center", wrap_text=True)
 
 
 def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: dict[int, int], ratio_note: str) -> None:
@@ -111,7 +130,7 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
 
     candidates = set(data.best_candidates)
     best = {key: best_rows(rows, key, candidates) for key, *_ in layout if key in metric_columns(data.metrics)}
-    best_fill, same_fill = PatternFill("solid", fgColor=BEST_FILL), PatternFill("solid", fgColor=SAME_FILL)
+    best_fill, same_fill = _solid(BEST_FILL), _solid(SAME_FILL)
     group_start = {j for j, (key, *_ ) in enumerate(layout, start=1) if key.startswith("train_mean_")}
     thin = Border(left=Side(style="thin", color="999999"))
     for i, row in enumerate(rows):
@@ -130,7 +149,7 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
             if key in best:
                 c.number_format = NUMBER_FORMAT
                 if i in best[key]:
-                    c.fill, c.font = best_fill, Font(bold=True)
+                    c.fill, c.font = best_fill, _font(bold=True)
                 elif same and key == main_column:
                     c.fill = same_fill
             elif key in PROBABILITY_COLUMNS:
@@ -138,11 +157,11 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
             elif key == "significance" and same:
                 c.fill = same_fill
             elif key == "significance" and row.get(key) == sig.BEST:
-                c.fill, c.font = best_fill, Font(bold=True)
+                c.fill, c.font = best_fill, _font(bold=True)
             if j in group_start:
                 c.border = thin
             if key == "status" and row.get(key) != "done":
-                c.font = Font(color="C00000")
+                c.font = _font(color="C00000")
     for j, (key, group, sub, _fill) in enumerate(layout, start=1):
         values = [len(str(v)) for v in (cell(r.get(key)) for r in rows) if v is not None]
         longest = max([len(sub) + 2, 7] + [min(v, 40) for v in values])
@@ -156,7 +175,7 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
         _selection_row(ws, data, layout, start, main_column)
         start += 2
     for n, text in enumerate(_notes(data, ratio_note)):
-        ws.cell(row=start + n, column=1, value=text).font = Font(italic=True, color="555555")
+        ws.cell(row=start + n, column=1, value=text).font = _font(italic=True, color="555555")
 
 
 def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> None:
@@ -165,14 +184,14 @@ def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> No
     est = data.selection
     columns = {key: j for j, (key, *_rest) in enumerate(layout, start=1)}
     set_name, _, metric = main_column.partition("_mean_")
-    ws.cell(row=r, column=1, value="selection").font = Font(bold=True, italic=True)
+    ws.cell(row=r, column=1, value="selection").font = _font(bold=True, italic=True)
     picked = ", ".join(f"{f}:{i}" for f, i in est.picks.items())
     ws.cell(row=r, column=columns["comment_1"], value=f"selection procedure (best {_metric_text(data.selection_metric)} per fold)")
     ws.cell(row=r, column=columns["comment_2"], value=f"fold:instance {picked}")
     ws.cell(row=r, column=columns["folds_done"], value=len(est.values))
     for key, value in ((main_column, est.mean), (f"{set_name}_std_{metric}", est.std)):
         c = ws.cell(row=r, column=columns[key], value=None if value != value else value)
-        c.number_format, c.font = NUMBER_FORMAT, Font(bold=True, italic=True)
+        c.number_format, c.font = NUMBER_FORMAT, _font(bold=True, italic=True)
 
 
 def _metric_text(column: str) -> str:
@@ -216,7 +235,7 @@ def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
     """The main metric over two swept parameters: 'mean ± std' per cell, the best cell green."""
     title = _metric_text(data.main_metric)
     ws.cell(row=1, column=1, value=f"{title}: mean ± std over folds, by {grid.row_parameter} (rows) and "
-                                   f"{grid.column_parameter} (columns)").font = Font(bold=True)
+                                   f"{grid.column_parameter} (columns)").font = _font(bold=True)
     _header(ws.cell(row=2, column=1), f"{grid.row_parameter} \\ {grid.column_parameter}", VARYING_FILL)
     for j, value in enumerate(grid.columns, start=2):
         _header(ws.cell(row=2, column=j), repr(value), VARYING_FILL)
@@ -231,9 +250,9 @@ def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
         text = f"{info['mean']:.4f}{std} (ID {info['ID']}{of})"
         shared |= info["count"] > 1
         target = ws.cell(row=r + 3, column=c + 2, value=text)
-        target.alignment = Alignment(horizontal="center")
+        target.alignment = _alignment(horizontal="center")
         if info is best:
-            target.fill, target.font = PatternFill("solid", fgColor=BEST_FILL), Font(bold=True)
+            target.fill, target.font = _solid(BEST_FILL), _font(bold=True)
     ws.column_dimensions["A"].width = max(18, len(grid.row_parameter) + len(grid.column_parameter) + 6)
     for j in range(2, len(grid.columns) + 2):
         ws.column_dimensions[get_column_letter(j)].width = 30
@@ -241,7 +260,7 @@ def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
     if shared:
         note += (f" Several instances share a cell where more than {grid.row_parameter} and "
                  f"{grid.column_parameter} vary: the cell shows the best of them.")
-    ws.cell(row=len(grid.rows) + 4, column=1, value=note).font = Font(italic=True, color="555555")
+    ws.cell(row=len(grid.rows) + 4, column=1, value=note).font = _font(italic=True, color="555555")
 
 
 def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:
@@ -274,7 +293,7 @@ def _confusion_sheet(ws, data: ReportData) -> None:
             continue
         total, labels, folds = confusion
         comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
-        ws.cell(row=row, column=1, value=f"instance {inst.id}: {comments} (test, summed over {folds} folds)").font = Font(bold=True)
+        ws.cell(row=row, column=1, value=f"instance {inst.id}: {comments} (test, summed over {folds} folds)").font = _font(bold=True)
         _header(ws.cell(row=row + 1, column=1), "true \\ predicted", HEADER_FILL)
         ws.row_dimensions[row + 1].height = 30  # room for the wrapped corner title
         for j, label in enumerate(labels, start=2):
@@ -283,9 +302,9 @@ def _confusion_sheet(ws, data: ReportData) -> None:
             _header(ws.cell(row=row + 2 + i, column=1), label, HEADER_FILL)
             for j, value in enumerate(total[i], start=2):
                 c = ws.cell(row=row + 2 + i, column=j, value=int(value))
-                c.alignment = Alignment(horizontal="center")
+                c.alignment = _alignment(horizontal="center")
                 if j - 2 == i:
-                    c.fill = PatternFill("solid", fgColor=BEST_FILL)
+                    c.fill = _solid(BEST_FILL)
         widest = max([widest] + [len(label) + 2 for label in labels])
         row += len(labels) + 3
     if row == 1:
