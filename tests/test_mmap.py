@@ -177,6 +177,49 @@ def test_streamed_statistics_and_batches(tmp_path, monkeypatch):
     assert np.array_equal(y, np.concatenate([targets["speaker3"], targets["speaker1"]]))
 
 
+def test_the_next_instance_of_a_fold_gets_a_copy_of_what_was_prepared_for_it(tmp_path):
+    """A sweep's instances share their folds: the second FoldData of a fold reuses the normaliser and
+    the prepared sets (RecentlyPrepared), equal to a fresh preparation and safe from writes."""
+    data.save_dataset(tmp_path, "sweep", *dataset())
+    ds = data.load_dataset(tmp_path, "sweep")
+    fold = Fold(1, ("speaker0", "speaker1"), ("speaker2",), ("speaker3",))
+    fold_data.RECENT.clear()
+    first = FoldData(ds, fold, "classification", "conv", "standard")
+    x1, y1 = first.train.arrays()
+    hits = fold_data.RECENT.hits
+    second = FoldData(ds, fold, "classification", "conv", "standard")
+    x2, y2 = second.train.arrays()
+    assert fold_data.RECENT.hits == hits + 2  # the normaliser and the training set
+    assert second.normalizer is first.normalizer
+    fresh = second.prepare(second.train._take(second.train.rows))
+    assert np.array_equal(x2, fresh) and np.array_equal(x1, fresh) and np.array_equal(y2, y1)
+    x2[:] = 99.0  # a model writing into its inputs reaches its own copy only
+    assert np.array_equal(FoldData(ds, fold, "classification", "conv", "standard").train.arrays()[0], fresh)
+    # another preparation of the same rows is prepared anew: raw values, channel axis first
+    raw = FoldData(ds, fold, "classification", "none", "none").train.arrays()[0]
+    assert np.array_equal(raw, np.concatenate([ds.predictors["speaker0"], ds.predictors["speaker1"]]))
+    first_axis = FoldData(ds, fold, "classification", "conv", "standard", channels_first=True).train.arrays()[0]
+    assert first_axis.shape[1:] == (1, 5, 4) and np.array_equal(first_axis[:, 0], fresh[..., 0])
+    # the validation set of the same items as another fold's training set is its own entry
+    other = Fold(2, ("speaker2",), ("speaker0", "speaker1"), ("speaker3",))
+    val = FoldData(ds, other, "classification", "conv", "standard").val.arrays()[0]
+    assert not np.array_equal(val, fresh)  # normalised with speaker2's statistics
+
+
+def test_recently_prepared_keeps_no_more_than_its_limit():
+    table = mapped.Table.from_items(*dataset())
+    recent = fold_data.RecentlyPrepared(limit=1000, entries=2)
+    recent.get(table, ("big",), lambda: np.zeros(2000, np.uint8))  # over the limit: not kept
+    assert not recent.entries
+    for name in "abc":
+        recent.get(table, (name,), lambda: np.zeros(100, np.uint8))
+    assert list(recent.entries) == [("b",), ("c",)]  # at most 2 entries, the oldest out first
+    recent.get(table, ("d",), lambda: np.zeros(950, np.uint8))
+    assert list(recent.entries) == [("d",)]  # at most 1000 bytes
+    other = mapped.Table.from_items(*dataset(seed=1))  # a table read anew never finds the old one's entries
+    assert recent.get(other, ("d",), lambda: np.ones(3)).tolist() == [1.0, 1.0, 1.0]
+
+
 def results(folder: Path) -> dict:
     with open(folder / "results" / "demo" / "experiment_1" / "results" / "results_demo_exp1_run1.pkl", "rb") as h:
         return pickle.load(h)

@@ -8,10 +8,18 @@ process has read are unmapped again every RELEASE_ROWS rows: its resident memory
 whatever the dataset's size, while the page cache keeps the data for the next epoch and for the
 other workers. Both modes compute the same normalisation statistics (one streamed pass) and
 normalise the same values the same way, so a seeded run gives identical metrics in either mode.
+
+The instances of a sweep mostly differ in training parameters only: their folds hold the same rows,
+normalised and reshaped the same way. A process keeps what it prepared for its last folds (the
+normalisation statistics and, up to PREPARED_BYTES, the prepared sets: `RecentlyPrepared`), so the
+next instance's fold starts from a copy instead of gathering and normalising again.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +73,7 @@ def num_outputs(dataset: Dataset, task_type: str) -> int:
 
 
 CHUNK_BYTES = 16 * 1024**2  # rows read at once by the statistics pass
+PREPARED_BYTES = 256 * 1024**2  # prepared sets a process keeps for the next instances' same folds
 RELEASE_ROWS = 32  # generator mode: unmap the pages read after this many rows of a batch
 
 
@@ -124,7 +133,11 @@ class SetData:
         return [self.table.x[a:b] for a, b in (self.table.span[i] for i in self.items)]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.transform.prepare(self._take(self.rows)), self.y
+        """The whole set, prepared (a copy of what this process prepared for the same rows, when it did)."""
+        if self.transform.release_pages:
+            return self.transform.prepare(self._take(self.rows)), self.y
+        key = (rows_key(self.rows), self.transform.preparation_key())
+        return RECENT.get(self.table, ("set", key), lambda: self.transform.prepare(self._take(self.rows))), self.y
 
     def batch(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The datapoints at `index` (positions in the set), gathered from the table."""
@@ -174,8 +187,14 @@ class FoldData:
         # Original training datapoints: the t-test's n_train counts in the same unit as n_test.
         self.n_train_original = (sum(int(dataset.originals(i).sum()) for i in fold.train)
                                  if self.excluded_augmented is not None else len(sets["train"]))
-        release = self.table.release if self.release_pages else None
-        self.normalizer = Normalizer.fit(sets["train"].parts, release) if normalization == "standard" else None
+        self.normalizer = None
+        if normalization == "standard":
+            train = sets["train"]
+            if self.release_pages:
+                self.normalizer = Normalizer.fit(train.parts, self.table.release)
+            else:
+                self.normalizer = RECENT.get(self.table, ("normalizer", rows_key(train.rows)),
+                                             lambda: Normalizer.fit(train.parts))
         self.train, self.val, self.test = sets["train"], sets["val"], sets["test"]
         self.input_shape = model_input_shape(dataset.input_shape, reshaping_type, channels_first)
 
@@ -184,3 +203,55 @@ class FoldData:
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return prepare_inputs(x, self.normalizer, self.reshaping_type, self.channels_first)
+
+    def preparation_key(self) -> tuple:
+        """What `prepare` does to rows, as a key: the same key, the same prepared values."""
+        stats = None if self.normalizer is None else rows_key(np.concatenate([self.normalizer.mean, self.normalizer.std]))
+        return stats, self.reshaping_type, self.channels_first
+
+
+def rows_key(values: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).digest()
+
+
+class RecentlyPrepared:
+    """What this process prepared lately from a table (normalisers, prepared sets), least recently
+    used first out, at most `limit` bytes of arrays and `entries` entries.
+
+    Arrays are handed out as copies: a model that writes into its inputs changes its own fold's
+    copy only, never what the next instance is given. A table read anew (another dataset object)
+    never finds the old one's entries.
+    """
+
+    def __init__(self, limit: int, entries: int = 64):
+        self.limit, self.max_entries = limit, entries
+        self.entries: OrderedDict[tuple, tuple[Table, object]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, table: Table, key: tuple, make: Callable[[], object]):
+        found = self.entries.get(key)
+        if found is not None and found[0] is table:
+            self.hits += 1
+            self.entries.move_to_end(key)
+            value = found[1]
+        else:
+            self.misses += 1
+            value = make()
+            if _nbytes(value) <= self.limit:
+                self.entries[key] = (table, value)
+                while len(self.entries) > self.max_entries or self._bytes() > self.limit:
+                    self.entries.popitem(last=False)
+        return value.copy() if isinstance(value, np.ndarray) else value
+
+    def _bytes(self) -> int:
+        return sum(_nbytes(value) for _, value in self.entries.values())
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def _nbytes(value) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else 0
+
+
+RECENT = RecentlyPrepared(PREPARED_BYTES)
