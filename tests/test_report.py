@@ -321,6 +321,36 @@ def test_an_instance_plot_drawn_into_a_reused_figure_equals_one_drawn_anew():
             plotter.close()
 
 
+def test_axis_labels_placed_once_per_layout_land_where_matplotlib_places_them(monkeypatch):
+    """InstancePlotter places the epoch / predicted / true labels once per layout instead of
+    at every draw: the pixels equal matplotlib's own placement, for every kind of instance."""
+    import io
+
+    from matplotlib.image import imread
+
+    from xvalkit.reporting import plots
+
+    plt = plots._pyplot()
+    instances = [(_instance(1, 6), "classification"), (_instance(2, 1), "classification"),
+                 (_instance(3, 40, validation=False), "classification"),
+                 (_instance(4, 9, classes=3), "classification"), (_instance(5, 0), "classification"),
+                 (_instance(6, 5, "regression"), "regression"), (_instance(7, 120, "regression"), "regression")]
+
+    def pixels(inst, task):
+        plotter = plots.InstancePlotter(plt, task)
+        try:
+            buffer = io.BytesIO()
+            plotter.figure(inst).savefig(buffer, format="png", dpi=plots.DPI)
+            return imread(io.BytesIO(buffer.getvalue()))
+        finally:
+            plotter.close()
+
+    placed_once = [pixels(inst, task) for inst, task in instances]
+    monkeypatch.setattr(plots.InstancePlotter, "_fix_label_places", staticmethod(lambda *args: None))
+    for (inst, task), image in zip(instances, placed_once):
+        assert np.array_equal(image, pixels(inst, task)), f"instance {inst.id}"
+
+
 def test_the_report_child_yields_to_training(crafted):
     """The background report runs niced in the runner's session: a session of its own would be
     scheduled as a peer of the runner (Linux's autogroup), its nice ignored against training; in a
