@@ -98,17 +98,23 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     from .reporting import spreadsheet
 
     data, summary, folds, parameters = _tables(store, config)
+    results_csv, summary_csv = store.folder / "results.csv", store.folder / "summary.csv"
+    built = []
+
+    def tables_and_sheets() -> None:  # while worker processes draw the instance plots
+        atomic.write_text(results_csv, pd.DataFrame(folds).to_csv(index=False))
+        atomic.write_text(summary_csv, pd.DataFrame(_summary_table(summary, parameters)).to_csv(index=False))
+        built.append(spreadsheet.build_workbook(data, summary, folds, parameters, _ratio_note(data)))
+
     drawn: list[Path] = []
     if plots:
         from .reporting import plots as plotting
 
         drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix,
-                              signatures=store.results_dir / "plot_signatures.json")
-    atomic.write_bytes(store.spreadsheet_path,
-                       spreadsheet.workbook_bytes(data, summary, folds, parameters, drawn, _ratio_note(data)))
-    results_csv, summary_csv = store.folder / "results.csv", store.folder / "summary.csv"
-    atomic.write_text(results_csv, pd.DataFrame(folds).to_csv(index=False))
-    atomic.write_text(summary_csv, pd.DataFrame(_summary_table(summary, parameters)).to_csv(index=False))
+                              signatures=store.results_dir / "plot_signatures.json", meanwhile=tables_and_sheets)
+    else:
+        tables_and_sheets()
+    atomic.write_bytes(store.spreadsheet_path, spreadsheet.finish_workbook(built[0], drawn))
     return ReportFiles(store.spreadsheet_path, results_csv, summary_csv, tuple(drawn))
 
 

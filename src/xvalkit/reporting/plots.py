@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -289,12 +290,13 @@ def _wait_children(children: list) -> None:
 
 
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
-         signatures: Path | None = None) -> list[Path]:
+         signatures: Path | None = None, meanwhile: Callable[[], None] | None = None) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
 
     An instance plot whose instance has not changed since it was drawn (same folds: the signature
     recorded in the JSON file `signatures`, when given) is kept, so refreshes during a run and `xval report` redraw only
-    what changed; many stale plots are drawn by one worker process per core.
+    what changed; many stale plots are drawn by one worker process per core, while this process
+    draws the summary plots and calls `meanwhile` (the report's other work).
     """
     try:
         drawn = json.loads(signatures.read_text(encoding="utf-8")) if signatures else {}
@@ -318,6 +320,8 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
             fig = pivot_figure(plt, data, grid)
             paths.append(_save(fig, folder / f"{prefix}_pivot.png"))
             plt.close(fig)
+        if meanwhile is not None:
+            meanwhile()
         if stale and not children:
             _draw_instances(stale, data.task_type, folder, prefix)
     finally:

@@ -59,8 +59,9 @@ def _alignment(**kwargs) -> Alignment:
     return Alignment(**kwargs)
 
 
-def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[dict[str, Any]],
-                   parameters: list[dict[str, Any]], plots: list[Path], ratio_note: str) -> bytes:
+def build_workbook(data: ReportData, summary: list[dict[str, Any]], folds: list[dict[str, Any]],
+                   parameters: list[dict[str, Any]], ratio_note: str) -> Workbook:
+    """Every sheet but `plots`, whose images may still be drawn meanwhile (finish_workbook adds it)."""
     wb = Workbook()
     ws = wb.active
     ws.title = "summary"
@@ -74,6 +75,11 @@ def workbook_bytes(data: ReportData, summary: list[dict[str, Any]], folds: list[
     _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
     if data.task_type == "classification":
         _confusion_sheet(wb.create_sheet("confusion"), data)
+    return wb
+
+
+def finish_workbook(wb: Workbook, plots: list[Path]) -> bytes:
+    """The workbook's file, its `plots` sheet showing `plots` (PNG files)."""
     _plots_sheet(wb.create_sheet("plots"), plots)
     buffer = io.BytesIO()
     wb.save(buffer)
