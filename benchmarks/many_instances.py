@@ -11,7 +11,10 @@ final report alone (`xval report` of the finished folder, plots included), and t
 resident memory once a quarter of the folds are recorded and once all are (before the final
 report): what the runner keeps per finished fold.
 
-    python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N] [--keep DIR]
+    python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N]
+                                        [--stages N] [--keep DIR]
+`--stages N` times xvalkit's main steps in the run at N with plain clocks (cProfile slows pure
+Python 2-3x) and prints them in ms per fold: what is left of the own cost, and where.
 Goal (issue 14): under 25 ms per fold at every N, the N = 1000 figure within 1.3x of N = 10; the
 final report of 1000 instances under 60 s.
 """
@@ -152,6 +155,51 @@ class RssSampler:
         return quarter, end
 
 
+# (module, attribute) pairs timed by --stages: the training path, the writes, the listener, the final report.
+STAGES = (("xvalkit.jobs", "_execute"), ("xvalkit.trainers.{framework}", "fit_predict"),
+          ("xvalkit.trainers.torch", "_run_pass"), ("xvalkit.trainers.torch", "save"),
+          ("xvalkit.trainers.torch", "build"), ("xvalkit.trainers.torch", "predict"),
+          ("xvalkit.trainers.torch", "SetBatches"), ("xvalkit.fold_data", "FoldData"),
+          ("xvalkit.atomic", "write_with"), ("xvalkit.metrics", "compute"),
+          ("xvalkit.store", "ExperimentStore.save_fold"), ("xvalkit.store", "ExperimentStore.rebuild_instance"),
+          ("xvalkit.runner", "RunListener.finished"), ("xvalkit.reporting.background", "ReportRefresher.close"))
+
+
+class StageClocks:
+    """Wall-clock totals of the STAGES functions while in use (the functions are wrapped, then restored)."""
+
+    def __init__(self, framework: str):
+        import importlib
+
+        self.totals: dict[str, float] = {}
+        self.restore = []
+        for module_name, name in STAGES:
+            module = importlib.import_module(module_name.format(framework=framework))
+            owner_name, _, attribute = name.rpartition(".")
+            owner = getattr(module, owner_name) if owner_name else module
+            if not hasattr(owner, attribute):
+                continue
+            original = getattr(owner, attribute)
+            self.restore.append((owner, attribute, original))
+            setattr(owner, attribute, self._timed(f"{module_name.format(framework=framework)}.{name}", original))
+
+    def _timed(self, label: str, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - start
+        return timed
+
+    def close(self, folds: int) -> None:
+        for owner, attribute, original in self.restore:
+            setattr(owner, attribute, original)
+        print("  steps of the run (wall ms per fold; a step's figure includes the steps it calls):", flush=True)
+        for label, total in sorted(self.totals.items(), key=lambda kv: -kv[1]):
+            print(f"    {label:55s} {total / folds * 1000:8.2f}", flush=True)
+
+
 def xval_run(path: Path, config: Path, profile: bool, n: int) -> tuple[float, float, pstats.Stats | None, tuple]:
     from rich.console import Console
 
@@ -184,6 +232,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--frameworks", default="torch,keras")
     parser.add_argument("--profile", type=int, default=0, help="print a profile of the xval run at this N")
+    parser.add_argument("--stages", type=int, default=0, help="time xvalkit's steps in the xval run at this N")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep the experiments (to time "
                         "`xval report / plan / status` on them), instead of a temporary one")
     args = parser.parse_args()
@@ -206,11 +255,14 @@ def main() -> None:
             for n in sizes:
                 path = write_experiment(folder, framework, n)
                 bare_s = bare(dataset, folds, n)
+                clocks = StageClocks(framework) if args.stages == n else None
                 xval_s, report_s, stats, (quarter, end) = xval_run(path, config, args.profile == n, n)
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 own = (xval_s - bare_s) / (n * FOLDS) * 1000
                 print(f"  {n:5d} {n * FOLDS:6d} {bare_s:8.2f} {xval_s:8.2f} {own:12.1f} {report_s:9.2f}"
                       f" {peak:12.0f} {quarter:20.0f} -> {end:.0f}", flush=True)
+                if clocks is not None:
+                    clocks.close(n * FOLDS)
                 if stats is not None:
                     stats.stream = sys.stdout
                     stats.sort_stats("cumulative").print_stats(30)
