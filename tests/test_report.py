@@ -377,6 +377,142 @@ def test_the_report_child_yields_to_training(crafted):
     assert crafted.spreadsheet_path.is_file()
 
 
+def test_a_kept_plot_is_one_whose_png_is_whole_and_signed_with_its_instance(crafted):
+    """An instance plot carries its signature in the PNG: `xval report` keeps an unchanged plot,
+    and redraws one left truncated or empty (a power cut) or drawn for other folds."""
+    from matplotlib.image import imread
+
+    assert xval("report", crafted.folder).exit_code == 0
+    folder = crafted.folder / "plots"
+    whole = (folder / "demo_exp1_run2.png").read_bytes()
+    (folder / "demo_exp1_run2.png").write_bytes(whole[: len(whole) // 2])  # truncated
+    (folder / "demo_exp1_run3.png").write_bytes(b"")  # empty
+    before = (folder / "demo_exp1_run4.png").read_bytes()
+    save(crafted, 4, [0.95, 0.95, 0.5])  # its third fold came in: another plot
+    kept = (folder / "demo_exp1_run1.png").stat().st_mtime_ns
+    assert xval("report", crafted.folder).exit_code == 0
+    assert (folder / "demo_exp1_run1.png").stat().st_mtime_ns == kept
+    assert (folder / "demo_exp1_run2.png").read_bytes() == whole
+    assert imread(folder / "demo_exp1_run3.png").shape == imread(folder / "demo_exp1_run1.png").shape
+    assert (folder / "demo_exp1_run4.png").read_bytes() != before
+
+    from xvalkit.reporting import plots
+    from xvalkit.reporting.tables import InstanceInfo
+
+    for run in (1, 2, 3, 4):
+        expected = plots.signature(InstanceInfo(run, crafted.load_instance(run), None))
+        assert plots.drawn_signature(folder / f"demo_exp1_run{run}.png") == expected, run
+    (folder / "demo_exp1_run2.png").write_bytes(whole[:-1])
+    assert plots.drawn_signature(folder / "demo_exp1_run2.png") is None
+
+
+def _wait(condition, what: str, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_the_drawer_draws_finished_instances_at_idle_priority_and_the_report_keeps_them(crafted):
+    """During a run, PlotDrawer draws each finished instance's plot in a child that runs only on
+    CPU time nothing else wants (SCHED_IDLE); the final report then keeps those plots."""
+    import os
+
+    from xvalkit import report
+    from xvalkit.reporting import plots
+    from xvalkit.reporting.drawer import PlotDrawer
+
+    drawer = PlotDrawer(crafted, "classification")
+    try:
+        child = drawer._child.pid
+        _wait(lambda: os.sched_getscheduler(child) == os.SCHED_IDLE, "the drawer at idle priority")
+        for run in (1, 2, 6):
+            drawer.add(run, crafted.load_instance(run))
+        paths = [crafted.folder / "plots" / f"demo_exp1_run{run}.png" for run in (1, 2, 6)]
+        _wait(lambda: all(plots.drawn_signature(p) for p in paths), "the drawer's plots")
+    finally:
+        drawer.close()
+    assert drawer._child.returncode == 0  # it left at the end of its input
+    drawn = {p: p.stat().st_mtime_ns for p in paths}
+    report.refresh(crafted, plots=True)
+    assert {p: p.stat().st_mtime_ns for p in paths} == drawn
+    assert (crafted.folder / "plots" / "demo_exp1_run3.png").is_file()  # the report drew the rest
+    assert not list(crafted.folder.rglob(".*.tmp*"))
+
+
+def test_a_refresh_beside_a_drawer_leaves_the_instance_plots_to_it(crafted):
+    """With a drawer, the refreshes during a run draw only the summary plots (a refresh that drew a
+    thousand instance plots took a minute of both cores) and show the instance plots drawn so far."""
+    from openpyxl import load_workbook
+
+    from xvalkit import report
+    from xvalkit.reporting import plots
+    from xvalkit.reporting.tables import InstanceInfo
+
+    files = report.refresh(crafted, plots=True, instance_plots=False)
+    assert [p.name for p in files.plots] == ["demo_exp1_test_acc.png"]
+    assert sorted(p.name for p in (crafted.folder / "plots").iterdir()) == ["demo_exp1_test_acc.png"]
+    plots._draw_instances([InstanceInfo(2, crafted.load_instance(2), None)], "classification",
+                          crafted.folder / "plots", crafted.prefix)  # as the drawer does
+    files = report.refresh(crafted, plots=True, instance_plots=False)
+    assert [p.name for p in files.plots] == ["demo_exp1_test_acc.png", "demo_exp1_run2.png"]
+    assert len(load_workbook(crafted.spreadsheet_path)["plots"]._images) == 2
+
+
+def test_closing_the_drawer_drops_its_backlog(crafted):
+    """The run's end does not wait for the drawer's backlog (the final report draws it on every
+    core): closing waits for the plot in hand only, or, with none in hand, stops the child at once."""
+    import time
+
+    from xvalkit.reporting.drawer import PlotDrawer
+
+    drawer = PlotDrawer(crafted, "classification")  # closed while it still imports: stopped at once
+    start = time.monotonic()
+    drawer.close()
+    assert time.monotonic() - start < 5 and drawer._child.returncode is not None
+    drawer = PlotDrawer(crafted, "classification")
+    for _ in range(200):
+        drawer.add(1, crafted.load_instance(1))
+        drawer.add(2, crafted.load_instance(2))
+    _wait(lambda: (crafted.folder / "plots" / "demo_exp1_run1.png").is_file(), "the first plot")
+    drawer.close()
+    assert drawer._child.returncode == 0 and not drawer._pending
+    assert not list(crafted.folder.rglob(".*.tmp*"))
+
+
+def test_a_run_hands_each_finished_instance_to_the_drawer(tmp_path, config_file, monkeypatch):
+    """A run of many instances hands each one to the PlotDrawer as it finishes; whoever draws a
+    plot, the drawer or the final report, every plot ends up drawn for its instance's folds."""
+    from xvalkit import runner
+    from xvalkit.reporting import plots
+    from xvalkit.reporting.drawer import PlotDrawer
+    from xvalkit.reporting.tables import InstanceInfo
+
+    handed = []
+
+    class Observed(PlotDrawer):
+        def add(self, run, results):
+            handed.append(run)
+            super().add(run, results)
+
+    monkeypatch.setattr(runner, "EAGER_FROM", 3)
+    monkeypatch.setattr(runner, "PlotDrawer", Observed)
+    path = write_experiment(tmp_path, {1: ['architecture="MLP_model"', 'reshaping_type="none"']}, num_folds=2,
+                            global_parameters=["num_epochs=2", 'framework="torch"', "tensorboard=False",
+                                               "batch_size=64"],
+                            extra="sweep = {1: ['learning_rate=[0.01, 0.001, 0.1]']}\n")
+    result = xval("run", path, "--cpu", "--quiet", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    store = ExperimentStore(path.parent / "results" / "demo" / "experiment_1", "demo", 1)
+    assert sorted(handed) == store.instance_ids() == [101, 102, 103]
+    for run in handed:
+        expected = plots.signature(InstanceInfo(run, store.load_instance(run), None))
+        assert plots.drawn_signature(store.folder / "plots" / f"demo_exp1_run{run}.png") == expected
+    assert not list(store.folder.rglob(".*.tmp*"))
+
+
 def test_curve_stats_with_early_stopping():
     from xvalkit.reporting.plots import curve_stats
 

@@ -91,8 +91,10 @@ def _ratio_note(data) -> str:
             f"item counts for older records without them), averaged over the compared folds{used}.")
 
 
-def refresh(store: ExperimentStore, plots: bool = False, config: Config | None = None) -> ReportFiles:
-    """Rebuild the spreadsheet, results.csv and summary.csv (and, with `plots`, the PNGs)."""
+def refresh(store: ExperimentStore, plots: bool = False, config: Config | None = None,
+            instance_plots: bool = True) -> ReportFiles:
+    """Rebuild the spreadsheet, results.csv and summary.csv (and, with `plots`, the PNGs; without
+    `instance_plots`, only the summary plots, showing the instance plots already drawn)."""
     import pandas as pd
 
     from .reporting import spreadsheet
@@ -110,8 +112,10 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     if plots:
         from .reporting import plots as plotting
 
-        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix,
-                              signatures=store.results_dir / "plot_signatures.json", meanwhile=tables_and_sheets)
+        drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix, meanwhile=tables_and_sheets,
+                              instance_plots=instance_plots)
+        # Plots now carry their signature inside; the list that older versions kept is obsolete.
+        (store.results_dir / "plot_signatures.json").unlink(missing_ok=True)
     else:
         tables_and_sheets()
     atomic.write_bytes(store.spreadsheet_path, spreadsheet.finish_workbook(built[0], drawn))

@@ -31,6 +31,7 @@ from .jobs import FoldJob
 from .progress import ProgressView
 from .quiet import framework_output_to
 from .reporting.background import ReportRefresher
+from .reporting.drawer import EAGER_FROM, PlotDrawer
 from .snapshot import provenance, write_snapshot
 from .store import ExperimentStore, error_line
 from .trainers import trainer_for
@@ -298,6 +299,7 @@ class RunListener:
                    f"{', '.join(map(str, diverged))}" if diverged else ""
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
                             f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
+            self.refresher.instance_done(inst.id, results)
         self.refresher.request()
 
     def failed(self, job: FoldJob, error: str) -> None:
@@ -370,7 +372,9 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst) if job.fold.index in todo[inst.id]]
     view = ProgressView(console, len(jobs), options.quiet)
-    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30))
+    eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
+    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30),
+                                PlotDrawer(store, exp.task_type) if eager else None)
     listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
         make_executor(options, device).run(jobs, listener, options.debug)

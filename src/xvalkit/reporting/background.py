@@ -15,6 +15,11 @@ from any script, guarded by `if __name__ == "__main__"` or not. It reads one JSO
 on stdin and answers one line on stdout. The report is always rebuilt from the folder alone, so a
 crash at any moment (of the runner or of the child) still leaves a folder from which `xval report`
 rebuilds everything.
+
+With many instances, a `drawer.PlotDrawer` draws each instance's plot as soon as the instance is
+done, in a second child at idle priority (see xvalkit.reporting.drawer); the refreshes then leave
+the instance plots to it and show those drawn so far (a refresh that drew them took a minute of
+two cores at a thousand instances), and the final report draws what it has not reached.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from ..store import ExperimentStore
+from .drawer import PlotDrawer
 
 SLOW_FACTOR = 5  # at most about 1/SLOW_FACTOR of a core for refreshes during a run
 
@@ -37,10 +44,12 @@ def refresh_wait(interval: float, last_duration: float) -> float:
 
 
 class ReportRefresher:
-    """Throttled, coalesced report refreshes in a child process (see the module docstring)."""
+    """Throttled, coalesced report refreshes in a child process (see the module docstring).
 
-    def __init__(self, store: ExperimentStore, interval: float):
-        self.store, self.interval = store, float(interval)
+    `drawer`: the run's PlotDrawer, if it draws instance plots as instances finish; closed first."""
+
+    def __init__(self, store: ExperimentStore, interval: float, drawer: PlotDrawer | None = None):
+        self.store, self.interval, self.drawer = store, float(interval), drawer
         self._child: subprocess.Popen | None = None
         self._wake = threading.Condition()
         self._dirty = False
@@ -57,6 +66,11 @@ class ReportRefresher:
             self._dirty = True
             self._wake.notify()
 
+    def instance_done(self, run: int, results: dict[str, Any]) -> None:
+        """Instance `run` has all its folds: its plot can be drawn now (by the drawer, if any)."""
+        if self.drawer is not None:
+            self.drawer.add(run, results)
+
     def _loop(self) -> None:
         while True:
             with self._wake:
@@ -68,14 +82,14 @@ class ReportRefresher:
                     return
                 self._dirty = False
                 self._last = time.monotonic()
-            try:
-                self._ask(plots=True)
+            try:  # with a drawer, the instance plots are its job: a refresh stays quick
+                self._ask(plots=True, instance_plots=self.drawer is None)
                 self.error = None
             except Exception as exc:  # a broken report must not stop training; the final refresh says why
                 self.error = f"{type(exc).__name__}: {exc}"
             self._duration = time.monotonic() - self._last
 
-    def _ask(self, plots: bool) -> None:
+    def _ask(self, plots: bool, instance_plots: bool = True) -> None:
         """One refresh in the child (started on first use); raises its error."""
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen(
@@ -88,7 +102,7 @@ class ReportRefresher:
             )
         store = self.store
         request = {"folder": str(store.folder), "dataset": store.dataset, "num_experiment": store.num_experiment,
-                   "plots": plots}
+                   "plots": plots, "instance_plots": instance_plots}
         self._child.stdin.write(json.dumps(request) + "\n")
         self._child.stdin.flush()
         answer = self._child.stdout.readline().strip()
@@ -102,6 +116,8 @@ class ReportRefresher:
         with self._wake:
             self._closed = True
             self._wake.notify()
+        if self.drawer is not None:
+            self.drawer.close(wait=final)  # before the final report, which draws what it left
         try:
             if final:
                 self._thread.join()
@@ -136,7 +152,7 @@ def main() -> None:
         key = (request["folder"], request["dataset"], request["num_experiment"])
         store = stores.setdefault(key, ExperimentStore(*key, cache=True))
         try:
-            report.refresh(store, plots=request["plots"])
+            report.refresh(store, plots=request["plots"], instance_plots=request.get("instance_plots", True))
             answer = "ok"
         except (XvalError, OSError, ValueError) as exc:
             answer = "error: " + " ".join(str(exc).split())
