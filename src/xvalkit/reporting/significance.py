@@ -152,8 +152,10 @@ def bayesian_correlated_t_test(a: Sequence[float], b: Sequence[float], test_trai
         return Posterior(float(mean < -rope), float(-rope <= mean <= rope), float(mean > rope))
     from scipy import stats
 
-    posterior = stats.t(df=n - 1, loc=mean, scale=scale)
-    below, above = float(posterior.cdf(-rope)), float(posterior.sf(rope))
+    # stats.t.cdf / sf rather than a frozen stats.t(...): the same numbers, without building the
+    # frozen distribution's docstring each time (0.8 s of a 1000-instance report)
+    below = float(stats.t.cdf(-rope, n - 1, loc=mean, scale=scale))
+    above = float(stats.t.sf(rope, n - 1, loc=mean, scale=scale))
     return Posterior(below, max(0.0, 1.0 - below - above), above)
 
 
