@@ -111,11 +111,14 @@ class ExperimentStore:
         `fold_files`: its entry of `fold_files()` when the caller listed the folder already.
         """
         path = self.results_path(run)
-        results = self.read(path) if path.is_file() else None
-        # Folds finished after the pickle was last rebuilt (the runner was killed in between).
-        newer = {i: f for i, f in self.load_folds(run, fold_files).items()
-                 if results is None or i not in results["folds"]}
-        if results is None or not newer:
+        if not path.is_file():
+            return None
+        results = self.read(path)
+        # Folds finished after the pickle was last rebuilt (the runner was killed in between); only
+        # their files are read, the others' records being in the pickle already.
+        files = self.fold_files().get(run, {}) if fold_files is None else fold_files
+        newer = self.load_folds(run, {i: f for i, f in files.items() if i not in results["folds"]})
+        if not newer:
             return results
         folds = dict(sorted({**results["folds"], **{i: f["record"] for i, f in newer.items()}}.items()))
         return {**results, "folds": folds, "summary": summarize(folds, results["task_type"])}
