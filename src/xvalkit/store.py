@@ -116,7 +116,7 @@ class ExperimentStore:
         results = self.read(path)
         # Folds finished after the pickle was last rebuilt (the runner was killed in between); only
         # their files are read, the others' records being in the pickle already.
-        files = self.fold_files().get(run, {}) if fold_files is None else fold_files
+        files = self._files_of(run, fold_files)
         newer = self.load_folds(run, {i: f for i, f in files.items() if i not in results["folds"]})
         if not newer:
             return results
@@ -148,12 +148,16 @@ class ExperimentStore:
                 found.setdefault(int(match.group(1)), {})[int(match.group(2))] = Path(entry.path)
         return found
 
+    def _files_of(self, run: int, fold_files: dict[int, Path] | None) -> dict[int, Path]:
+        """{fold: path} of an instance: `fold_files` when the caller listed the folder already."""
+        return self.fold_files().get(run, {}) if fold_files is None else fold_files
+
     def load_folds(self, run: int, fold_files: dict[int, Path] | None = None) -> dict[int, dict[str, Any]]:
         """The finished folds of an instance: {fold: {'parameters', 'task_type', 'num_folds', 'record'}}.
 
         `fold_files`: its entry of `fold_files()` when the caller listed the folder already.
         """
-        files = self.fold_files().get(run, {}) if fold_files is None else fold_files
+        files = self._files_of(run, fold_files)
         return {fold: self.read(path) for fold, path in sorted(files.items())}
 
     def running(self) -> dict[tuple[int, int], dict[str, Any]]:
@@ -211,7 +215,7 @@ class ExperimentStore:
     def is_current(self, run: int, fold_files: dict[int, Path] | None = None) -> bool:
         """Whether the instance pickle holds exactly the folds that have fold files."""
         path = self.results_path(run)
-        files = self.fold_files().get(run, {}) if fold_files is None else fold_files
+        files = self._files_of(run, fold_files)
         return path.is_file() and set(self.read(path)["folds"]) == set(files)
 
     def rebuild_instance(self, run: int, base: dict[str, Any], fold_files: dict[int, Path] | None = None
