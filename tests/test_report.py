@@ -421,6 +421,75 @@ def test_a_kept_plot_is_one_whose_png_is_whole_and_signed_with_its_instance(craf
     assert plots.drawn_signature(folder / "demo_exp1_run2.png") is None
 
 
+def test_a_report_is_written_again_only_when_something_it_shows_or_wrote_changed(crafted, tmp_path):
+    """`xval report` of an unchanged folder keeps the report as it is (a thousand instances' took 15 s
+    to write again, identical); any change to its results, settings, flags or files rebuilds it."""
+    import os
+
+    from openpyxl import load_workbook
+
+    def report(*extra):
+        result = xval("report", crafted.folder, *extra)
+        assert result.exit_code == 0, result.output
+        return "up to date" not in result.output
+
+    def written() -> int:  # atomic writes give a rewritten workbook a new inode
+        return crafted.spreadsheet_path.stat().st_ino
+
+    assert report()
+    first = written()
+    assert not report() and written() == first
+    assert not xval("report", crafted.folder, "--no-plots").output.count("up to date")  # other flags
+    assert report() and not report()
+    # A new fold: rebuilt, and the workbook shows it.
+    crafted.save_fold(4, 3, {"comment_1": "instance 4"}, "classification", 3, fold_record(3, 0.5))
+    assert report()
+    _, ws, names, rows = read_summary(crafted)
+    assert {r[0]: r[names.index("folds done")] for r in rows}[4] == 3
+    assert not report()
+    # A deleted plot, a workbook saved by another program, a touched csv: rebuilt, the files back.
+    (crafted.folder / "plots" / "demo_exp1_run2.png").unlink()
+    assert report() and (crafted.folder / "plots" / "demo_exp1_run2.png").is_file()
+    load_workbook(crafted.spreadsheet_path).save(crafted.spreadsheet_path)
+    assert report()
+    os.utime(crafted.folder / "summary.csv", ns=(0, 0))
+    assert report() and not report()
+    # Other [report] settings: rebuilt with them.
+    config = tmp_path / "r.ini"
+    config.write_text("[report]\nsignificance_level = 0.3\n")
+    assert report("--config", config)
+    assert "level 0.3" in " ".join(str(c.value) for c in read_summary(crafted)[1]["A"] if isinstance(c.value, str))
+    assert not report("--config", config) and report()
+    # A removed error file, --force, a missing or broken state: rebuilt.
+    crafted.clear_error(5)
+    assert report() and not report()
+    assert report("--force")
+    (crafted.results_dir / "report_state.json").write_text("{broken")
+    assert report() and not report()
+
+
+def test_the_report_state_follows_every_source_file_of_xvalkit(tmp_path):
+    """A report built by other code is built again: the code stamp follows every source file of
+    the package (an editable install changes without a new version)."""
+    from pathlib import Path
+
+    import xvalkit
+    from xvalkit.reporting import freshness
+
+    assert freshness.code_stamp() == freshness.tree_stamp(Path(xvalkit.__file__).resolve().parent)
+    tree = tmp_path / "package"
+    (tree / "reporting").mkdir(parents=True)
+    (tree / "report.py").write_text("A = 1\n")
+    (tree / "reporting" / "plots.py").write_text("B = 2\n")
+    stamps = [freshness.tree_stamp(tree)]
+    assert freshness.tree_stamp(tree) == stamps[0]
+    (tree / "reporting" / "plots.py").write_text("B = 3\n")  # edited in place: same size, new mtime
+    stamps.append(freshness.tree_stamp(tree))
+    (tree / "reporting" / "tables.py").write_text("")  # a new module
+    stamps.append(freshness.tree_stamp(tree))
+    assert len(set(stamps)) == 3
+
+
 def _wait(condition, what: str, timeout: float = 60.0) -> None:
     import time
 

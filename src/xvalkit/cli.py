@@ -494,11 +494,14 @@ def report(
         str, typer.Argument(metavar="EXP", help="Experiment module (experiments/exp1.py), name (exp1) or folder.")
     ],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots (default: yes).")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if nothing changed since the last report.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Rebuild the spreadsheet, results.csv, summary.csv and plots of an experiment from its folder.
 
     Works on a finished, running or crashed experiment; instances with missing or failed folds are marked.
+    A report is left as it is when nothing it is built from (results, [report] settings, xvalkit) and
+    none of its files changed since it was written; --force rebuilds it anyway.
 
     `xval report exp1` finds experiments/exp1.py; a folder holding results/ works too.
     """
@@ -509,8 +512,9 @@ def report(
         from .config import load_config
 
         exp_config = load_config(config)
-    files = refresh(store, plots=plots, config=exp_config)
-    console.print(f"report of {store.folder}:\n  {files.spreadsheet.name}, {files.results_csv.name}, "
+    files = refresh(store, plots=plots, config=exp_config, force=force)
+    state = "" if files.rebuilt else " (up to date: nothing changed since it was written; --force rebuilds it)"
+    console.print(f"report of {store.folder}{state}:\n  {files.spreadsheet.name}, {files.results_csv.name}, "
                   f"{files.summary_csv.name}" + (f", {len(files.plots)} plot(s) in plots/" if files.plots else ""),
                   soft_wrap=True)
 

@@ -35,6 +35,7 @@ class ReportFiles:
     results_csv: Path
     summary_csv: Path
     plots: tuple[Path, ...]
+    rebuilt: bool = True  # False: the report was up to date (reporting.freshness), nothing was written
 
 
 class Results(NamedTuple):
@@ -65,17 +66,17 @@ def report_settings(store: ExperimentStore, config: Config | None = None) -> dic
     return settings
 
 
-def _tables(store: ExperimentStore, config: Config | None):
+def _tables(store: ExperimentStore, settings: dict[str, Any]):
     from .reporting import tables
 
-    data = tables.collect(store, report_settings(store, config))
+    data = tables.collect(store, settings)
     summary = tables.summary_rows(data)
     return data, summary, tables.fold_rows(data), tables.parameter_rows(data)
 
 
 def read_tables(store: ExperimentStore, config: Config | None = None):
     """(ReportData, summary rows, fold rows, parameter rows): what the report shows, for other exports."""
-    return _tables(store, config)
+    return _tables(store, report_settings(store, config))
 
 
 def _summary_table(summary: list[dict[str, Any]], parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -92,14 +93,28 @@ def _ratio_note(data) -> str:
 
 
 def refresh(store: ExperimentStore, plots: bool = False, config: Config | None = None,
-            instance_plots: bool = True) -> ReportFiles:
+            instance_plots: bool = True, force: bool = False) -> ReportFiles:
     """Rebuild the spreadsheet, results.csv and summary.csv (and, with `plots`, the PNGs; without
-    `instance_plots`, only the summary plots, showing the instance plots already drawn)."""
+    `instance_plots`, only the summary plots, showing the instance plots already drawn).
+
+    A report whose inputs and files have not changed since it was written is kept as it is (see
+    reporting.freshness; the result says `rebuilt=False`), unless `force`.
+    """
+    from .reporting import freshness
+
+    settings = report_settings(store, config)
+    # A refresh beside a run's drawer shows the instance plots drawn so far: not a function of the
+    # results alone, and never kept (the run's last report draws them all).
+    complete = not plots or instance_plots
+    inputs = freshness.inputs_digest(store, settings, plots=plots)
+    kept = freshness.check(store, inputs) if complete and not force else None
+    if kept is not None and len(kept) >= 3:
+        return ReportFiles(kept[0], kept[1], kept[2], tuple(kept[3:]), rebuilt=False)
     import pandas as pd
 
     from .reporting import spreadsheet
 
-    data, summary, folds, parameters = _tables(store, config)
+    data, summary, folds, parameters = _tables(store, settings)
     results_csv, summary_csv = store.folder / "results.csv", store.folder / "summary.csv"
     built = []
 
@@ -119,7 +134,10 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     else:
         tables_and_sheets()
     atomic.write_bytes(store.spreadsheet_path, spreadsheet.finish_workbook(built[0], drawn))
-    return ReportFiles(store.spreadsheet_path, results_csv, summary_csv, tuple(drawn))
+    files = ReportFiles(store.spreadsheet_path, results_csv, summary_csv, tuple(drawn))
+    if complete:
+        freshness.record(store, inputs, [files.spreadsheet, files.results_csv, files.summary_csv, *files.plots])
+    return files
 
 
 def load_results(target: str | Path, config: Config | None = None) -> Results:
@@ -130,7 +148,7 @@ def load_results(target: str | Path, config: Config | None = None) -> Results:
     import pandas as pd
 
     store, exp_config = open_store(target)
-    data, summary, folds, parameters = _tables(store, config or exp_config)
+    data, summary, folds, parameters = _tables(store, report_settings(store, config or exp_config))
     return Results(pd.DataFrame(folds), pd.DataFrame(_summary_table(summary, parameters)))
 
 
