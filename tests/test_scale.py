@@ -178,6 +178,23 @@ def test_plan_validates_without_training(tmp_path, config_file):
     assert "instance 1: architecture 'EXAMPLE_model' cannot be built" in result.stderr
 
 
+def test_plan_and_status_show_comments_and_errors_as_written(tmp_path, config_file):
+    """Comments and error lines are text, not rich markup: '[x]' stays, '[/x]' does not stop the table."""
+    from xvalkit.store import ExperimentStore
+
+    path = write_experiment(tmp_path, {1: instance("lr [x] (bold)", "MLP_model", "none", *TORCH),
+                                       2: instance("[/b] closes nothing", "MLP_model", "none", *TORCH)},
+                            global_parameters=TORCH_GLOBAL, num_folds=2)
+    result = run_cli("plan", path, "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    assert "lr [x] (bold)" in result.stdout and "[/b] closes nothing" in result.stdout
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    store.save_error(2, "Traceback (most recent call last):\nValueError: expected [/batch] first\n")
+    result = run_cli("status", path, "--config", config_file)
+    assert result.returncode == 0, result.stderr
+    assert "ValueError: expected [/batch] first" in result.stdout and "[/b] closes nothing" in result.stdout
+
+
 def test_status_shows_done_failed_and_pending(tmp_path, config_file):
     from .test_run import FLAKY_MODELS
 
