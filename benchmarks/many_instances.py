@@ -8,9 +8,10 @@ For each N (default 10, 100, 1000) and framework (torch, keras), in one process 
   with every plot.
 It prints both wall times, xvalkit's own cost per fold ((xval - bare) / folds), the time of the
 final report alone (`xval report --force` of the finished folder: every table and sheet, the plots
-kept), that of `xval report` finding it up to date, and the process's
-resident memory once a quarter of the folds are recorded and once all are (before the final
-report): what the runner keeps per finished fold.
+kept), that of `xval report` finding it up to date, the process's resident memory once a quarter
+of the folds are recorded and once all are (before the final report): what the runner keeps per
+finished fold, and the peak of a training worker's (from 100 folds, Keras trains in one, replaced
+as it grows: runner.KERAS_WORKER_FROM).
 
     python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N]
                                         [--stages N] [--keep DIR]
@@ -129,31 +130,50 @@ def bare_keras(dataset, folds, n: int) -> float:
 
 class RssSampler:
     """This process's resident memory every 0.2 s, beside the number of fold records written: the
-    runner's memory after a quarter and after all of the folds (before the final report)."""
+    runner's memory after a quarter and after all of the folds (before the final report); and the
+    peak of a training worker process's (a long Keras run trains in one, replaced as it grows)."""
 
     def __init__(self, folds_dir: Path, total: int):
         self.folds_dir, self.total, self.samples = folds_dir, total, []
+        self.worker_peak = 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def _rss(pid: str) -> float:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _workers(self) -> list[float]:
+        out = []
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/children") as handle:
+                    children = handle.read().split()
+                for pid in children:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        if b"multiprocessing" in handle.read():
+                            out.append(self._rss(pid))
+            except OSError:  # a thread or child that just ended
+                continue
+        return out
+
     def _loop(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
         while not self.stop.wait(0.2):
             try:
                 done = sum(1 for _ in os.scandir(self.folds_dir))
             except OSError:
                 done = 0
-            with open("/proc/self/statm") as handle:
-                rss = int(handle.read().split()[1]) * page / 2**20
-            self.samples.append((done, rss))
+            self.samples.append((done, self._rss("self")))
+            self.worker_peak = max([self.worker_peak, *self._workers()])
 
-    def quarter_and_end(self) -> tuple[float, float]:
+    def quarter_and_end(self) -> tuple[float, float, float]:
         self.stop.set()
         self.thread.join()
         quarter = next((rss for done, rss in self.samples if done >= self.total / 4), float("nan"))
         end = max((rss for done, rss in self.samples if done >= self.total), default=float("nan"))
-        return quarter, end
+        return quarter, end, self.worker_peak
 
 
 # (module, attribute) pairs timed by --stages: the training path, the writes, the listener, the final report.
@@ -256,16 +276,16 @@ def main() -> None:
             xval_run(exp.path, config, False, 2)
             print(f"{framework}: MLP_model {MODEL['hidden_sizes']}, 1 epoch, {FOLDS} folds, demo data, CPU", flush=True)
             print(f"  {'N':>5} {'folds':>6} {'bare s':>8} {'xval s':>8} {'own ms/fold':>12} {'report s':>9} {'up to date s':>13}"
-                  f" {'peak RSS MB':>12} {'RSS MB at 25% -> 100% of folds':>31}", flush=True)
+                  f" {'peak RSS MB':>12} {'RSS MB at 25% -> 100% of folds':>31} {'worker peak MB':>15}", flush=True)
             for n in sizes:
                 path = write_experiment(folder, framework, n)
                 bare_s = bare(dataset, folds, n)
                 clocks = StageClocks(framework) if args.stages == n else None
-                xval_s, (report_s, fresh_s), stats, (quarter, end) = xval_run(path, config, args.profile == n, n)
+                xval_s, (report_s, fresh_s), stats, (quarter, end, worker) = xval_run(path, config, args.profile == n, n)
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 own = (xval_s - bare_s) / (n * FOLDS) * 1000
                 print(f"  {n:5d} {n * FOLDS:6d} {bare_s:8.2f} {xval_s:8.2f} {own:12.1f} {report_s:9.2f} {fresh_s:13.3f}"
-                      f" {peak:12.0f} {quarter:20.0f} -> {end:.0f}", flush=True)
+                      f" {peak:12.0f} {quarter:20.0f} -> {end:<8.0f} {worker or float('nan'):15.0f}", flush=True)
                 if clocks is not None:
                     clocks.close(n * FOLDS)
                 if stats is not None:

@@ -164,6 +164,42 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_abandoned(tmp_path, config_file,
     assert "Traceback" not in err
 
 
+def test_a_long_keras_run_trains_in_a_worker_replaced_as_it_grows(tmp_path, config_file, monkeypatch):
+    """Keras keeps about 5 MB of every model it trains in a process: from KERAS_WORKER_FROM planned
+    folds, a Keras run on one device trains in a worker process, replaced once it has grown by
+    RECYCLE_GROWTH_MB (here set so that every worker is replaced after one fold); torch stays here."""
+    from xvalkit import devices, runner
+    from xvalkit.executors import local
+
+    monkeypatch.setattr(devices, "_parent_off_gpus", False)  # restored after: the run sets it in this process
+    monkeypatch.setattr(runner, "KERAS_WORKER_FROM", 2)
+    monkeypatch.setattr(local, "RECYCLE_GROWTH_MB", -1e9)
+    keras = write_experiment(tmp_path / "k", {1: instance("k", "MLP_model", "none", "hidden_sizes=(8,)")},
+                             global_parameters=["num_epochs=1"], num_folds=2)
+    result = xval("run", keras, "--cpu", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    assert "in a worker process" in result.output
+    folds = load_results(exp_folder(keras), 1)["folds"]
+    pids = [folds[f]["pid"] for f in (1, 2)]
+    assert len(set(pids)) == 2 and os.getpid() not in pids  # one worker per fold, neither this process
+    assert all(folds[f]["test_acc"] >= 0 for f in (1, 2)) and folds[1]["device"] == "CPU"
+    torch = write_experiment(tmp_path / "t", TORCH_TWO_BY_TWO, global_parameters=TORCH_GLOBAL, num_folds=2)
+    assert xval("run", torch, "--cpu", "--config", config_file).exit_code == 0
+    assert {f["pid"] for f in load_results(exp_folder(torch), 1)["folds"].values()} == {os.getpid()}
+
+
+def test_a_worker_is_replaced_once_it_has_grown_past_the_limit():
+    from xvalkit.executors.local import LocalPoolExecutor, Worker, resident_mb
+
+    assert 10 < resident_mb() < 100_000  # this process, in MB
+    pool = LocalPoolExecutor([], recycle_mb=100)
+    worker = Worker.__new__(Worker)  # the bookkeeping only: no process
+    worker.first_mb, worker.stop = None, lambda: None
+    assert pool._small_enough(worker, 500) and worker.first_mb == 500  # its first job sets the base
+    assert pool._small_enough(worker, 600) and pool.recycled == 0
+    assert not pool._small_enough(worker, 601) and pool.recycled == 1
+
+
 def test_plan_validates_without_training(tmp_path, config_file):
     path = write_experiment(tmp_path, TWO_BY_TWO, num_folds=2)
     result = run_cli("plan", path, "--gpu", "0,1", "--config", config_file)

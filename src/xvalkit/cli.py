@@ -165,7 +165,7 @@ def run(
     """
     from .devices import choose_device_early, keep_this_process_off_gpus
     from .experiment import load_experiment
-    from .runner import RunOptions, run_experiment
+    from .runner import RunOptions, run_experiment, trains_in_worker
 
     if backend not in ("local", "ray"):
         fail(f"--backend {backend}: expected local or ray")
@@ -190,11 +190,6 @@ def run(
             gpus, cpu = None, True
     elif gpus is not None:
         _gpus_exist(gpus, f"--gpu {','.join(map(str, gpus))}", backend, address)
-    workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
-    if workers:
-        keep_this_process_off_gpus()  # the workers own the devices
-    else:
-        choose_device_early(gpu=gpus[0] if gpus else None, cpu=cpu)
     options = RunOptions(
         first=first, last=last,
         overwrite=exp.overwrite_results if overwrite is None else overwrite,
@@ -202,6 +197,13 @@ def run(
         num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
     )
+    workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
+    # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)
+    workers = workers or ((cpu or bool(gpus)) and trains_in_worker(exp, options))
+    if workers:
+        keep_this_process_off_gpus()  # the workers own the devices
+    else:
+        choose_device_early(gpu=gpus[0] if gpus else None, cpu=cpu)
     _set_debug(options.debug)
     if options.debug:  # jobs (here, in workers, in Ray tasks) then leave the frameworks' output on the console
         os.environ["XVAL_DEBUG"] = "1"

@@ -187,6 +187,11 @@ class Experiment:
             command_line=self.overrides,
         )
 
+    def framework_of(self, instance_id: int) -> Any:
+        """The framework instance `instance_id` asks for (P.requested_framework: nothing imported)."""
+        return P.requested_framework(self.instances[instance_id], self.global_parameters, self.config.training,
+                                     self.overrides)
+
     def select(self, first: int | str | None, last: int | None = None) -> list[int]:
         """Instance IDs: all (first None), first to last, only first, or a list such as '1,4-6,9'."""
         ids = sorted(self.instances)

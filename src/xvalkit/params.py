@@ -212,6 +212,21 @@ def _resolve_mode(params: dict[str, Any], metric: str, where: str) -> None:
     params["save_best_model_mode"] = needed
 
 
+def _requested_framework(overrides: dict[str, Any], training_defaults: dict[str, Any]) -> Any:
+    return overrides.get("framework", training_defaults.get("framework", "keras"))
+
+
+def requested_framework(instance: dict[str, Any], global_parameters: dict[str, Any],
+                        training_defaults: dict[str, Any], command_line: dict[str, Any] | None = None) -> Any:
+    """The framework an instance asks for, found without resolving it: no model module is imported
+    (a module importing a framework before the device is chosen would defeat the GPU choice)."""
+    try:
+        overrides = {**_renamed(global_parameters, ""), **_renamed(instance, ""), **_renamed(command_line or {}, "")}
+    except ParameterError:  # said with its place when the instance is resolved
+        overrides = {}
+    return _requested_framework(overrides, training_defaults)
+
+
 def _renamed(params: dict[str, Any], where: str) -> dict[str, Any]:
     """Old parameter names (ALIASES) under today's names; both given is an error."""
     out = dict(params)
@@ -273,8 +288,7 @@ def resolve(
         overrides[name] = str(overrides[name])
     if not isinstance(overrides["architecture"], str):
         raise ParameterError(f"{where}: architecture={overrides['architecture']!r} must be a model name string")
-    framework = coerce("framework", overrides.get("framework", training_defaults.get("framework", "keras")),
-                       "keras", where)
+    framework = coerce("framework", _requested_framework(overrides, training_defaults), "keras", where)
     if framework not in CHOICES["framework"]:
         raise ParameterError(f"{where}: framework={framework!r} is not one of 'keras', 'torch'")
     model_defaults = model_defaults_for(framework, overrides["architecture"], where)

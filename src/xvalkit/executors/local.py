@@ -4,7 +4,9 @@ Each worker is a fresh interpreter (spawn) that sets CUDA_VISIBLE_DEVICES and it
 before anything imports a framework, so it sees only its own GPU; it then runs job after job,
 paying the TensorFlow / torch import once. A worker whose job raised is replaced (its framework
 state is not trusted); a worker that dies (killed, out of memory) is replaced and its job retried
-once. The parent only schedules and listens: workers write the models and fold records.
+once; a worker whose memory grew by more than RECYCLE_GROWTH_MB since its first job is replaced
+after its job (Keras keeps about 5 MB of each model it trained; torch workers stay flat and stay).
+The parent only schedules and listens: workers write the models and fold records.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..interrupts import StopRequest
 from ..jobs import FoldJob
 from . import JobError, Listener, Slot
 
+RECYCLE_GROWTH_MB = 1024  # about 200 Keras folds; a new worker costs about 5 s (its imports)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
 
@@ -43,16 +46,30 @@ def worker_main(conn, slot: Slot) -> None:
         try:
             record = execute(job, on_epoch=lambda e, logs: conn.send(
                 ("epoch", e, {k: float(v) for k, v in logs.items()})))
-            conn.send(("done", record))
+            conn.send(("done", record, resident_mb()))
         except EnvironmentFault as fault:  # the machine's fault, not the job's: the parent stops the run
             conn.send(("fault", str(fault)))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux), else its peak (getrusage: kB, bytes on macOS)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 class Worker:
     def __init__(self, slot: Slot, context):
         self.slot = slot
+        self.first_mb: float | None = None  # resident memory after its first job
         self.conn, child = context.Pipe()
         self.process = context.Process(target=worker_main, args=(child, slot), daemon=True)
         self.process.start()
@@ -73,10 +90,13 @@ class Worker:
 
 
 class LocalPoolExecutor:
-    """`keep_workers=True` keeps the workers between runs (until close()), e.g. for benchmarks."""
+    """`keep_workers=True` keeps the workers between runs (until close()), e.g. for benchmarks;
+    `recycle_mb`: the growth after which a worker is replaced (default RECYCLE_GROWTH_MB; inf: never)."""
 
-    def __init__(self, slots: list[Slot], keep_workers: bool = False):
+    def __init__(self, slots: list[Slot], keep_workers: bool = False, recycle_mb: float | None = None):
         self.slots = slots
+        self.recycle_mb = RECYCLE_GROWTH_MB if recycle_mb is None else recycle_mb
+        self.recycled = 0  # workers replaced for their growth
         self.context = mp.get_context("spawn")
         self.keep_workers = keep_workers
         self.workers: list[Worker | None] = [None] * len(slots)
@@ -144,7 +164,7 @@ class LocalPoolExecutor:
             elif kind == "done":
                 worker.job = None
                 listener.finished(job, payload[0])
-                return worker
+                return worker if self._small_enough(worker, payload[1]) else None
             else:  # "error": the job raised; the worker's state is not trusted any more
                 worker.job = None
                 worker.stop()
@@ -164,6 +184,17 @@ class LocalPoolExecutor:
         else:
             listener.failed(job, f"{death(code)}: the worker process training {job.label} died twice")
         return None
+
+
+    def _small_enough(self, worker: Worker, resident: float) -> bool:
+        """Whether `worker` may take another job; else it is stopped, and the next job starts a new one."""
+        if worker.first_mb is None:
+            worker.first_mb = resident
+        if resident - worker.first_mb <= self.recycle_mb:
+            return True
+        worker.stop()
+        self.recycled += 1
+        return False
 
 
 def death(exitcode: int | None) -> str:
