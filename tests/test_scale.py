@@ -176,6 +176,8 @@ def test_a_long_keras_run_trains_in_a_worker_replaced_as_it_grows(tmp_path, conf
     monkeypatch.setattr(local, "RECYCLE_GROWTH_MB", -1e9)
     keras = write_experiment(tmp_path / "k", {1: instance("k", "MLP_model", "none", "hidden_sizes=(8,)")},
                              global_parameters=["num_epochs=1"], num_folds=2)
+    plan = xval("plan", keras, "--config", config_file)
+    assert plan.exit_code == 0 and "2 job(s) over 1 slot(s): CPU (in a worker process" in plan.output, plan.output
     result = xval("run", keras, "--cpu", "--config", config_file)
     assert result.exit_code == 0, result.output
     assert "in a worker process" in result.output

@@ -18,9 +18,10 @@ if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping o
 
 
 def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int) -> None:
-    from .runner import RunOptions, prepare
+    from .runner import RunOptions, prepare, trains_in_worker
 
-    options = RunOptions(first=first, last=last, num_folds=num_folds)
+    options = RunOptions(first=first, last=last, num_folds=num_folds, gpus=gpus, jobs_per_gpu=jobs_per_gpu,
+                         cpu_workers=cpu_workers)
     dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
     slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
     differ = differing_parameters([inst.params for inst in instances])
@@ -44,7 +45,12 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     console.print(f"fold seed {instances[0].fold_seed} (the same folds for every instance; `seed` drives training)")
     console.print(f"folds ({len(instances[0].folds)}): e.g. fold 1 trains on {len(fold.train)} items, "
                   f"validates on {len(fold.val)}, tests on {len(fold.test)} ({escape(', '.join(fold.test))})")
-    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}; "
+    from .trainers import trainer_for
+
+    on_cpu = trainer_for(instances[0].params["framework"]).device_name() == "CPU"  # as the run decides
+    worker = trains_in_worker(exp, options) and (bool(gpus) or on_cpu)
+    worker = " (in a worker process, replaced as it grows: a long Keras run)" if worker else ""
+    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}; "
                   f"results in {escape(str(store.folder))}")
     console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")
 
