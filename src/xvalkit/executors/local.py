@@ -188,7 +188,6 @@ class LocalPoolExecutor:
             listener.failed(job, f"{death(code)}: the worker process training {job.label} died twice")
         return None
 
-
     def _small_enough(self, worker: Worker, resident: float) -> bool:
         """Whether `worker` may take another job; else it is stopped, and the next job starts a new one."""
         if worker.first_mb is None:

@@ -5,7 +5,7 @@ error files), the [report] settings, whether plots are drawn, and the code that 
 openpyxl, matplotlib). After each report, `record` keeps a digest of all of these, and the size,
 modification time and inode of every file the report wrote, in results/report_state.json. `check`
 compares both with the folder now: when nothing differs, `xval report` has nothing to do (a
-thousand instances' workbook and plots took 15 s to write again, identical). Any difference (a new
+thousand instances' workbook and plots took 15 s to write again, the same). Any difference (a new
 fold, another setting, a deleted plot, a workbook opened and saved elsewhere, a newer xvalkit)
 rebuilds the report, as does a missing or unreadable state file: it is a cache, never a source.
 
