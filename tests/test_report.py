@@ -617,9 +617,10 @@ def test_report_resolves_module_name_and_folder(tmp_path, monkeypatch):
         result = xval("report", target, "--no-plots")
         assert result.exit_code == 0, (target, result.output)
         assert store.spreadsheet_path.is_file()
-    for target, message in (("nope", "not an experiment module"), (str(tmp_path), "no results/ in it")):
+    for target, message in (("nope", "experiment name (experiments/nope.py)"), (str(tmp_path), "no results/ in it"),
+                            ("experiments/nope.py", "experiment name (experiments/<name>.py)")):  # not .../experiments/nope.py.py
         result = xval("report", target)
-        assert result.exit_code == 2 and message in result.output
+        assert result.exit_code == 2 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) <= 2
 
 

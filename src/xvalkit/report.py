@@ -170,7 +170,8 @@ def open_store(target: str | Path, config_file: str | Path | None = None) -> tup
     candidates = [path, path.with_suffix(".py"), Path("experiments") / f"{target}.py"]
     module = next((p for p in candidates if p.suffix == ".py" and p.is_file()), None)
     if module is None:
-        raise XvalError(f"{target}: not an experiment module, experiment name (experiments/{target}.py) or "
+        name = f"experiments/{target}.py" if len(path.parts) == 1 and not path.suffix else "experiments/<name>.py"
+        raise XvalError(f"{target}: not an experiment module, experiment name ({name}) or "
                         "experiment folder (one holding results/)")
     exp = load_experiment(module, config_file=config_file)
     if not (exp.folder / "results").is_dir():
