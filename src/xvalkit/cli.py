@@ -199,7 +199,7 @@ def run(
     )
     workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)
-    workers = workers or ((cpu or bool(gpus)) and trains_in_worker(exp, options))
+    workers = workers or trains_in_worker(exp, options, on_cpu=cpu)
     if workers:
         keep_this_process_off_gpus()  # the workers own the devices
     else:

@@ -232,13 +232,16 @@ def _str_or_none(path) -> str | None:
 KERAS_WORKER_FROM = 100
 
 
-def trains_in_worker(exp: Experiment, options: RunOptions) -> bool:
+def trains_in_worker(exp: Experiment, options: RunOptions, on_cpu: bool) -> bool:
     """Whether a run on one device trains in a recycled worker process (KERAS_WORKER_FROM). The CLI
     asks before it chooses the device (the worker then owns the GPU), the runner again; both get
-    the same answer from the same experiment and options."""
+    the same answer from the same experiment and options. Only on the CPU or a GPU given by number:
+    a process training on a GPU it picked itself (the API, no --gpu) could not tell a worker which."""
     single = len(plan_slots(options.gpus, options.jobs_per_gpu, options.cpu_workers)) == 1
     if options.backend != "local" or not single or (options.gpus and len(options.gpus) > 1):
         return False  # Ray, or worker processes already
+    if not (on_cpu or options.gpus):
+        return False
     ids = exp.select(options.first, options.last)
     folds = len(ids) * (options.num_folds or exp.num_folds) * exp.num_repeats
     return folds >= KERAS_WORKER_FROM and any(exp.framework_of(run) == "keras" for run in ids)
@@ -361,10 +364,9 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         where = f"{options.cpu_workers} CPU workers"
     else:
         where = device
-    # Not when this process trains on a GPU it chose itself (the API, no --gpu): a worker would not know which.
-    in_worker = trains_in_worker(exp, options) and (device == "CPU" or bool(options.gpus))
+    in_worker = trains_in_worker(exp, options, on_cpu=device == "CPU")
     if in_worker:
-        where = f"{'GPU ' + str(options.gpus[0]) if options.gpus else 'CPU'}, in a worker process (Keras: replaced as it grows)"
+        where = f"{plan_slots(options.gpus, 1, 1)[0].name}, in a worker process (Keras: replaced as it grows)"
     console.print(
         f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) x {len(instances[0].folds)} fold(s) on "
         f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"

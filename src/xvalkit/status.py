@@ -48,7 +48,7 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     from .trainers import trainer_for
 
     on_cpu = trainer_for(instances[0].params["framework"]).device_name() == "CPU"  # as the run decides
-    worker = trains_in_worker(exp, options) and (bool(gpus) or on_cpu)
+    worker = trains_in_worker(exp, options, on_cpu)
     worker = " (in a worker process, replaced as it grows: a long Keras run)" if worker else ""
     console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}; "
                   f"results in {escape(str(store.folder))}")
