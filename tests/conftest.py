@@ -130,6 +130,18 @@ def device_matches(device: str, expected: str) -> bool:
     return device.startswith(expected) if expected.endswith("(") else device == expected
 
 
+def assert_plain_modes(root: Path) -> None:
+    """Every file and folder under `root` has the mode a plain open() / mkdir() gives under this
+    process's umask (so others in a lab that shares the folder can read the results)."""
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    wrong = {p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in root.rglob("*")
+             if stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~umask}
+    assert not wrong, f"umask {oct(umask)}: {wrong}"
+
+
 def check_test_metrics(fold: dict, task_type: str) -> None:
     """The fold's stored test metrics, recomputed with scikit-learn from its saved test_true / test_pred."""
     import numpy as np

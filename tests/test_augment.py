@@ -15,6 +15,8 @@ from xvalkit import cli
 from xvalkit.audio import augment as aug
 from xvalkit.audio.augment import AugmentSpec
 
+from .conftest import assert_plain_modes
+
 SR = 22050
 
 
@@ -97,6 +99,7 @@ def test_outputs_names_structure_and_log(corpus, tmp_path, capsys):
             length = sf.info(out / Path(record["file"]).parent / name).frames
             assert length == pytest.approx(record["seconds"] * record["sample_rate"] / rate, rel=0.01)
     assert "augmented 4 files into 16 outputs" in err
+    assert_plain_modes(out)  # the wavs and augment_log.json, as a plain open() would make them
 
 
 def test_seeded_runs_identical_across_jobs(corpus, tmp_path, capsys):

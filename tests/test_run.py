@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from xvalkit.cli import app
 from xvalkit.experiment import load_experiment
 
-from .conftest import check_test_metrics, device_matches, expected_device, instance, write_experiment
+from .conftest import assert_plain_modes, check_test_metrics, device_matches, expected_device, instance, write_experiment
 
 runner = CliRunner()
 # Where the framework is not what a test is about (resume, kill -9): torch, quicker to import and train
@@ -75,6 +75,7 @@ def test_run_writes_every_artifact(finished):
     assert (folder / "tensorboard" / "run1" / "fold1").is_dir()
     assert not list(folder.rglob(".*.tmp*")), "temporary files left behind"
     assert "done 1, 2" in output and "failed none" in output
+    assert_plain_modes(folder)  # workbook, csv, models, fold files, plots, logs: readable by the lab
 
 
 def test_results_dict_layout(finished):

@@ -3,6 +3,10 @@
 A crash or Ctrl-C at any moment leaves either the old file or the new one, never half of one.
 Temporary names are '.<name>.<random>.tmp<ext>' (hidden, with '.tmp' inside) so that readers
 never mistake them for results, while writers that insist on an extension (h5py, numpy) still see it.
+
+`tempfile` creates files 0600 and folders 0700 (private to their owner); each is given the mode a
+plain `open()` or `mkdir()` would give under the process's umask, so that a lab sharing a results
+folder can read what xvalkit wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +22,27 @@ from typing import Any, BinaryIO
 from .faults import note_file
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which
+    would race with other threads' file creation); the set-and-restore fallback is for systems
+    without /proc."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(fd_or_path: int | str | Path, folder: bool = False) -> None:
+    """Give a file (descriptor) or folder made by tempfile the mode open() or mkdir() would give."""
+    os.chmod(fd_or_path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def _replacing(target: str | Path, suffix: str) -> Iterator[tuple[int, Path]]:
     """Yield (open descriptor, path) of a new temporary file beside `target`; on success it is
@@ -31,6 +56,7 @@ def _replacing(target: str | Path, suffix: str) -> Iterator[tuple[int, Path]]:
         raise
     tmp_path = Path(tmp)
     try:
+        _plain_mode(fd)
         yield fd, tmp_path
         os.replace(tmp_path, target)
     except BaseException as exc:
@@ -50,6 +76,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     with _replacing(target, suffix) as (fd, tmp_path):
         os.close(fd)
         yield tmp_path
+        _plain_mode(tmp_path)  # in case the writer made the file anew
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
 
@@ -94,6 +121,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        _plain_mode(tmp, folder=True)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
