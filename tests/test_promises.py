@@ -9,6 +9,7 @@ datapoint d, feature f: k + 10 f + 0.1 d), so the normalisation statistics are k
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import subprocess
@@ -190,18 +191,40 @@ def test_snapshot_records_git_commit_and_diff_and_keeps_older_code(bias, tmp_pat
     diff = (code / "git.diff").read_text()
     assert "+# changed after the commit" in diff and "exp_test.py" in diff
     assert (code / "exp_test.py").read_bytes() == experiment.read_bytes()
+    assert info["code_sha256"]["exp_test.py"] == hashlib.sha256(experiment.read_bytes()).hexdigest()
+    # every fold names the run that trained it, and that run's record lists it
+    assert info["folds_to_train"] == {str(run): [1, 2] for run in range(1, 6)}
+    assert {fold["run_id"] for run in range(1, 6) for fold in bias_results(folder, run)["folds"].values()} == \
+        {info["run_id"]}
+    assert json.loads((code / "runs" / f"{info['run_id']}.json").read_text()) == info
     old = experiment.read_bytes()
-    # A changed experiment file (a comment: the parameters are the same, the folds are kept):
-    experiment.write_text(old.decode() + "# changed again\n")
     config = root / "c.ini"
-    result = xval("run", experiment, "--cpu", "--config", config)
+
+    # A changed experiment file (a comment: the parameters are the same, the folds are kept), and a
+    # run that trains nothing: the snapshot and provenance.json still describe the folds on disk.
+    experiment.write_text(old.decode() + "# changed again\n")
+    result = xval("run", experiment, "2", "4", "--cpu", "--config", config)
     assert result.exit_code == 0, result.output
     assert "all 2 folds already done" in result.output
+    assert json.loads((code / "provenance.json").read_text()) == info
+    assert (code / "exp_test.py").read_bytes() == old and not (code / "previous").exists()
+    records = [json.loads(p.read_text()) for p in sorted((code / "runs").glob("*.json"))]
+    assert [r["run_id"] for r in records][0] == info["run_id"] and len(records) == 2
+    assert records[1]["folds_to_train"] == {} and records[1]["instances"] == [2, 3, 4]
+    assert records[1]["code_sha256"]["exp_test.py"] == hashlib.sha256(experiment.read_bytes()).hexdigest()
+
+    # A run that trains (instance 3 again) with that code: the older snapshot moves aside.
+    result = xval("run", experiment, "3", "--overwrite", "--cpu", "--config", config)
+    assert result.exit_code == 0, result.output
     (previous,) = (code / "previous").iterdir()  # the older snapshot, under its time stamp
     assert previous.name == info["time"].replace(":", "")
     assert (previous / "exp_test.py").read_bytes() == old
     assert json.loads((previous / "provenance.json").read_text()) == info
     assert (code / "exp_test.py").read_text().endswith("# changed again\n")
+    latest = json.loads((code / "provenance.json").read_text())
+    assert latest["folds_to_train"] == {"3": [1, 2]} and len(list((code / "runs").glob("*.json"))) == 3
+    assert {f["run_id"] for f in bias_results(folder, 3)["folds"].values()} == {latest["run_id"]}
+    assert {f["run_id"] for f in bias_results(folder, 4)["folds"].values()} == {info["run_id"]}
 
 
 # --- point 11: `xval run` checks every instance and builds every model before training -------------

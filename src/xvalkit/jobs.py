@@ -37,6 +37,7 @@ class FoldJob:
     generator: bool
     models_path: str | None = None
     num_repeats: int = 1
+    run_id: str | None = None  # the run that trains it: its record is code/runs/<run_id>.json
 
     @property
     def key(self) -> tuple[int, int]:
@@ -188,7 +189,7 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
             normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
             n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
             n_train_original=data.n_train_original, excluded_augmented=data.excluded_augmented,
-            model_file=train_job.model_path.name, duration_s=time.perf_counter() - start,
+            model_file=train_job.model_path.name, duration_s=time.perf_counter() - start, run_id=job.run_id,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
             gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
         )

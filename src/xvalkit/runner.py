@@ -32,7 +32,7 @@ from .progress import ProgressView
 from .quiet import framework_output_to
 from .reporting.background import ReportRefresher
 from .reporting.drawer import EAGER_FROM, PlotDrawer
-from .snapshot import provenance, write_snapshot
+from .snapshot import code_files, digests, new_run_id, provenance, record_run, write_snapshot
 from .store import ExperimentStore, error_line
 from .trainers import trainer_for
 
@@ -210,14 +210,28 @@ def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
             "swept": exp.swept.get(inst.id, [])}
 
 
-def make_jobs(exp: Experiment, inst: Instance) -> list[FoldJob]:
+def make_jobs(exp: Experiment, inst: Instance, run_id: str | None = None) -> list[FoldJob]:
     return [
         FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), num_repeats=exp.num_repeats, params=inst.params,
                 task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
                 store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
-                models_path=_str_or_none(exp.models_file(inst.params["framework"])))
+                models_path=_str_or_none(exp.models_file(inst.params["framework"])), run_id=run_id)
         for fold in inst.folds
     ]
+
+
+def _record_provenance(exp: Experiment, store: ExperimentStore, where: str, run_id: str, instances: list[Instance],
+                       todo: dict[int, set[int]]) -> None:
+    """Every run leaves its record in code/runs/; only a run that trains replaces the code snapshot
+    and provenance.json, which describe the folds on disk (a run that skips everything must not)."""
+    info = provenance(exp.path, where, [i.id for i in instances])
+    files = code_files(exp.path, [exp.models_path, *exp.framework_models.values()], exp.config.to_ini(),
+                       info["git_commit"])
+    info.update(run_id=run_id, overrides=exp.overrides, code_sha256=digests(files),
+                folds_to_train={inst: sorted(folds) for inst, folds in todo.items() if folds})
+    record_run(store.code_dir, info)
+    if info["folds_to_train"]:
+        write_snapshot(store.code_dir, files, info)
 
 
 def _str_or_none(path) -> str | None:
@@ -380,8 +394,7 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         console.print(f"GPU {choice.gpu} was asked for but {instances[0].params['framework']} sees no GPU (a CPU-only "
                       "build? see the README, Installing): training on the CPU")
     store.write_description(exp.short_description)
-    write_snapshot(store.code_dir, exp.path, [exp.models_path, *exp.framework_models.values()], exp.config.to_ini(),
-                   dict(provenance(exp.path, where, [i.id for i in instances]), overrides=exp.overrides))
+    run_id = new_run_id()
     summary = RunSummary()
     jobs, todo = [], {}
     if options.overwrite:
@@ -396,7 +409,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         if not todo[inst.id]:
             summary.skipped.append(inst.id)
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
-        jobs += [job for job in make_jobs(exp, inst) if job.fold.index in todo[inst.id]]
+        jobs += [job for job in make_jobs(exp, inst, run_id) if job.fold.index in todo[inst.id]]
+    _record_provenance(exp, store, where, run_id, instances, todo)
     view = ProgressView(console, len(jobs), options.quiet)
     eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
     refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30),
