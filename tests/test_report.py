@@ -259,6 +259,20 @@ def test_importing_xvalkit_stays_light():
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
 
 
+def test_public_api_is_listed_for_completion_and_help():
+    """dir(xvalkit) drives tab completion and help(xvalkit): the lazily imported functions are there,
+    and listing them imports nothing heavy."""
+    code = ("import sys, pydoc, xvalkit; names = dir(xvalkit); assert 'pandas' not in sys.modules; "
+            "print(sorted(set(xvalkit.__all__) & set(names))); print(pydoc.render_doc(xvalkit, renderer=pydoc.plaintext))")
+    proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed, doc = proc.stdout.split("\n", 1)
+    assert listed == "['load_model', 'load_results', 'predict']"
+    functions = doc.split("FUNCTIONS", 1)[1]
+    for signature in ("load_model(path", "predict(path", "load_results(target"):
+        assert signature in functions, functions
+
+
 def test_regression_lowest_rmse_is_best(tmp_path):
     store = ExperimentStore(tmp_path / "exp" / "demo_pitch" / "experiment_2", "demo_pitch", 2)
     save(store, 1, [0.30, 0.40], "regression", num_folds=2)

@@ -11,6 +11,12 @@ __version__ = "0.1.0"
 __all__ = ["load_model", "predict", "load_results"]
 
 
+def __dir__() -> list[str]:
+    """The public API with the module's own names, so that tab completion and help(xvalkit) show the
+    functions looked up on first use (listing them imports nothing)."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
     if name in ("load_model", "predict"):
         from . import loading
