@@ -42,3 +42,81 @@ def test_written_files_and_folders_get_the_mode_open_and_mkdir_give(tmp_path, um
     for name in ("bytes.bin", "text.txt", "obj.pkl", "book.xlsx", "remade.hdf5"):
         assert oct(mode(tmp_path / name)) == oct(file_mode), name
     assert oct(mode(tmp_path / "folder")) == oct(dir_mode)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    """A writer stopped half-way (Ctrl-C, a full disk, a crash in pickle) leaves the old file whole."""
+    target = tmp_path / "results" / "fold.pkl"
+    atomic.write_bytes(target, b"old complete record")
+
+    def half(handle):
+        handle.write(b"new but on")
+        handle.flush()
+        raise Boom
+
+    with pytest.raises(Boom):
+        atomic.write_with(target, half)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(target, suffix=".pkl") as tmp:
+            tmp.write_bytes(b"new but on")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old complete record"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["fold.pkl"]
+
+
+@pytest.fixture
+def syscalls(monkeypatch):
+    """The fsync and rename calls made, in order, as ('fsync', path) and ('replace', src, dst):
+    the real calls are made, only observed."""
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        calls.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def check_durable(calls: list, target: Path) -> None:
+    """The data reaches the disk before the rename publishes it, and the rename itself after."""
+    (rename,) = [i for i, call in enumerate(calls) if call[0] == "replace" and call[2] == str(target)]
+    temporary = calls[rename][1]
+    assert ("fsync", temporary) in calls[:rename], calls
+    assert ("fsync", str(target.parent)) in calls[rename + 1:], calls
+
+
+def test_durable_writes_fsync_the_file_then_the_folder_after_the_rename(tmp_path, syscalls):
+    target = tmp_path / "a.bin"
+    atomic.write_bytes(target, b"x")
+    check_durable(syscalls, target)
+    syscalls.clear()
+    with atomic.atomic_path(tmp_path / "m.hdf5", suffix=".hdf5") as tmp:
+        tmp.write_bytes(b"model")
+    check_durable(syscalls, tmp_path / "m.hdf5")
+    syscalls.clear()
+    atomic.write_text(tmp_path / "marker.json", "{}", durable=False)  # ephemeral: no fsync at all
+    assert [call[0] for call in syscalls] == ["replace"]
+
+
+def test_a_fold_record_is_durable_before_it_counts_as_done(tmp_path, syscalls):
+    """The fold file is the completion record: after save_fold returns, a power cut must not lose it
+    (or resume would skip a fold whose record is gone, or keep a truncated one)."""
+    from xvalkit.store import ExperimentStore
+
+    store = ExperimentStore(tmp_path / "exp", "demo", 1)
+    store.save_fold(1, 2, {"lr": 0.1}, "classification", 3, {"test_acc": 0.5})
+    check_durable(syscalls, store.fold_path(1, 2))
+    syscalls.clear()
+    store.save_instance(1, {"folds": {}})
+    check_durable(syscalls, store.results_path(1))

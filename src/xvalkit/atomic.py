@@ -1,6 +1,8 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, then rename over it.
+"""Atomic file writes: write a temporary file beside the target, fsync, rename over it, fsync the folder.
 
-A crash or Ctrl-C at any moment leaves either the old file or the new one, never half of one.
+A crash or Ctrl-C at any moment leaves either the old file or the new one, never half of one; a
+power cut after a durable write returns keeps the new one (the folder's fsync makes the rename itself
+durable, which the file's fsync alone does not).
 Temporary names are '.<name>.<random>.tmp<ext>' (hidden, with '.tmp' inside) so that readers
 never mistake them for results, while writers that insist on an extension (h5py, numpy) still see it.
 
@@ -43,10 +45,19 @@ def _plain_mode(fd_or_path: int | str | Path, folder: bool = False) -> None:
     os.chmod(fd_or_path, (0o777 if folder else 0o666) & ~current_umask())
 
 
+def fsync_folder(folder: str | Path) -> None:
+    """Make the names in `folder` durable: a rename reaches the disk with its folder, not its file."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def _replacing(target: str | Path, suffix: str) -> Iterator[tuple[int, Path]]:
+def _replacing(target: str | Path, suffix: str, durable: bool = True) -> Iterator[tuple[int, Path]]:
     """Yield (open descriptor, path) of a new temporary file beside `target`; on success it is
-    renamed to `target`, else removed."""
+    renamed to `target` (then its folder fsynced when `durable`), else removed."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +70,8 @@ def _replacing(target: str | Path, suffix: str) -> Iterator[tuple[int, Path]]:
         _plain_mode(fd)
         yield fd, tmp_path
         os.replace(tmp_path, target)
+        if durable:
+            fsync_folder(target.parent)
     except BaseException as exc:
         note_file(exc, target)  # a failed write names no file; a full disk must say which
         raise
@@ -87,7 +100,7 @@ def write_with(target: str | Path, write: Callable[[BinaryIO], Any], durable: bo
     `durable=False` skips the fsync, for files that matter only while the process lives (a fold's
     running marker): still all or nothing for readers, but not guaranteed on disk after a power cut.
     """
-    with _replacing(target, "") as (fd, _), os.fdopen(fd, "wb") as handle:
+    with _replacing(target, "", durable) as (fd, _), os.fdopen(fd, "wb") as handle:
         write(handle)
         handle.flush()
         if durable:
@@ -123,16 +136,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     try:
         _plain_mode(tmp, folder=True)
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(tmp)
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
         os.replace(tmp, target)
+        fsync_folder(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
