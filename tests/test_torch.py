@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import xvalkit
 from xvalkit.cli import app
 from xvalkit.experiment import load_experiment
 
@@ -216,3 +217,37 @@ def test_importing_xvalkit_imports_no_framework():
             "print(any(m in sys.modules for m in ('torch', 'tensorflow', 'keras')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+CONSTANT_MODEL = '''
+def Constant_model(input_shape, num_outputs, task_type, *, regularization_lambda=0.1, weight=0.02):
+    import math
+    import torch
+    from torch import nn
+    layer = nn.Linear(math.prod(input_shape), num_outputs, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(weight)
+    return nn.Sequential(nn.Flatten(), layer)
+'''
+
+
+def test_logged_loss_holds_the_whole_l2_penalty(tmp_path, data_folder):
+    """With every weight equal, every logit is equal: the data loss is exactly ln(classes), whatever
+    the inputs, and the logged losses must add Keras' whole penalty λ·Σw² (a learning rate of 1e-30
+    keeps the weights where they started)."""
+    (tmp_path / "constant_models.py").write_text(CONSTANT_MODEL)
+    folder = run_experiment(tmp_path, data_folder, {
+        1: instance("l2", "Constant_model", "none", *TORCH, "regularization_lambda=0.5", "weight=0.03"),
+    }, models="constant_models.py", num_folds=2, global_parameters=["num_epochs=2", "patience=2", "batch_size=64",
+                                                                     "learning_rate=1e-30"])
+    results = results_of(folder, "demo", 1)
+    for fold in results["folds"].values():
+        classes = len(fold["test_pred"][0])
+        model = xvalkit.load_model(folder / "models" / fold["model_file"], models_module=tmp_path / "constant_models.py")
+        (weight,) = [w.detach().numpy() for w in model.parameters()]
+        np.testing.assert_allclose(weight, 0.03, rtol=1e-6)  # the weights did not move
+        penalty = 0.5 * float(np.square(weight.astype(np.float64)).sum())
+        assert penalty > 0.1  # large beside ln(classes): half of it would be seen
+        for key in ("loss", "val_loss"):
+            assert fold["history"][key] == pytest.approx([np.log(classes) + penalty] * 2, rel=1e-5), key
+        assert fold["test_loss"] == pytest.approx(np.log(classes), rel=1e-5)  # the metric: data loss only
