@@ -97,6 +97,28 @@ def test_seed_changes_the_plan():
     assert plan_folds(items, 3, seed=1) != plan_folds(items, 3, seed=2)
 
 
+def partitions_by_seed(items, num_folds, labels):
+    """{seed: the test sets of the plan, as a set of frozensets} over seeds 0-5."""
+    return {seed: {frozenset(f.test) for f in plan_folds(items, num_folds, seed=seed, labels=labels)}
+            for seed in range(6)}
+
+
+@pytest.mark.parametrize("with_labels", [False, True], ids=["regression (GroupKFold)", "classification"])
+def test_the_seed_changes_the_test_partition_itself(with_labels):
+    """The validation draw depends on the seed anyway: the test sets must too, with or without labels
+    (a GroupKFold that ignored the seed made every regression plan test the same items together)."""
+    items = [f"spk{i:02d}" for i in range(12)]
+    labels = {item: np.array([i % 3]) for i, item in enumerate(items)} if with_labels else None
+    partitions = partitions_by_seed(items, 3, labels)
+    assert len({frozenset(p) for p in partitions.values()}) >= 5, partitions
+
+
+def test_the_seed_changes_the_test_items_of_a_single_split():
+    items = [f"spk{i:02d}" for i in range(20)]
+    tests = {seed: plan_folds(items, 1, validation_split=0.2, test_split=0.2, seed=seed)[0].test for seed in range(6)}
+    assert len(set(tests.values())) >= 5, tests
+
+
 def test_stratification_balances_classes():
     # 12 items, each holding one class only: each test fold should get one item of each class.
     items = [f"s{i:02d}" for i in range(12)]
