@@ -168,23 +168,29 @@ def assert_plain_modes(root: Path) -> None:
 
 def check_test_metrics(fold: dict, task_type: str) -> None:
     """The fold's stored test metrics, recomputed with scikit-learn from its saved test_true / test_pred."""
+    check_set_metrics(fold, "test", fold["test_true"], fold["test_pred"], task_type)
+
+
+def check_set_metrics(fold: dict, set_name: str, y_true, y_pred, task_type: str) -> None:
+    """The fold's stored `<set_name>_<metric>` values, recomputed with scikit-learn from `y_true`
+    and the model's outputs `y_pred` (probabilities or values)."""
     import numpy as np
     from sklearn import metrics as skm
 
-    y, p = np.asarray(fold["test_true"]), np.asarray(fold["test_pred"], dtype=np.float64)
+    y, p = np.asarray(y_true), np.asarray(y_pred, dtype=np.float64)
+    stored = {key[len(set_name) + 1:]: value for key, value in fold.items() if key.startswith(f"{set_name}_")}
     if task_type == "classification":
         predicted = p.argmax(axis=1)
-        assert fold["test_acc"] == pytest.approx(skm.accuracy_score(y, predicted))
-        assert fold["test_f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro", zero_division=0))
-        assert fold["test_precision"] == pytest.approx(
-            skm.precision_score(y, predicted, average="macro", zero_division=0))
-        assert fold["test_recall"] == pytest.approx(skm.recall_score(y, predicted, average="macro", zero_division=0))
-        assert fold["test_loss"] == pytest.approx(
+        assert stored["acc"] == pytest.approx(skm.accuracy_score(y, predicted))
+        assert stored["f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro", zero_division=0))
+        assert stored["precision"] == pytest.approx(skm.precision_score(y, predicted, average="macro", zero_division=0))
+        assert stored["recall"] == pytest.approx(skm.recall_score(y, predicted, average="macro", zero_division=0))
+        assert stored["loss"] == pytest.approx(
             skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=range(p.shape[1])), rel=1e-5)
-        np.testing.assert_array_equal(fold["test_confusion_matrix"], skm.confusion_matrix(y, predicted))
+        np.testing.assert_array_equal(stored["confusion_matrix"], skm.confusion_matrix(y, predicted))
     else:
         y, p = y.reshape(len(y), -1), p.reshape(len(y), -1)
-        assert fold["test_loss"] == pytest.approx(skm.mean_squared_error(y, p), rel=1e-6)
-        assert fold["test_mae"] == pytest.approx(skm.mean_absolute_error(y, p), rel=1e-6)
-        assert fold["test_rmse"] == pytest.approx(skm.root_mean_squared_error(y, p), rel=1e-6)
-        assert fold["test_r2"] == pytest.approx(skm.r2_score(y, p), rel=1e-6, abs=1e-9)
+        assert stored["loss"] == pytest.approx(skm.mean_squared_error(y, p), rel=1e-6)
+        assert stored["mae"] == pytest.approx(skm.mean_absolute_error(y, p), rel=1e-6)
+        assert stored["rmse"] == pytest.approx(skm.root_mean_squared_error(y, p), rel=1e-6)
+        assert stored["r2"] == pytest.approx(skm.r2_score(y, p), rel=1e-6, abs=1e-9)
