@@ -18,7 +18,7 @@ from xvalkit.cli import app
 from xvalkit.experiment import load_experiment
 
 from .conftest import (assert_plain_modes, check_set_metrics, check_test_metrics, device_matches, expected_device,
-                       instance, write_experiment)
+                       instance, wait_for, write_experiment)
 
 runner = CliRunner()
 # Where the framework is not what a test is about (resume, kill -9): torch, quicker to import and train
@@ -202,11 +202,11 @@ def test_train_and_validation_metrics_are_those_of_the_saved_model(finished, dat
 def test_rerun_skips_finished_instances(finished):
     path, folder, _ = finished
     config = path.parent / "c.ini"
-    before = (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_mtime_ns
+    before = (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_ino
     result = xval("run", path, "1", "--cpu", "--config", config)
     assert result.exit_code == 0, result.output
     assert "all 3 folds already done, skipped" in result.output
-    assert (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_mtime_ns == before
+    assert (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_ino == before
 
 
 def test_changed_parameters_refuse_to_resume(tmp_path, config_file):
@@ -290,11 +290,10 @@ def test_kill_9_mid_run_then_resume(tmp_path, config_file):
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--config", str(config_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 240
-        while not results.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        wait_for(results.exists, proc, "the first fold's results", timeout=240)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
     saved = pickle.loads(results.read_bytes())
     assert 1 <= len(saved["folds"]) < 4, "the run should have been killed after its first fold"
