@@ -40,8 +40,8 @@ def print_setup(ws, title_rows: str | None = None, last_row: int | None = None,
 
 
 def column_width(ws, column: int) -> float:
-    width = ws.column_dimensions[get_column_letter(column)].width
-    return width if width else DEFAULT_WIDTH
+    dimension = ws.column_dimensions.get(get_column_letter(column))  # .get: adds no column to the file
+    return dimension.width if dimension is not None and dimension.width else DEFAULT_WIDTH
 
 
 def line_count(text: str, width: float) -> int:

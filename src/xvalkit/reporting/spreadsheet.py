@@ -306,7 +306,7 @@ def _confusion_sheet(ws, data: ReportData) -> int:
     """Per instance, its test confusion matrix summed over the folds done: true classes down,
     predicted across, named as the dataset's manifest names them; the diagonal is green. Returns
     the last column its texts reach."""
-    row, titles = 1, [1]  # the rows of the titles (or of the line saying there is none)
+    row, titles = 1, []  # the rows of the titles
     widest = 12
     for inst in data.instances:
         confusion = test_confusion(inst)
@@ -314,6 +314,7 @@ def _confusion_sheet(ws, data: ReportData) -> int:
             continue
         total, labels, folds = confusion
         comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
+        titles.append(row)
         ws.cell(row=row, column=1, value=f"instance {inst.id}: {comments} (test, summed over {folds} folds)").font = _font(bold=True)
         _header(ws.cell(row=row + 1, column=1), "true \\ predicted", HEADER_FILL)
         ws.row_dimensions[row + 1].height = 30  # room for the wrapped corner title
@@ -328,9 +329,9 @@ def _confusion_sheet(ws, data: ReportData) -> int:
                     c.fill = _solid(BEST_FILL)
         widest = max([widest] + [len(label) + 2 for label in labels])
         row += len(labels) + 3
-        titles.append(row)  # the next title's
     if row == 1:
         ws.cell(row=1, column=1, value="No test confusion matrix yet: no fold is done.")
+        titles.append(1)
     for j in range(1, ws.max_column + 1):
         ws.column_dimensions[get_column_letter(j)].width = min(widest, 30)
     return max([ws.max_column] + [text_reach(ws, r) for r in titles])
