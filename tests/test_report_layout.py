@@ -214,3 +214,26 @@ def test_curves_of_diverged_folds_draw_without_numerical_warnings():
         fig = plots.instance_figure(plt, _crafted_instance([diverged, diverged]), "classification")
         plt.close(fig)
     assert list(epochs) == [1, 2, 3] and mean[0] == 2.0 and np.isnan(mean[1:]).all() and list(std) == [0.0, 0.0, 0.0]
+
+
+def test_the_pivot_sheet_prints_with_its_header_rows_and_a_wrapped_note(tmp_path):
+    from xvalkit.metrics import summarize
+
+    from .test_report import fold_record
+
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    for run, (rate, dropout, acc) in enumerate([(0.01, 0.2, 0.8), (0.01, 0.5, 0.7), (0.001, 0.2, 0.6),
+                                                 (0.001, 0.5, 0.9)], start=1):
+        folds = {f: fold_record(f, acc + 0.01 * f) for f in (1, 2, 3)}
+        parameters = {"comment_1": f"combination {run}", "comment_2": "swept", "architecture": "EXAMPLE_model",
+                      "framework": "keras", "learning_rate": rate, "dropout": dropout, "seed": 0}
+        store.save_instance(run, {"instance": run, "parameters": parameters, "task_type": "classification",
+                                  "dataset": "demo", "num_folds": 3, "fold_plan": {}, "folds": folds,
+                                  "swept": ["learning_rate", "dropout"], "summary": summarize(folds, "classification")})
+    assert xval("report", store.folder, "--no-plots").exit_code == 0
+    ws = load_workbook(store.spreadsheet_path)["pivot"]
+    assert ws.page_setup.orientation == "landscape" and ws.print_title_rows == "$1:$2"
+    assert _print_area(ws) == (ws.max_row, ws.max_column) == (6, 3)
+    note = ws.cell(row=6, column=1)
+    assert note.value.startswith("Complete instances only") and note.alignment.wrap_text
+    assert note.coordinate in ws.merged_cells
