@@ -112,14 +112,15 @@ def _band_top(ax) -> float:
 
 
 def test_learning_curves_after_early_stopping_average_every_fold(tmp_path, config_file):
-    """A real run in which folds stop early (patience 0, a high learning rate: with this seed, folds
-    of 3, 2 and 8 epochs): each epoch's mean is over all folds, a
-    stopped fold's last value carried forward, and the caption says so. Before, an epoch averaged
-    the folds still training: a curve jumped where the good folds had stopped."""
+    """A real run in which folds stop early (patience 0 and a high learning rate: here folds of 3, 2
+    and 8 epochs): each epoch's mean is over all folds, a stopped fold's last value carried forward,
+    and the caption says so. Before, an epoch averaged the folds still training: a curve jumped
+    where the good folds had stopped."""
     from xvalkit.reporting import plots
 
     epochs = [p for p in TINY if not p.startswith(("num_epochs", "patience"))] + ["num_epochs=8", "patience=0"]
-    path = write_experiment(tmp_path, {1: instance("stops early", "EXAMPLE_model", "cnn", "learning_rate=0.03")}, num_folds=3, global_parameters=epochs)
+    path = write_experiment(tmp_path, {1: instance("stops early", "EXAMPLE_model", "cnn", "learning_rate=0.03")},
+                            num_folds=3, global_parameters=epochs)
     assert xval("run", path, "--cpu", "--config", config_file).exit_code == 0
     store = ExperimentStore(path.parent / "results" / "demo" / "experiment_1", "demo", 1)
     inst = InstanceInfo(1, store.load_instance(1), None)
@@ -144,8 +145,8 @@ def test_learning_curves_after_early_stopping_average_every_fold(tmp_path, confi
 
 def _crafted_instance(histories: list[dict[str, list[float]]]) -> InstanceInfo:
     folds = {f: {"history": h} for f, h in enumerate(histories, start=1)}
-    return InstanceInfo(1, {"folds": folds, "num_folds": len(folds), "parameters": {"comment_1": "c", "comment_2": "d"}},
-                        None)
+    params = {"comment_1": "c", "comment_2": "d"}
+    return InstanceInfo(1, {"folds": folds, "num_folds": len(folds), "parameters": params}, None)
 
 
 def test_accuracy_bands_stay_within_0_and_1():

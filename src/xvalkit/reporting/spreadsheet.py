@@ -42,7 +42,8 @@ SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
 NUMBER_FORMAT = "0.0000"
 PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent", "prob_other_better")
 HEADER_ROWS = 2
-TITLE_ROWS = {"summary": f"1:{HEADER_ROWS}", "pivot": "1:2", "folds": "1:1", "parameters": "1:1"}  # repeated on each printed page
+# The header rows each sheet repeats on every printed page.
+TITLE_ROWS = {"summary": f"1:{HEADER_ROWS}", "pivot": "1:2", "folds": "1:1", "parameters": "1:1"}
 NOTE_FONT = {"italic": True, "color": "555555"}
 # The plots sheet: images this wide at most (pixels), over rows and columns of the default size. A
 # landscape page (A4 or Letter, fitted to this width) holds about PAGE_ROWS rows.
