@@ -607,9 +607,12 @@ def test_a_run_hands_each_finished_instance_to_the_drawer(tmp_path, config_file,
 def test_curve_stats_with_early_stopping():
     from xvalkit.reporting.plots import curve_stats
 
+    # The second fold stopped after epoch 2: its last value, 4.0, stands in for epoch 3.
     epochs, mean, std = curve_stats([[1.0, 2.0, 3.0], [3.0, 4.0]])
-    assert list(epochs) == [1, 2, 3] and list(mean) == [2.0, 3.0, 3.0]
-    assert std[0] == pytest.approx(math.sqrt(2)) and std[2] == 0.0
+    assert list(epochs) == [1, 2, 3] and list(mean) == [2.0, 3.0, 3.5]
+    assert std[0] == pytest.approx(math.sqrt(2)) and std[2] == pytest.approx(math.sqrt(0.5))
+    epochs, mean, std = curve_stats([[1.0, 2.0]])
+    assert list(mean) == [1.0, 2.0] and list(std) == [0.0, 0.0]  # one fold: no spread
 
 
 # --- resolving EXP ------------------------------------------------------------------------------

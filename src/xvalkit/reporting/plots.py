@@ -1,9 +1,12 @@
 """PNG plots of the report (matplotlib, Agg backend, imported on first use).
 
 - `<prefix>_run<R>.png` per instance: learning curves (loss and accuracy / MAE per epoch, training
-  and validation: mean over folds with a ±1 std band; with early stopping, epoch e averages the folds
-  that reached it) and, for classification, the test confusion matrix summed over folds;
-- `<prefix>_<main metric>.png`: the main metric per instance, mean with std whiskers.
+  and validation: mean over folds with a ±1 std band, clipped to the metric's range; a fold stopped
+  early keeps its last value to the longest fold's end, so every epoch averages all folds, and the
+  caption says which folds stopped when) and, for classification, the test confusion matrix summed
+  over folds;
+- `<prefix>_<main metric>.png`: the main metric per instance, mean with std whiskers (clipped to the
+  metric's range), coloured as the workbook colours its cells.
 """
 
 from __future__ import annotations
@@ -65,18 +68,62 @@ def drawn_signature(path: Path) -> str | None:
 
 
 def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, std) per epoch over ragged per-fold curves; std is 0 where one fold remains."""
+    """(epochs, mean, std) per epoch over per-fold curves of different lengths (early stopping).
+
+    A fold that stopped early keeps its last value up to the longest fold's end: each epoch then
+    averages every fold. Averaging only the folds still training made a curve jump where the good
+    folds stopped. std is 0 where fewer than two folds have a value; an epoch no fold has a finite
+    value for (diverged) is NaN, a gap in the line.
+    """
     length = max((len(c) for c in curves), default=0)
     grid = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
-        grid[i, : len(c)] = c
-    counts = np.sum(~np.isnan(grid), axis=0)
-    mean = np.nanmean(grid, axis=0) if length else np.zeros(0)
+        if len(c):
+            grid[i, : len(c)] = c
+            grid[i, len(c):] = c[-1]
+    finite = np.isfinite(grid)
+    counts = finite.sum(axis=0)
+    values = np.where(finite, grid, 0.0)
+    mean = np.full(length, np.nan)
+    some = counts > 0
+    mean[some] = values[:, some].sum(axis=0) / counts[some]
     std = np.zeros(length)
     many = counts > 1
-    if many.any():
-        std[many] = np.nanstd(grid[:, many], axis=0, ddof=1)
+    if many.any():  # numpy's nan functions warn about (and return NaN for) the columns left out here
+        deviations = np.where(finite[:, many], grid[:, many] - mean[many], 0.0)
+        std[many] = np.sqrt((deviations ** 2).sum(axis=0) / (counts[many] - 1))
     return np.arange(1, length + 1), mean, std
+
+
+def stopped_early(curves: list[list[float]]) -> list[int]:
+    """The last epoch of each fold that stopped before the longest one, in order."""
+    longest = max((len(c) for c in curves), default=0)
+    return sorted(len(c) for c in curves if 0 < len(c) < longest)
+
+
+# Where a metric's values can lie: mean ± std bands and whiskers are clipped to it (an accuracy
+# band above 1.0 shows values no fold can have). Loss is unbounded: a custom loss may be negative.
+METRIC_RANGES = {"accuracy": (0.0, 1.0), "acc": (0.0, 1.0), "f1": (0.0, 1.0), "precision": (0.0, 1.0),
+                 "recall": (0.0, 1.0), "mae": (0.0, np.inf), "rmse": (0.0, np.inf), "r2": (-np.inf, 1.0)}
+
+
+def clipped_band(metric: str, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of mean ± std within `metric`'s range."""
+    low, high = METRIC_RANGES.get(metric, (-np.inf, np.inf))
+    return np.clip(mean - std, low, high), np.clip(mean + std, low, high)
+
+
+def early_stopping_caption(curves_of_folds: list[list[float]]) -> str:
+    """Says how the curves treat folds that stopped early (empty when none did)."""
+    stops = stopped_early(curves_of_folds)
+    if not stops:
+        return ""
+    if len(stops) == 1:
+        folds, at = "1 fold", f"epoch {stops[0]}"
+    else:
+        folds, at = f"{len(stops)} folds", f"epochs {', '.join(str(e) for e in stops[:-1])} and {stops[-1]}"
+    return (f"{folds} stopped early (after {at}): each keeps its last value to the end, "
+            f"so every epoch averages all {len(curves_of_folds)} folds")
 
 
 class InstancePlotter:
@@ -100,6 +147,8 @@ class InstancePlotter:
         fig, axes = self.plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), dpi=DPI)
         fig.subplots_adjust(left=0.35 / panels, right=0.98, bottom=0.2, top=0.84, wspace=0.32)
         layout: dict[str, Any] = {"fig": fig, "title": fig.text(0.5, 0.95, "", ha="center", va="center", fontsize=10),
+                                  "caption": fig.text(0.5, 0.895, "", ha="center", va="center", fontsize=8,
+                                                      color="0.3"),
                                   "panels": [], "legends": {}}
         for ax, name in zip(axes, ("loss", self.metric)):
             curves = []  # (history key, line, band): training, then validation
@@ -161,11 +210,13 @@ class InstancePlotter:
                 if not values:
                     continue
                 epochs, mean, std = curve_stats(values)
+                low, high = clipped_band(name, mean, std)
                 line.set_data(epochs, mean)
                 line.set_marker("o" if len(epochs) == 1 else "None")
-                band.set_data(epochs, mean - std, mean + std)
-                ax.update_datalim(np.column_stack([np.concatenate([epochs, epochs]),
-                                                   np.concatenate([mean - std, mean + std])]))
+                band.set_data(epochs, low, high)
+                shown = np.isfinite(low) & np.isfinite(high)  # a diverged epoch adds no limits
+                ax.update_datalim(np.column_stack([np.concatenate([epochs[shown], epochs[shown]]),
+                                                   np.concatenate([low[shown], high[shown]])]))
                 lines.append(line)
             ax.set_xlim(0.5, max([1] + [len(h.get(name) or ()) for h in histories]) + 0.5)
             if lines:
@@ -191,6 +242,7 @@ class InstancePlotter:
             layout["matrix_axes"].set_title(f"test, summed over {folds} folds", fontsize=9, y=1.0)
         comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
         layout["title"].set_text(f"instance {inst.id}: {comments} ({len(inst.folds)} folds, mean ± std)")
+        layout["caption"].set_text(early_stopping_caption([h["loss"] for h in histories if h.get("loss")]))
         return layout["fig"]
 
     def close(self) -> None:
@@ -208,26 +260,34 @@ def instance_figure(plt, inst: InstanceInfo, task_type: str):
     return fig
 
 
+# The bars' colours, named as the workbook names its fills (spreadsheet.BEST_FILL, SAME_FILL).
+BEST_COLOUR, SAME_COLOUR, OTHER_COLOUR = "tab:green", "gold", "tab:gray"
+SAME_COLOUR_NAME = "yellow"
+
+
 def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     set_name, _, metric = data.main_metric.partition("_")
     rows = [r for r in summary if r.get(f"{set_name}_mean_{metric}") is not None]
     # Up to 60 labelled bars grow the figure; beyond, it stays 32 inches wide and labels every n-th bar.
     fig, ax = plt.subplots(figsize=(min(max(4.0, 0.5 * len(rows) + 2), 32.0), 3.2))
-    means = [r[f"{set_name}_mean_{metric}"] for r in rows]
-    stds = [r[f"{set_name}_std_{metric}"] or 0.0 for r in rows]
-    colours = ["tab:green" if r["ID"] == data.best else "tab:olive" if r["significance"] == sig.SAME
-               else "tab:gray" for r in rows]
-    labels = [str(r["ID"]) if r["status"] == "done" else f"{r['ID']} ({r['folds_done']}/{r['num_folds']})" for r in rows]
+    means = np.array([r[f"{set_name}_mean_{metric}"] for r in rows], dtype=float)
+    stds = np.array([r[f"{set_name}_std_{metric}"] or 0.0 for r in rows], dtype=float)
+    low, high = clipped_band(metric, means, stds)
+    colours = [BEST_COLOUR if r["ID"] == data.best else SAME_COLOUR if r["significance"] == sig.SAME
+               else OTHER_COLOUR for r in rows]
+    labels = [str(r["ID"]) if r["status"] == "done" else f"{r['ID']} ({r['folds_done']}/{r['num_folds']} folds)"
+              for r in rows]
     positions = np.arange(len(rows))
-    ax.bar(positions, means, yerr=stds, capsize=3 if len(rows) <= 60 else 0, color=colours)
+    ax.bar(positions, means, yerr=np.vstack([means - low, high - means]), capsize=3 if len(rows) <= 60 else 0,
+           color=colours)
     step = max(1, int(np.ceil(len(rows) / 60)))
     ax.set_xticks(positions[::step], labels[::step], rotation=0 if step == 1 and len(rows) <= 30 else 90,
                   fontsize=8 if len(rows) <= 30 else 6)
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_xlabel("instance (folds done where not all)")
+    ax.set_xlabel("instance ID")  # an unfinished one's tick says how many folds it has, e.g. "4 (2/3 folds)"
     ax.set_ylabel(f"{set_name} {metric}")
-    ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green best, olive not "
-                 "distinguishable from it)", fontsize=8)
+    ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green: best, {SAME_COLOUR_NAME}: "
+                 "not distinguishable from it)", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -258,7 +318,7 @@ def pivot_figure(plt, data: ReportData, grid: Pivot):
     return fig
 
 
-PLOT_VERSION = 2  # part of every instance plot's signature: a change of style redraws them all
+PLOT_VERSION = 3  # part of every instance plot's signature: a change of style redraws them all
 PARALLEL_FROM = 24  # stale instance plots from which worker processes draw them
 
 

@@ -14,6 +14,7 @@ Imported on first use by report.refresh (openpyxl is not needed to import xvalki
 from __future__ import annotations
 
 import io
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from openpyxl.drawing.image import Image
 from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.hyperlink import Hyperlink
+from openpyxl.worksheet.pagebreak import Break
 
 from . import significance as sig
+from .page_layout import print_setup, text_reach, wrap_row, wrapped_note
 from .tables import Pivot, ReportData, best_rows, cell, evaluation_note, metric_columns, pivot, test_confusion
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
@@ -39,6 +42,12 @@ SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
 NUMBER_FORMAT = "0.0000"
 PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent", "prob_other_better")
 HEADER_ROWS = 2
+# The header rows each sheet repeats on every printed page.
+TITLE_ROWS = {"summary": f"1:{HEADER_ROWS}", "pivot": "1:2", "folds": "1:1", "parameters": "1:1"}
+NOTE_FONT = {"italic": True, "color": "555555"}
+# The plots sheet: images this wide at most (pixels), over rows and columns of the default size. A
+# landscape page (A4 or Letter, fitted to this width) holds about PAGE_ROWS rows.
+PLOT_WIDTH, ROW_PIXELS, COLUMN_PIXELS, PAGE_ROWS = 900, 20, 64, 34
 
 
 # One style object per distinct style, shared by its cells: openpyxl validates every attribute of a
@@ -73,14 +82,18 @@ def build_workbook(data: ReportData, summary: list[dict[str, Any]], folds: list[
     _table_sheet(wb.create_sheet("folds"), [{k: v for k, v in r.items() if not k.startswith("param_")} for r in folds],
                  frozen="C2")
     _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
+    for sheet in wb.worksheets:
+        print_setup(sheet, TITLE_ROWS.get(sheet.title))
     if data.task_type == "classification":
-        _confusion_sheet(wb.create_sheet("confusion"), data)
+        ws = wb.create_sheet("confusion")
+        print_setup(ws, None, None, _confusion_sheet(ws, data))
     return wb
 
 
 def finish_workbook(wb: Workbook, plots: list[Path]) -> bytes:
     """The workbook's file, its `plots` sheet showing `plots` (PNG files)."""
-    _plots_sheet(wb.create_sheet("plots"), plots)
+    ws = wb.create_sheet("plots")
+    print_setup(ws, None, *_plots_sheet(ws, plots))
     buffer = io.BytesIO()
     wb.save(buffer)
     return buffer.getvalue()
@@ -179,9 +192,11 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
     start = len(rows) + HEADER_ROWS + 2
     if data.selection is not None:  # below a blank row: not an instance
         _selection_row(ws, data, layout, start, main_column)
+        ws.merge_cells(start_row=start, start_column=1, end_row=start, end_column=2)  # room for its label
+        wrap_row(ws, start, first_column=3)  # its texts stay in their own cells
         start += 2
     for n, text in enumerate(_notes(data, ratio_note)):
-        ws.cell(row=start + n, column=1, value=text).font = _font(italic=True, color="555555")
+        wrapped_note(ws, start + n, text, _font(**NOTE_FONT), last_column=len(layout))
 
 
 def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> None:
@@ -266,7 +281,7 @@ def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
     if shared:
         note += (f" Several instances share a cell where more than {grid.row_parameter} and "
                  f"{grid.column_parameter} vary: the cell shows the best of them.")
-    ws.cell(row=len(grid.rows) + 4, column=1, value=note).font = _font(italic=True, color="555555")
+    wrapped_note(ws, len(grid.rows) + 4, note, _font(**NOTE_FONT), last_column=len(grid.columns) + 1)
 
 
 def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str] = frozenset()) -> None:
@@ -288,10 +303,11 @@ def _table_sheet(ws, rows: list[dict[str, Any]], frozen: str, highlight: set[str
     ws.freeze_panes = frozen
 
 
-def _confusion_sheet(ws, data: ReportData) -> None:
+def _confusion_sheet(ws, data: ReportData) -> int:
     """Per instance, its test confusion matrix summed over the folds done: true classes down,
-    predicted across, named as the dataset's manifest names them; the diagonal is green."""
-    row = 1
+    predicted across, named as the dataset's manifest names them; the diagonal is green. Returns
+    the last column its texts reach."""
+    row, titles = 1, []  # the rows of the titles
     widest = 12
     for inst in data.instances:
         confusion = test_confusion(inst)
@@ -299,6 +315,7 @@ def _confusion_sheet(ws, data: ReportData) -> None:
             continue
         total, labels, folds = confusion
         comments = " / ".join(str(inst.params.get(k, "")) for k in ("comment_1", "comment_2"))
+        titles.append(row)
         ws.cell(row=row, column=1, value=f"instance {inst.id}: {comments} (test, summed over {folds} folds)").font = _font(bold=True)
         _header(ws.cell(row=row + 1, column=1), "true \\ predicted", HEADER_FILL)
         ws.row_dimensions[row + 1].height = 30  # room for the wrapped corner title
@@ -315,20 +332,29 @@ def _confusion_sheet(ws, data: ReportData) -> None:
         row += len(labels) + 3
     if row == 1:
         ws.cell(row=1, column=1, value="No test confusion matrix yet: no fold is done.")
+        titles.append(1)
     for j in range(1, ws.max_column + 1):
         ws.column_dimensions[get_column_letter(j)].width = min(widest, 30)
+    return max([ws.max_column] + [text_reach(ws, r) for r in titles])
 
 
-def _plots_sheet(ws, plots: list[Path]) -> None:
+def _plots_sheet(ws, plots: list[Path]) -> tuple[int, int] | tuple[()]:
+    """The plots one below the other, each under its file name; a page break before a plot that
+    would not fit on the printed page any more. Returns the last row and column the images reach
+    (empty where there are none)."""
     if not plots:
         ws.cell(row=1, column=1, value="No plots yet: `xval report EXP` (or the end of `xval run`) draws them.")
-        return
-    row = 1
+        return ()
+    row, page_used, widest = 1, 0, 0
     for path in plots:
         image = Image(str(path))
-        scale = min(1.0, 900 / image.width)
+        scale = min(1.0, PLOT_WIDTH / image.width)
         image.width, image.height = int(image.width * scale), int(image.height * scale)
+        rows = 2 + int(image.height / ROW_PIXELS) + 1
+        if page_used and page_used + rows > PAGE_ROWS:
+            ws.row_breaks.append(Break(id=row - 1))
+            page_used = 0
         ws.cell(row=row, column=1, value=path.name)
         ws.add_image(image, f"A{row + 1}")
-        row += 2 + int(image.height / 20) + 1
-
+        row, page_used, widest = row + rows, page_used + rows, max(widest, image.width)
+    return row - 1, math.ceil(widest / COLUMN_PIXELS)
