@@ -143,6 +143,11 @@ def check_test_metrics(fold: dict, task_type: str) -> None:
         assert fold["test_precision"] == pytest.approx(
             skm.precision_score(y, predicted, average="macro", zero_division=0))
         assert fold["test_recall"] == pytest.approx(skm.recall_score(y, predicted, average="macro", zero_division=0))
+        import warnings
+
+        with warnings.catch_warnings():  # a class predicted but absent from y: the case UA leaves out
+            warnings.simplefilter("ignore")
+            assert fold["test_ua"] == pytest.approx(skm.balanced_accuracy_score(y, predicted))
         assert fold["test_loss"] == pytest.approx(
             skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=range(p.shape[1])), rel=1e-5)
         np.testing.assert_array_equal(fold["test_confusion_matrix"], skm.confusion_matrix(y, predicted))
