@@ -285,6 +285,110 @@ def test_ua_wa_and_pooled_metrics_in_the_csv_files_and_the_workbook(crafted):
     assert "balanced_accuracy_score" in notes and "Forman and Scholz 2010" in notes
 
 
+# --- validation and test disagree (issue 34): the report's own choices ---------------------------
+def save_disagreeing(store: ExperimentStore, run: int, test: list[float], val: list[float], swept=(), **params) -> None:
+    """An instance whose validation accuracy does not follow its test accuracy."""
+    folds = {}
+    for f, (t, v) in enumerate(zip(test, val), start=1):
+        record = fold_record(f, t)
+        record.update(val_acc=v, val_f1=v, val_ua=v, val_loss=1 - v)
+        folds[f] = record
+    parameters = {"comment_1": f"instance {run}", "comment_2": "crafted", "architecture": "EXAMPLE_model",
+                  "framework": "keras", "seed": 0, **params}
+    store.save_instance(run, {"instance": run, "parameters": parameters, "task_type": "classification",
+                              "dataset": "demo", "num_folds": len(test), "fold_plan": {}, "folds": folds,
+                              "summary": summarize(folds, "classification"), "swept": list(swept)})
+
+
+@pytest.fixture
+def disagreeing(tmp_path) -> ExperimentStore:
+    """1 is the best on validation, 2 on test; 1 beats 3 on test, 2 beats 1.
+
+    1: test [0.60, 0.70, 0.65] val 0.90 in every fold
+    2: test [0.90, 0.95, 0.92] val 0.50
+    3: test [0.50, 0.52, 0.58] val [0.60, 0.95, 0.60]: the best on validation in fold 2 only
+    """
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    save_disagreeing(store, 1, [0.60, 0.70, 0.65], [0.90, 0.90, 0.90], learning_rate=0.1)
+    save_disagreeing(store, 2, [0.90, 0.95, 0.92], [0.50, 0.50, 0.50], learning_rate=0.01)
+    save_disagreeing(store, 3, [0.50, 0.52, 0.58], [0.60, 0.95, 0.60], learning_rate=0.001)
+    return store
+
+
+def test_the_report_chooses_the_best_on_validation_not_test(disagreeing):
+    assert xval("report", disagreeing.folder, "--no-plots").exit_code == 0
+    _, ws, names, rows = read_summary(disagreeing)
+    col = {n: i for i, n in enumerate(names)}
+    verdicts = {r[0]: r[col["test WA (accuracy) vs best verdict"]] for r in rows}
+    assert verdicts[1] == "best" and verdicts[2] != "best"
+    # The test columns' green marks instance 1 (chosen on validation), not 2 (the best test mean).
+    j = col["WA (accuracy) test mean"]
+    assert [is_filled(ws, i + 3, j + 1, "C6EFCE") for i in range(3)] == [True, False, False]
+    comment = ws.cell(row=3, column=j + 1).comment
+    assert comment is not None and "Optimistic" in comment.text
+    # The selection row, the headline: per fold the validation-best (1, 3, 1), their test values
+    # 0.60, 0.52, 0.65.
+    selection = next(r for r in ws.iter_rows(values_only=True) if r[0] == "selection")
+    assert selection[col["comment_2"]] == "fold:instance 1:1, 2:3, 3:1"
+    assert selection[j] == pytest.approx((0.60 + 0.52 + 0.65) / 3)
+    assert selection[col["WA (accuracy) test std"]] == pytest.approx(np.std([0.60, 0.52, 0.65], ddof=1))
+    notes = [str(c.value) for c in ws["A"] if isinstance(c.value, str) and c.value.startswith("Headline")]
+    assert notes and f"{(0.60 + 0.52 + 0.65) / 3:.4f}" in notes[0]
+
+
+def test_the_posterior_columns_point_the_right_way(disagreeing):
+    from scipy import stats
+
+    assert xval("report", disagreeing.folder, "--no-plots").exit_code == 0
+    _, _, names, rows = read_summary(disagreeing)
+    col = {n: i for i, n in enumerate(names)}
+    by_id = {r[0]: r for r in rows}
+    best = [0.60, 0.70, 0.65]
+    for other, values in ((2, [0.90, 0.95, 0.92]), (3, [0.50, 0.52, 0.58])):
+        # The posterior of mean(other - best): Student's t, 2 df, scale sqrt((1/3 + 20/80) var(d)); rope 0.01.
+        d = np.subtract(values, best)
+        scale = math.sqrt((1 / 3 + 0.25) * np.var(d, ddof=1))
+        best_better = stats.t.cdf(-0.01, 2, loc=d.mean(), scale=scale)
+        other_better = stats.t.sf(0.01, 2, loc=d.mean(), scale=scale)
+        row = by_id[other]
+        assert row[col["test WA (accuracy) vs best P(best better)"]] == pytest.approx(best_better, abs=1e-9)
+        assert row[col["test WA (accuracy) vs best P(this better)"]] == pytest.approx(other_better, abs=1e-9)
+    # 2 is far better on test than the best, 3 far worse: the probabilities say so, not the reverse.
+    assert by_id[2][col["test WA (accuracy) vs best P(this better)"]] > 0.9
+    assert by_id[3][col["test WA (accuracy) vs best P(best better)"]] > 0.9
+
+
+def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
+    """learning_rate x dropout, a third swept parameter (seed) sharing the cells. In the cell
+    (0.1, 0.0) the test-best (10101) has the worse validation: the cell shows 10102's test value. The
+    cell (0.01, 0.5) has the best test values of the sheet but the worst validation; the green cell is
+    (0.01, 0.0), whose instance has the best validation."""
+    from openpyxl import load_workbook
+
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    swept = ("learning_rate", "dropout", "seed")
+    cells = {  # ID: (learning_rate, dropout, seed, test, val)
+        1010101: (0.1, 0.0, 1, 0.95, 0.50), 1010102: (0.1, 0.0, 2, 0.55, 0.70),
+        1010201: (0.1, 0.5, 1, 0.60, 0.60),
+        1020101: (0.01, 0.0, 1, 0.58, 0.90),
+        1020201: (0.01, 0.5, 1, 0.99, 0.40),
+    }
+    for run, (lr, dropout, seed, test, val) in cells.items():
+        save_disagreeing(store, run, [test - 0.02, test, test + 0.02], [val] * 3, swept=swept,
+                         learning_rate=lr, dropout=dropout, seed=seed)
+    assert xval("report", store.folder).exit_code == 0
+    ws = load_workbook(store.spreadsheet_path)["pivot"]
+    text = {(i, j): ws.cell(row=i, column=j).value for i in (3, 4) for j in (2, 3)}
+    assert [ws.cell(row=i, column=1).value for i in (3, 4)] == ["0.1", "0.01"]
+    assert [ws.cell(row=2, column=j).value for j in (2, 3)] == ["0.0", "0.5"]
+    assert text[(3, 2)].startswith("0.5500 ± 0.0200 (ID 1010102, best validation WA (accuracy) of 2)")
+    assert text[(4, 3)].startswith("0.9900")
+    green = [key for key in text if is_filled(ws, *key, "C6EFCE")]
+    assert green == [(4, 2)] and text[(4, 2)].startswith("0.5800 ± 0.0200 (ID 1020101")
+    assert "validation WA (accuracy) 0.9000" in ws.cell(row=4, column=2).comment.text
+    assert (store.folder / "plots" / "demo_exp1_pivot.png").is_file()
+
+
 def test_importing_xvalkit_stays_light():
     code = "import sys, xvalkit; assert 'pandas' not in sys.modules; print(callable(xvalkit.load_results))"
     proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=60)
