@@ -775,6 +775,21 @@ def test_config_sets_the_level_and_main_metric(crafted, tmp_path):
     assert result.exit_code == 2 and "significance_level = 5" in result.output
 
 
+def test_a_test_selection_metric_is_warned(crafted, tmp_path):
+    config = tmp_path / "r.ini"
+    config.write_text('[report]\nselection_metric_classification = "test_acc"\n')
+    result = xval("report", crafted.folder, "--no-plots", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "selection_metric_classification = 'test_acc' chooses the best instance on a test metric" in result.output
+    assert "'val_acc'" in result.output
+    _, ws, _, _ = read_summary(crafted)
+    notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
+    assert "Warning: the best instance is chosen on a test metric (test WA (accuracy))" in notes
+    # The default (a validation metric) says nothing.
+    result = xval("report", crafted.folder, "--no-plots")
+    assert "chooses the best instance on a test metric" not in result.output
+
+
 # --- a real run, then the report ----------------------------------------------------------------
 def test_real_run_then_report(tmp_path, config_file):
     path = write_experiment(tmp_path, {1: instance("a"), 2: instance("b", "EXAMPLE_model", "cnn", "dropout=0.5")},
