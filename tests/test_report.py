@@ -785,7 +785,12 @@ def test_a_test_selection_metric_is_warned(crafted, tmp_path):
     _, ws, _, _ = read_summary(crafted)
     notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
     assert "Warning: the best instance is chosen on a test metric (test WA (accuracy))" in notes
+    # `xval plan` / `run` show the notes of the config they load.
+    from xvalkit.config import load_config
+
+    assert any("chooses the best instance on a test metric" in n for n in load_config(config).notes)
     # The default (a validation metric) says nothing.
+    assert not any("test metric" in n for n in load_config().notes)
     result = xval("report", crafted.folder, "--no-plots")
     assert "chooses the best instance on a test metric" not in result.output
 
