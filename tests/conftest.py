@@ -185,6 +185,11 @@ def check_set_metrics(fold: dict, set_name: str, y_true, y_pred, task_type: str)
         assert stored["f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro", zero_division=0))
         assert stored["precision"] == pytest.approx(skm.precision_score(y, predicted, average="macro", zero_division=0))
         assert stored["recall"] == pytest.approx(skm.recall_score(y, predicted, average="macro", zero_division=0))
+        import warnings
+
+        with warnings.catch_warnings():  # a class predicted but absent from y: the case UA leaves out
+            warnings.simplefilter("ignore")
+            assert stored["ua"] == pytest.approx(skm.balanced_accuracy_score(y, predicted))
         assert stored["loss"] == pytest.approx(
             skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=range(p.shape[1])), rel=1e-5)
         np.testing.assert_array_equal(stored["confusion_matrix"], skm.confusion_matrix(y, predicted))

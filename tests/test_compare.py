@@ -255,10 +255,10 @@ def test_repeated_run_records_the_repeat_and_tests_over_all_folds(tmp_path, conf
     ws = load_workbook(folder / "demo_exp1_results.xlsx")["summary"]
     names = summary_header(ws)
     rows = [r for r in ws.iter_rows(min_row=3, values_only=True) if isinstance(r[0], int)]
-    tested = [r for r in rows if r[names.index("accuracy (test) vs best verdict")] != "best"]
-    assert len(tested) == 1 and tested[0][names.index("accuracy (test) vs best p (Holm)")] is not None
+    tested = [r for r in rows if r[names.index("test WA (accuracy) vs best verdict")] != "best"]
+    assert len(tested) == 1 and tested[0][names.index("test WA (accuracy) vs best p (Holm)")] is not None
     # The selection row and the notes name the procedure and the references.
     column_a = [c.value for c in ws["A"]]
     assert "selection" in column_a
     notes = " ".join(str(v) for v in column_a if isinstance(v, str))
-    assert "Bouckaert and Frank 2004" in notes and "Holm" in notes and "validation accuracy" in notes
+    assert "Bouckaert and Frank 2004" in notes and "Holm" in notes and "validation WA (accuracy)" in notes

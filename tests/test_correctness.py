@@ -288,6 +288,32 @@ def test_identical_differences_are_untested_not_infinite(tmp_path):
     assert "untested: identical differences" in cells and not any(v in ("inf", "-inf") for v in cells)
 
 
+def test_fold_sizes_fall_back_only_when_needed():
+    # Issue 30.7: records with n_test / n_train but neither train_items nor test_true (as older or
+    # external records may be): the fallback was evaluated eagerly and raised KeyError.
+    def record(acc: float, fold: int) -> dict:
+        return {"test_acc": acc, "test_items": [f"x{fold}"], "n_test": 10, "n_train": 40}
+
+    assert sig.fold_sizes(record(0.5, 1), 3.0) == (10.0, 40.0)
+    folds = {1: {f: record(a, f) for f, a in enumerate([0.8, 0.9, 1.0], 1)},
+             2: {f: record(a, f) for f, a in enumerate([0.7, 0.7, 0.7], 1)}}
+    best, marks = sig.mark_instances(folds, "test_acc", True, 0.05)
+    assert best == 1 and marks[2].ratio == pytest.approx(0.25)
+    # Without n_train the item estimate is still used: 2 training items x 10 datapoints per test item.
+    old = {"test_acc": 0.5, "test_items": ["x"], "test_true": np.zeros(10), "train_items": ["a", "b"]}
+    assert sig.fold_sizes(old, sig.datapoints_per_item([old])) == (10.0, 20.0)
+
+
+def test_a_single_fold_has_no_spread_on_the_console_or_in_the_summary(tmp_path, config_file):
+    path = write_experiment(tmp_path, {1: mlp("one")}, num_folds=1, global_parameters=MLP)
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    done = [line for line in result.output.splitlines() if "instance 1 done" in line]
+    assert done and "test accuracy" in done[0] and "±" not in done[0], result.output
+    summary = read_csv(results_folder(path) / "summary.csv")
+    assert summary[0]["test_mean_acc"] != "" and summary[0]["test_std_acc"] == ""  # missing, not 0.0
+
+
 # --- 9. scikit-learn floor ------------------------------------------------------------------------
 
 def test_scikit_learn_floor_has_what_folds_needs():

@@ -1,12 +1,16 @@
-"""The metrics equal scikit-learn's on random cases (they are computed with numpy for speed)."""
+"""The metrics equal scikit-learn's on random cases (they are computed with numpy for speed), and the
+issue-30 cases by hand: UA against macro recall, pooled against fold-mean metrics."""
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from xvalkit.metrics import classification_metrics, regression_metrics
+from xvalkit.metrics import backfill, classification_metrics, pooled_test_metrics, regression_metrics, summarize
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -28,6 +32,9 @@ def test_classification_metrics_match_scikit_learn(seed):
     assert got["f1"] == pytest.approx(f1, abs=1e-12)
     assert got["precision"] == pytest.approx(precision, abs=1e-12)
     assert got["recall"] == pytest.approx(recall, abs=1e-12)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": the case UA is for
+        warnings.simplefilter("ignore")
+        assert got["ua"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
     assert got["loss"] == pytest.approx(skm.log_loss(y, clipped, labels=labels), rel=1e-9, abs=1e-12)
     assert np.array_equal(got["confusion_matrix"], skm.confusion_matrix(y, pred, labels=labels))
 
@@ -53,3 +60,90 @@ def test_regression_metrics_match_scikit_learn(seed):
     assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, pred)), rel=1e-12)
     assert got["r2"] == pytest.approx(skm.r2_score(y, pred), rel=1e-9, abs=1e-12)
     assert np.isnan(regression_metrics(y[:1], pred[:1])["r2"])  # one datapoint: no R²
+
+
+def test_ua_averages_recall_over_the_true_classes_only():
+    # Issue 30: 50 datapoints of class 0, 50 of class 1, one class-0 datapoint predicted as class 2.
+    y = np.array([0] * 50 + [1] * 50)
+    pred = y.copy()
+    pred[0] = 2
+    got = classification_metrics(y, np.eye(3)[pred], 3)
+    # By hand: WA 99/100; UA (49/50 + 50/50) / 2 = 0.99; macro recall also counts class 2 (recall 0):
+    # (0.98 + 1 + 0) / 3 = 0.66; macro F1 (2 x 49 / 99 + 1 + 0) / 3 = 0.6633.
+    assert got["acc"] == pytest.approx(0.99) and got["ua"] == pytest.approx(0.99)
+    assert got["recall"] == pytest.approx(0.66) and got["f1"] == pytest.approx((98 / 99 + 1) / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert got["ua"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+
+
+def _fold(true, pred, task_type: str) -> dict:
+    """A fold record with its test predictions and the metrics computed from them."""
+    if task_type == "classification":
+        values = classification_metrics(true, pred, pred.shape[1])
+    else:
+        values = regression_metrics(true, pred)
+    return {"test_true": true, "test_pred": pred, **{f"test_{k}": v for k, v in values.items()}}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_pooled_macro_f1_is_the_f1_of_the_summed_confusion_matrix(seed):
+    # Forman and Scholz (2010): F1 from the TP / FP / FN summed over folds = scikit-learn's macro F1
+    # of the concatenated out-of-fold predictions; unequal folds and absent classes make it differ from
+    # the mean of the fold F1s.
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(2, 6))
+    folds = {}
+    for f in range(1, int(rng.integers(2, 6)) + 1):
+        n = int(rng.integers(3, 30))
+        folds[f] = _fold(rng.integers(0, classes, n), rng.dirichlet(np.ones(classes), n), "classification")
+    true = np.concatenate([fold["test_true"] for fold in folds.values()])
+    pred = np.concatenate([fold["test_pred"].argmax(axis=1) for fold in folds.values()])
+    pooled = pooled_test_metrics(folds, "classification")
+    assert pooled == {"f1": pytest.approx(skm.f1_score(true, pred, average="macro", zero_division=0), abs=1e-12)}
+    # A diverged fold is left out, as from the means.
+    folds[99] = {"diverged": "loss NaN at epoch 1", "test_true": true, "test_pred": np.eye(classes)[true]}
+    assert pooled_test_metrics(folds, "classification") == pooled
+
+
+def test_pooled_regression_metrics_by_hand_and_against_scikit_learn():
+    # Issue 30, error sds 0.5 / 2 / 1 in three folds of 4: errors of exactly ±sd give fold RMSEs 0.5, 2
+    # and 1 (mean 3.5 / 3 = 1.1667), while the pooled RMSE is sqrt((0.25 + 4 + 1) / 3) = 1.3229.
+    folds = {f: _fold(np.arange(4.0), np.arange(4.0) + sd * np.array([1, -1, 1, -1]), "regression")
+             for f, sd in enumerate((0.5, 2.0, 1.0), start=1)}
+    assert summarize(folds, "regression")["test"]["mean_rmse"] == pytest.approx(3.5 / 3)
+    pooled = pooled_test_metrics(folds, "regression")
+    assert pooled["rmse"] == pytest.approx(math.sqrt(1.75)) and pooled["mae"] == pytest.approx(3.5 / 3)
+    # One speaker per fold, each with a narrow target range (-1, 0, 1 around 0, 10, 20) and errors
+    # (1.2, -1.2, 0): every fold's R² is 1 - 2.88 / 2 = -0.44, but out of fold the targets span 0 to 21:
+    # R² = 1 - 3 x 2.88 / (3 x 2 + 3 x (100 + 0 + 100)) = 1 - 8.64 / 606 = 0.98574.
+    folds = {f: _fold(c + np.array([-1.0, 0, 1]), c + np.array([0.2, -1.2, 1]), "regression")
+             for f, c in enumerate((0.0, 10.0, 20.0), start=1)}
+    assert [fold["test_r2"] for fold in folds.values()] == pytest.approx([-0.44] * 3)
+    assert summarize(folds, "regression")["test"]["mean_r2"] == pytest.approx(-0.44)
+    pooled = pooled_test_metrics(folds, "regression")
+    assert pooled["r2"] == pytest.approx(1 - 8.64 / 606)
+    true = np.concatenate([fold["test_true"] for fold in folds.values()])
+    pred = np.concatenate([fold["test_pred"] for fold in folds.values()])
+    assert pooled == pytest.approx({"rmse": skm.root_mean_squared_error(true, pred),
+                                    "mae": skm.mean_absolute_error(true, pred), "r2": skm.r2_score(true, pred)})
+
+
+def test_a_fold_recorded_before_ua_gets_it_from_its_stored_predictions():
+    y = np.array([0, 0, 0, 1])
+    old = _fold(y, np.eye(2)[[0, 0, 1, 1]], "classification")
+    old.update({f"{s}_{m}": 0.5 for s in ("train", "val") for m in ("loss", "acc", "f1", "precision", "recall")})
+    del old["test_ua"]
+    backfill(old, "classification")
+    assert old["test_ua"] == pytest.approx(skm.balanced_accuracy_score(y, [0, 0, 1, 1]))  # (2/3 + 1) / 2
+    assert math.isnan(old["val_ua"]) and math.isnan(old["train_ua"])  # no predictions kept: missing
+    summary = summarize({1: old, 2: dict(old)}, "classification")
+    assert math.isnan(summary["val"]["mean_ua"]) and summary["test"]["mean_ua"] == pytest.approx(5 / 6)
+
+
+def test_one_fold_has_no_std():
+    fold = _fold(np.arange(4.0), np.arange(4.0) + 0.5, "regression")
+    fold.update({f"{s}_{m}": 0.1 for s in ("train", "val") for m in ("loss", "mae", "rmse", "r2")})
+    summary = summarize({1: fold}, "regression")
+    assert summary["test"]["mean_rmse"] == pytest.approx(0.5)
+    assert math.isnan(summary["test"]["std_rmse"])  # not 0.0: one fold has no spread to measure

@@ -319,7 +319,7 @@ def test_single_split_with_multi_output_regression(tmp_path):
         # MSE over both outputs: ((1 - 0.578125)^2 + (2 - 1.15625)^2) / 2
         assert fold["test_loss"] == pytest.approx((0.421875 ** 2 + 0.84375 ** 2) / 2)
         assert fold["test_mae"] == pytest.approx((0.421875 + 0.84375) / 2)
-        assert r["summary"]["test"]["std_mae"] == 0.0  # one fold
+        assert np.isnan(r["summary"]["test"]["std_mae"])  # one fold: no spread (issue 30.7), not 0.0
     assert (folder / "bias2_exp1_results.xlsx").is_file()
 
 

@@ -49,6 +49,7 @@ def fold_record(fold: int, test_acc: float, task_type: str = "classification", e
         record["history"] = {"loss": [1.0, 0.8, 0.6, 0.5][:epochs], "accuracy": [0.5, 0.6, 0.7, 0.8][:epochs],
                              "val_loss": [1.1, 0.9, 0.8, 0.85][:epochs], "val_accuracy": [0.5, 0.55, 0.6, 0.6][:epochs]}
     else:
+        record["test_pred"] = np.zeros(len(test) * PER_ITEM)
         for s, base in (("train", 0.5), ("val", test_acc + 0.05), ("test", test_acc)):
             record.update({f"{s}_rmse": base, f"{s}_loss": base ** 2, f"{s}_mae": base * 0.8, f"{s}_r2": 1 - base})
         record["history"] = {"loss": [1.0, 0.5][:epochs], "mae": [0.9, 0.4][:epochs],
@@ -172,7 +173,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     # The parameters that differ between instances, and only those, appear on the summary.
     assert "parameters that differ learning_rate" in names and "parameters that differ dropout" in names
     assert not any(n.endswith(" seed") or n.endswith(" architecture") for n in names)
-    assert [c.value for c in ws[2]][names.index("accuracy train mean")] == "train mean"
+    assert [c.value for c in ws[2]][names.index("WA (accuracy) train mean")] == "train mean"
     assert {str(r) for r in ws.merged_cells.ranges} >= {"A1:A2", "B1:B2"}
     assert ws.freeze_panes == "E3"
     col = {n: i for i, n in enumerate(names)}
@@ -181,11 +182,14 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
                       6: "failed (1/3 folds)"}
     assert {r[0]: r[col["folds done"]] for r in rows} == {1: 3, 2: 3, 3: 3, 4: 2, 5: 0, 6: 1}
     assert {r[0]: r[col["error"]] for r in rows}[6] == "MemoryError: out of memory"
-    assert rows[5][col["accuracy test std"]] is None  # no std from a single fold
+    assert rows[5][col["WA (accuracy) test std"]] is None  # no std from a single fold
     # Means are over the folds done; the partial instance's higher mean does not win.
-    assert rows[3][col["accuracy test mean"]] == pytest.approx(0.95)
-    for title, pick in (("accuracy test mean", max), ("loss test mean", min), ("accuracy test std", min),
-                        ("F1 test mean", max), ("loss train mean", min)):
+    assert rows[3][col["WA (accuracy) test mean"]] == pytest.approx(0.95)
+    # Test columns: green marks the instance chosen on validation accuracy (1), whatever their values.
+    for title in ("WA (accuracy) test mean", "loss test mean", "WA (accuracy) test std", "F1 test mean", "F1 test pooled"):
+        marked = [is_filled(ws, i + 3, col[title] + 1, "C6EFCE") for i in range(len(rows))]
+        assert marked == [r[0] == 1 for r in rows], title
+    for title, pick in (("WA (accuracy) validation std", min), ("F1 validation mean", max), ("loss train mean", min)):
         j = col[title]
         complete = [r[j] for r in rows if r[col["status"]] == "done"]
         best = pick(complete)
@@ -193,7 +197,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
         assert marked == [r[col["status"]] == "done" and r[j] == best for r in rows], title
     assert marked.count(True) == 3  # train loss is the same for every complete instance: ties all marked
     # Significance marks.
-    sig_col, p_col = col["accuracy (test) vs best verdict"], col["accuracy (test) vs best p"]
+    sig_col, p_col = col["test WA (accuracy) vs best verdict"], col["test WA (accuracy) vs best p"]
     verdicts = {r[0]: r[sig_col] for r in rows}
     assert verdicts == {1: "best", 2: SAME, 3: DIFFERENT, 4: SAME, 5: UNTESTED, 6: UNTESTED}
     p = {r[0]: r[p_col] for r in rows}
@@ -202,7 +206,7 @@ def test_report_of_a_crafted_folder(crafted, tmp_path):
     assert p[3] == pytest.approx(t2_p(0.7666667 / math.sqrt((1 / 3 + 0.25) * 0.0033333)), abs=1e-4)
     assert p[4] == pytest.approx(1 - 2 * math.atan(0.1 / math.sqrt(0.75 * 0.005)) / math.pi, abs=1e-9)
     assert p[4] == pytest.approx(0.349802, abs=1e-6)
-    mean_col = col["accuracy test mean"]
+    mean_col = col["WA (accuracy) test mean"]
     assert [is_filled(ws, i + 3, mean_col + 1, "FFEB9C") for i in range(6)] == [False, True, False, True, False, False]
     notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
     assert "Nadeau and Bengio (2003)" in notes and "level 0.05" in notes and "here 0.25 to 0.25" in notes
@@ -253,6 +257,138 @@ def test_csv_tables_and_load_results(crafted):
     assert not (crafted.folder / "plots").exists()
 
 
+def test_ua_wa_and_pooled_metrics_in_the_csv_files_and_the_workbook(crafted):
+    """Issue 30: UA and WA under those names beside macro F1, and F1 pooled from the summed confusion
+    matrix beside the mean of fold F1s. The crafted folds were recorded without UA (as before it
+    existed): their test UA comes from the stored predictions, the others are missing, nothing crashes."""
+    import pandas as pd
+
+    assert xval("report", crafted.folder, "--no-plots").exit_code == 0
+    results = pd.read_csv(crafted.folder / "results.csv")
+    summary = pd.read_csv(crafted.folder / "summary.csv").set_index("ID")
+    assert {"test_acc", "test_ua", "test_f1"} <= set(results.columns)
+    assert {"test_mean_ua", "test_std_ua", "test_pooled_f1"} <= set(summary.columns)
+    # Stored predictions: every test datapoint of class 0 predicted 0, so UA = recall of class 0 = 1.
+    assert (results["test_ua"] == 1.0).all() and results["val_ua"].isna().all()
+    # Each fold's matrix [[5, 5], [0, 10]], summed over 3 folds [[15, 15], [0, 30]]:
+    # F1 = (2 x 15 / (30 + 15) + 2 x 30 / (30 + 45)) / 2 = (2/3 + 4/5) / 2.
+    assert summary.loc[1, "test_pooled_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert summary.loc[1, "test_mean_f1"] == pytest.approx(0.89)  # the mean of fold F1s, beside it
+    _, ws, names, rows = read_summary(crafted)
+    col = {n: i for i, n in enumerate(names)}
+    assert {"WA (accuracy) test mean", "UA (unweighted accuracy) test mean", "F1 test pooled"} <= set(col)
+    first = rows[0]
+    assert first[col["UA (unweighted accuracy) test mean"]] == 1.0
+    assert first[col["UA (unweighted accuracy) validation mean"]] is None  # not recorded: empty, not NaN
+    assert first[col["F1 test pooled"]] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
+    assert "balanced_accuracy_score" in notes and "Forman and Scholz 2010" in notes
+
+
+# --- validation and test disagree (issue 34): the report's own choices ---------------------------
+def save_disagreeing(store: ExperimentStore, run: int, test: list[float], val: list[float], swept=(), **params) -> None:
+    """An instance whose validation accuracy does not follow its test accuracy."""
+    folds = {}
+    for f, (t, v) in enumerate(zip(test, val), start=1):
+        record = fold_record(f, t)
+        record.update(val_acc=v, val_f1=v, val_ua=v, val_loss=1 - v)
+        folds[f] = record
+    parameters = {"comment_1": f"instance {run}", "comment_2": "crafted", "architecture": "EXAMPLE_model",
+                  "framework": "keras", "seed": 0, **params}
+    store.save_instance(run, {"instance": run, "parameters": parameters, "task_type": "classification",
+                              "dataset": "demo", "num_folds": len(test), "fold_plan": {}, "folds": folds,
+                              "summary": summarize(folds, "classification"), "swept": list(swept)})
+
+
+@pytest.fixture
+def disagreeing(tmp_path) -> ExperimentStore:
+    """1 is the best on validation, 2 on test; 1 beats 3 on test, 2 beats 1.
+
+    1: test [0.60, 0.70, 0.65] val 0.90 in every fold
+    2: test [0.90, 0.95, 0.92] val 0.50
+    3: test [0.50, 0.52, 0.58] val [0.60, 0.95, 0.60]: the best on validation in fold 2 only
+    """
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    save_disagreeing(store, 1, [0.60, 0.70, 0.65], [0.90, 0.90, 0.90], learning_rate=0.1)
+    save_disagreeing(store, 2, [0.90, 0.95, 0.92], [0.50, 0.50, 0.50], learning_rate=0.01)
+    save_disagreeing(store, 3, [0.50, 0.52, 0.58], [0.60, 0.95, 0.60], learning_rate=0.001)
+    return store
+
+
+def test_the_report_chooses_the_best_on_validation_not_test(disagreeing):
+    assert xval("report", disagreeing.folder, "--no-plots").exit_code == 0
+    _, ws, names, rows = read_summary(disagreeing)
+    col = {n: i for i, n in enumerate(names)}
+    verdicts = {r[0]: r[col["test WA (accuracy) vs best verdict"]] for r in rows}
+    assert verdicts[1] == "best" and verdicts[2] != "best"
+    # The test columns' green marks instance 1 (chosen on validation), not 2 (the best test mean).
+    j = col["WA (accuracy) test mean"]
+    assert [is_filled(ws, i + 3, j + 1, "C6EFCE") for i in range(3)] == [True, False, False]
+    comment = ws.cell(row=3, column=j + 1).comment
+    assert comment is not None and "Optimistic" in comment.text
+    # The selection row, the headline: per fold the validation-best (1, 3, 1), their test values
+    # 0.60, 0.52, 0.65.
+    selection = next(r for r in ws.iter_rows(values_only=True) if r[0] == "selection")
+    assert selection[col["comment_2"]] == "fold:instance 1:1, 2:3, 3:1"
+    assert selection[j] == pytest.approx((0.60 + 0.52 + 0.65) / 3)
+    assert selection[col["WA (accuracy) test std"]] == pytest.approx(np.std([0.60, 0.52, 0.65], ddof=1))
+    notes = [str(c.value) for c in ws["A"] if isinstance(c.value, str) and c.value.startswith("Headline")]
+    assert notes and f"{(0.60 + 0.52 + 0.65) / 3:.4f}" in notes[0]
+
+
+def test_the_posterior_columns_point_the_right_way(disagreeing):
+    from scipy import stats
+
+    assert xval("report", disagreeing.folder, "--no-plots").exit_code == 0
+    _, _, names, rows = read_summary(disagreeing)
+    col = {n: i for i, n in enumerate(names)}
+    by_id = {r[0]: r for r in rows}
+    best = [0.60, 0.70, 0.65]
+    for other, values in ((2, [0.90, 0.95, 0.92]), (3, [0.50, 0.52, 0.58])):
+        # The posterior of mean(other - best): Student's t, 2 df, scale sqrt((1/3 + 20/80) var(d)); rope 0.01.
+        d = np.subtract(values, best)
+        scale = math.sqrt((1 / 3 + 0.25) * np.var(d, ddof=1))
+        best_better = stats.t.cdf(-0.01, 2, loc=d.mean(), scale=scale)
+        other_better = stats.t.sf(0.01, 2, loc=d.mean(), scale=scale)
+        row = by_id[other]
+        assert row[col["test WA (accuracy) vs best P(best better)"]] == pytest.approx(best_better, abs=1e-9)
+        assert row[col["test WA (accuracy) vs best P(this better)"]] == pytest.approx(other_better, abs=1e-9)
+    # 2 is far better on test than the best, 3 far worse: the probabilities say so, not the reverse.
+    assert by_id[2][col["test WA (accuracy) vs best P(this better)"]] > 0.9
+    assert by_id[3][col["test WA (accuracy) vs best P(best better)"]] > 0.9
+
+
+def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
+    """learning_rate x dropout, a third swept parameter (seed) sharing the cells. In the cell
+    (0.1, 0.0) the test-best (10101) has the worse validation: the cell shows 10102's test value. The
+    cell (0.01, 0.5) has the best test values of the sheet but the worst validation; the green cell is
+    (0.01, 0.0), whose instance has the best validation."""
+    from openpyxl import load_workbook
+
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
+    swept = ("learning_rate", "dropout", "seed")
+    cells = {  # ID: (learning_rate, dropout, seed, test, val)
+        1010101: (0.1, 0.0, 1, 0.95, 0.50), 1010102: (0.1, 0.0, 2, 0.55, 0.70),
+        1010201: (0.1, 0.5, 1, 0.60, 0.60),
+        1020101: (0.01, 0.0, 1, 0.58, 0.90),
+        1020201: (0.01, 0.5, 1, 0.99, 0.40),
+    }
+    for run, (lr, dropout, seed, test, val) in cells.items():
+        save_disagreeing(store, run, [test - 0.02, test, test + 0.02], [val] * 3, swept=swept,
+                         learning_rate=lr, dropout=dropout, seed=seed)
+    assert xval("report", store.folder).exit_code == 0
+    ws = load_workbook(store.spreadsheet_path)["pivot"]
+    text = {(i, j): ws.cell(row=i, column=j).value for i in (3, 4) for j in (2, 3)}
+    assert [ws.cell(row=i, column=1).value for i in (3, 4)] == ["0.1", "0.01"]
+    assert [ws.cell(row=2, column=j).value for j in (2, 3)] == ["0.0", "0.5"]
+    assert text[(3, 2)].startswith("0.5500 ± 0.0200 (ID 1010102, best validation WA (accuracy) of 2)")
+    assert text[(4, 3)].startswith("0.9900")
+    green = [key for key in text if is_filled(ws, *key, "C6EFCE")]
+    assert green == [(4, 2)] and text[(4, 2)].startswith("0.5800 ± 0.0200 (ID 1020101")
+    assert "validation WA (accuracy) 0.9000" in ws.cell(row=4, column=2).comment.text
+    assert (store.folder / "plots" / "demo_exp1_pivot.png").is_file()
+
+
 def test_importing_xvalkit_stays_light():
     code = "import sys, xvalkit; assert 'pandas' not in sys.modules; print(callable(xvalkit.load_results))"
     proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -283,7 +419,7 @@ def test_regression_lowest_rmse_is_best(tmp_path):
     for title, best_id in (("RMSE test mean", 2), ("R² test mean", 2), ("MAE test std", 2)):
         j = col[title]
         assert [is_filled(ws, i + 3, j + 1, "C6EFCE") for i in range(2)] == [best_id == 1, best_id == 2], title
-    assert {r[0]: r[col["RMSE (test) vs best verdict"]] for r in rows}[2] == "best"
+    assert {r[0]: r[col["test RMSE vs best verdict"]] for r in rows}[2] == "best"
 
 
 def test_plots_are_drawn_and_embedded(crafted):
@@ -639,7 +775,7 @@ def test_config_sets_the_level_and_main_metric(crafted, tmp_path):
     config.write_text('[report]\nsignificance_level = 0.3\nmain_metric_classification = "test_f1"\n')
     assert xval("report", crafted.folder, "--no-plots", "--config", config).exit_code == 0
     _, ws, names, rows = read_summary(crafted)
-    verdicts = {r[0]: r[names.index("F1 (test) vs best verdict")] for r in rows}
+    verdicts = {r[0]: r[names.index("test F1 vs best verdict")] for r in rows}
     # f1 = acc - 0.01: the same raw p-values 0.120117 (2), 0.00328 (3), 0.349802 (4); Holm over the
     # three: 0.00328 x 3 = 0.0098, then 0.120117 x 2 = 0.2402 (below 0.3), then 0.349802 x 1 (not below 0.3).
     assert verdicts[2] == DIFFERENT
@@ -647,6 +783,26 @@ def test_config_sets_the_level_and_main_metric(crafted, tmp_path):
     config.write_text("[report]\nsignificance_level = 5\n")
     result = xval("report", crafted.folder, "--no-plots", "--config", config)
     assert result.exit_code == 2 and "significance_level = 5" in result.output
+
+
+def test_a_test_selection_metric_is_warned(crafted, tmp_path):
+    config = tmp_path / "r.ini"
+    config.write_text('[report]\nselection_metric_classification = "test_acc"\n')
+    result = xval("report", crafted.folder, "--no-plots", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "selection_metric_classification = 'test_acc' chooses the best instance on a test metric" in result.output
+    assert "'val_acc'" in result.output
+    _, ws, _, _ = read_summary(crafted)
+    notes = " ".join(str(c.value) for c in ws["A"] if isinstance(c.value, str))
+    assert "Warning: the best instance is chosen on a test metric (test WA (accuracy))" in notes
+    # `xval plan` / `run` show the notes of the config they load.
+    from xvalkit.config import load_config
+
+    assert any("chooses the best instance on a test metric" in n for n in load_config(config).notes)
+    # The default (a validation metric) says nothing.
+    assert not any("test metric" in n for n in load_config().notes)
+    result = xval("report", crafted.folder, "--no-plots")
+    assert "chooses the best instance on a test metric" not in result.output
 
 
 # --- a real run, then the report ----------------------------------------------------------------
@@ -664,7 +820,7 @@ def test_real_run_then_report(tmp_path, config_file):
     store = ExperimentStore(folder, "demo", 1)
     wb, ws, names, rows = read_summary(store)
     assert [r[0] for r in rows] == [1, 2] and "parameters that differ dropout" in names
-    col = names.index("accuracy test mean")
+    col = names.index("WA (accuracy) test mean")
     values = [r[col] for r in rows]
     assert [is_filled(ws, i + 3, col + 1, "C6EFCE") for i in range(2)] == [v == max(values) for v in values]
     # The verdict and p, derived here from the fold records: t of the differences over the 2 folds
@@ -680,7 +836,7 @@ def test_real_run_then_report(tmp_path, config_file):
     ratio = np.mean([runs[r][f]["record"]["n_test"] / runs[r][f]["record"]["n_train"] for r in (1, 2) for f in (1, 2)])
     assert ratio == pytest.approx(4 * 48 / (2 * 48))  # 4 test, 2 validation and 2 train speakers of 48
     by_id = {r[0]: r for r in rows}
-    verdict_col, p_col = names.index("accuracy (test) vs best verdict"), names.index("accuracy (test) vs best p")
+    verdict_col, p_col = names.index("test WA (accuracy) vs best verdict"), names.index("test WA (accuracy) vs best p")
     assert by_id[best][verdict_col] == "best"
     if d.var(ddof=1) > 0:
         t = d.mean() / math.sqrt((1 / 2 + ratio) * d.var(ddof=1))

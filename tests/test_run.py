@@ -149,12 +149,16 @@ def test_spreadsheet_read_back(finished):
     rows = list(ws.iter_rows(min_row=3, max_row=4, values_only=True))
     assert len(rows) == 2 and [r[0] for r in rows] == [1, 2]
     assert header[:4] == ["ID", "parameters", "comment_1", "comment_2"]
-    for title, higher in (("accuracy test mean", True), ("loss test mean", False), ("accuracy test std", False)):
+    # On test columns green marks the instance chosen on validation accuracy; elsewhere the best value.
+    validation = [r[header.index("WA (accuracy) validation mean")] for r in rows]
+    chosen = validation.index(max(validation))
+    for title, higher in (("WA (accuracy) test mean", None), ("loss test mean", None), ("WA (accuracy) test std", None),
+                          ("WA (accuracy) validation mean", True), ("loss train mean", False)):
         col = header.index(title)
         values = [r[col] for r in rows]
         best = max(values) if higher else min(values)
         filled = [ws.cell(row=i + 3, column=col + 1).fill.fgColor.rgb.endswith("C6EFCE") for i in range(2)]
-        assert filled == [v == best for v in values], title
+        assert filled == ([i == chosen for i in range(2)] if higher is None else [v == best for v in values]), title
     import pandas as pd
 
     table = pd.read_csv(folder / "results.csv")

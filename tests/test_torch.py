@@ -95,7 +95,7 @@ def test_mixed_spreadsheet_has_both_frameworks(mixed):
     rows = list(ws.iter_rows(min_row=3, max_row=6, values_only=True))  # below the two header rows
     column = header.index("parameters that differ framework")
     assert [(r[0], r[column]) for r in rows] == [(1, "keras"), (2, "torch"), (3, "torch"), (4, "torch")]
-    assert all(r[header.index("accuracy test mean")] is not None for r in rows)
+    assert all(r[header.index("WA (accuracy) test mean")] is not None for r in rows)
 
 
 @pytest.mark.parametrize("run", [1, 2, 3, 4])

@@ -515,6 +515,10 @@ def report(
 
         exp_config = load_config(config)
     files = refresh(store, plots=plots, config=exp_config, force=force)
+    from .config import selection_notes
+    from .report import report_settings
+
+    show_notes(selection_notes(report_settings(store, exp_config)))
     state = "" if files.rebuilt else " (up to date: nothing changed since it was written; --force rebuilds it)"
     console.print(f"report of {escape(str(store.folder))}{state}:\n  {files.spreadsheet.name}, {files.results_csv.name}, "
                   f"{files.summary_csv.name}" + (f", {len(files.plots)} plot(s) in plots/" if files.plots else ""),

@@ -100,7 +100,15 @@ def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Con
                     f"{path}: unknown section [{name}]; the sections are {', '.join(SECTIONS)}"
                 )
             merged[name].update(values)
-    return Config(sections=merged, files=files, notes=notes)
+    return Config(sections=merged, files=files, notes=notes + selection_notes(merged["report"]))
+
+
+def selection_notes(report: dict[str, Any]) -> list[str]:
+    """A warning per [report] selection metric that is a test metric: choosing on test is optimistic."""
+    return [f"config [report] {key} = {value!r} chooses the best instance on a test metric: its test values and "
+            f"the selection row are then optimistic; use a validation metric (e.g. {value.replace('test_', 'val_', 1)!r})"
+            for key, value in sorted(report.items())
+            if key.startswith("selection_metric_") and isinstance(value, str) and value.startswith("test_")]
 
 
 def check_keys(section_name: str, section: dict[str, Any], known) -> None:

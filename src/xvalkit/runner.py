@@ -334,8 +334,10 @@ class RunListener:
             diverged = [i for i, f in results["folds"].items() if f.get("diverged")]
             note = f" over {len(results['folds']) - len(diverged)} folds; diverged in fold(s) " \
                    f"{', '.join(map(str, diverged))}" if diverged else ""
+            std = s[f"std_{self.key}"]  # NaN from a single fold: no spread to show
+            spread = f" ± {std:.4f}" if std == std else ""
             self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
-                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
+                            f"{s[f'mean_{self.key}']:.4f}{spread}{note}")
             self.refresher.instance_done(inst.id, results)
         self.refresher.request()
 

@@ -303,7 +303,7 @@ def pivot_figure(plt, data: ReportData, grid: Pivot):
     image = ax.imshow(means, cmap="viridis" if data.main_higher_is_better else "viridis_r", aspect="auto")
     fig.colorbar(image, ax=ax, label=data.main_metric.replace("_", " "))
     sign = 1.0 if data.main_higher_is_better else -1.0
-    best = max(grid.cells, key=lambda k: (sign * grid.cells[k]["mean"], -grid.cells[k]["ID"]))
+    best = grid.best  # chosen on the selection metric, not on the values shown
     for (r, c), info in grid.cells.items():
         std = "" if info["std"] is None else f"\n± {info['std']:.3f}"
         ax.text(c, r, f"{info['mean']:.3f}{std}", ha="center", va="center", fontsize=8,
@@ -313,7 +313,8 @@ def pivot_figure(plt, data: ReportData, grid: Pivot):
     ax.set_yticks(range(len(grid.rows)), [repr(v) for v in grid.rows])
     ax.set_xlabel(grid.column_parameter)
     ax.set_ylabel(grid.row_parameter)
-    ax.set_title(f"{data.main_metric.replace('_', ' ')}: mean ± std over folds (bold: best)", fontsize=9)
+    ax.set_title(f"{data.main_metric.replace('_', ' ')}: mean ± std over folds (bold: best "
+                 f"{grid.chooser.replace('_', ' ')})", fontsize=9)
     fig.tight_layout()
     return fig
 

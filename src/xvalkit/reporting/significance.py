@@ -99,15 +99,20 @@ def fold_sizes(record: Mapping[str, Any], datapoints_per_item: float) -> tuple[f
     records without them: len(test_true), and len(train_items) x the mean datapoints per item of
     the experiment's test sets (exact when items have equal sizes).
     """
-    n_test = float(record.get("n_test", len(record["test_true"])))
+    # Each fallback only when needed: a record may hold n_train without train_items (or n_test without test_true).
+    n_test = record["n_test"] if "n_test" in record else len(record["test_true"])
     # With augmented data n_train counts the original datapoints, like n_test (copies are not new data).
-    n_train = float(record.get("n_train_original", record.get("n_train", len(record["train_items"]) * datapoints_per_item)))
-    return n_test, n_train
+    for key in ("n_train_original", "n_train"):
+        if record.get(key) is not None:
+            return float(n_test), float(record[key])
+    return float(n_test), len(record["train_items"]) * datapoints_per_item
 
 
 def datapoints_per_item(all_folds: Sequence[Mapping[str, Any]]) -> float:
-    items = sum(len(f["test_items"]) for f in all_folds)
-    points = sum(len(f["test_true"]) for f in all_folds)
+    """Mean test datapoints per test item over the records that hold both (1 if none does)."""
+    known = [f for f in all_folds if "test_items" in f and "test_true" in f]
+    items = sum(len(f["test_items"]) for f in known)
+    points = sum(len(f["test_true"]) for f in known)
     return points / items if items else 1.0
 
 

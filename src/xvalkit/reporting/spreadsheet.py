@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
+from openpyxl.comments import Comment
 from openpyxl.drawing.image import Image
 from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.utils import get_column_letter
@@ -28,7 +29,8 @@ from openpyxl.worksheet.pagebreak import Break
 
 from . import significance as sig
 from .page_layout import print_setup, text_reach, wrap_row, wrapped_note
-from .tables import Pivot, ReportData, best_rows, cell, evaluation_note, metric_columns, pivot, test_confusion
+from .tables import (Pivot, ReportData, cell, evaluation_note, highlighted_rows, metric_columns, pivot,
+                     pooled_columns, test_confusion)
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -36,7 +38,7 @@ HEADER_FILL = "DDEBF7"
 VARYING_FILL = "FCE4D6"
 # One light colour per metric group (cycled).
 GROUP_FILLS = ("E2EFDA", "FFF2CC", "DDEBF7", "EDE1F5", "FBE2D5", "D9F2F2")
-METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
+METRIC_TITLES = {"loss": "loss", "acc": "WA (accuracy)", "ua": "UA (unweighted accuracy)", "f1": "F1", "precision": "precision", "recall": "recall",
                  "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
 SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
 NUMBER_FORMAT = "0.0000"
@@ -116,16 +118,18 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
         ("status", None, "status", HEADER_FILL), ("folds_done", None, "folds done", HEADER_FILL),
     ]
     layout += [(k, "parameters that differ", k, VARYING_FILL) for k in data.varying]
-    sig_title = f"{METRIC_TITLES[main_metric]} ({SET_SHORT[main_set]}) vs best"
+    sig_title = f"{SET_SHORT[main_set]} {METRIC_TITLES[main_metric]} vs best"
     layout += [("significance", sig_title, "verdict", SAME_FILL), ("p_value", sig_title, "p", SAME_FILL),
                ("p_holm", sig_title, "p (Holm)", SAME_FILL),
                ("prob_best_better", sig_title, "P(best better)", SAME_FILL),
                ("prob_equivalent", sig_title, f"P(within ±{data.rope:g})", SAME_FILL),
                ("prob_other_better", sig_title, "P(this better)", SAME_FILL)]
+    pooled = pooled_columns(data.task_type)
     for g, metric in enumerate(data.metrics):
         fill = GROUP_FILLS[g % len(GROUP_FILLS)]
         layout += [(c, METRIC_TITLES.get(metric, metric), f"{SET_SHORT[c.split('_')[0]]} {c.split('_')[1]}", fill)
                    for c in metric_columns((metric,))]
+        layout += [(c, METRIC_TITLES.get(metric, metric), "test pooled", fill) for c in pooled if c.endswith(f"_{metric}")]
     layout.append(("error", None, "error", HEADER_FILL))
 
     # Two header rows: groups merged across, single columns merged down.
@@ -147,8 +151,8 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
             _header(ws.cell(row=2, column=c), layout[c - 1][2], fill)
         j += span
 
-    candidates = set(data.best_candidates)
-    best = {key: best_rows(rows, key, candidates) for key, *_ in layout if key in metric_columns(data.metrics)}
+    numbers = set(metric_columns(data.metrics) + pooled)
+    best = {key: highlighted_rows(data, rows, key) for key, *_ in layout if key in numbers}
     best_fill, same_fill = _solid(BEST_FILL), _solid(SAME_FILL)
     group_start = {j for j, (key, *_ ) in enumerate(layout, start=1) if key.startswith("train_mean_")}
     thin = Border(left=Side(style="thin", color="999999"))
@@ -169,6 +173,8 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
                 c.number_format = NUMBER_FORMAT
                 if i in best[key]:
                     c.fill, c.font = best_fill, _font(bold=True)
+                    if key.startswith("test_") and "_std_" not in key and c.value is not None:
+                        c.comment = _optimistic_comment(data)
                 elif same and key == main_column:
                     c.fill = same_fill
             elif key in PROBABILITY_COLUMNS:
@@ -199,6 +205,15 @@ def _summary_sheet(ws, data: ReportData, rows: list[dict[str, Any]], param_row: 
         wrapped_note(ws, start + n, text, _font(**NOTE_FONT), last_column=len(layout))
 
 
+def _optimistic_comment(data: ReportData) -> Comment:
+    """The note on the best instance's test values: optimistic, and what to quote instead."""
+    quote = "the selection row below, the estimate to quote" if data.selection is not None else \
+        "a selection metric other than the main metric gives the selection row, the estimate to quote"
+    return Comment(f"Optimistic: this instance was chosen on the mean {_metric_text(data.chooser)} over all "
+                   "folds, and each fold's test items are validation items of other folds, so its test "
+                   f"values took part in the choice. See {quote}.", "xvalkit", width=300, height=110)
+
+
 def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> None:
     """The row of the selection procedure: in each fold the instance best on the selection metric,
     its test value; mean and std over the folds, under the main metric's columns."""
@@ -207,7 +222,8 @@ def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> No
     set_name, _, metric = main_column.partition("_mean_")
     ws.cell(row=r, column=1, value="selection").font = _font(bold=True, italic=True)
     picked = ", ".join(f"{f}:{i}" for f, i in est.picks.items())
-    ws.cell(row=r, column=columns["comment_1"], value=f"selection procedure (best {_metric_text(data.selection_metric)} per fold)")
+    ws.cell(row=r, column=columns["comment_1"],
+            value=f"headline estimate: selection procedure (best {_metric_text(data.selection_metric)} per fold)")
     ws.cell(row=r, column=columns["comment_2"], value=f"fold:instance {picked}")
     ws.cell(row=r, column=columns["folds_done"], value=len(est.values))
     for key, value in ((main_column, est.mean), (f"{set_name}_std_{metric}", est.std)):
@@ -223,12 +239,25 @@ def _metric_text(column: str) -> str:
 def _notes(data: ReportData, ratio_note: str) -> list[str]:
     level = data.level
     best_id = "none" if data.best is None else f"ID {data.best}"
-    main, chooser = _metric_text(data.main_metric), _metric_text(data.selection_metric or data.main_metric)
-    notes = [
-        "Green: the best value of each column among complete instances (highest for accuracy, F1, precision, "
-        "recall, R²; lowest for loss, MAE, RMSE and for every std).",
+    main, chooser = _metric_text(data.main_metric), _metric_text(data.chooser)
+    notes = []
+    if data.selection is not None:
+        est = data.selection
+        spread = "" if est.std != est.std else f" ± {est.std:.4f}"
+        notes += [f"Headline estimate (the one to quote): {main} {est.mean:.4f}{spread} over {len(est.values)} folds, the "
+                  f"selection row: in each fold the instance with the best {chooser} is taken and its {main} "
+                  "recorded; its mean estimates what choosing the best instance this way gives on new items, "
+                  "without the optimism of the best test mean (the test items took no part in the choice)."]
+    if data.chosen_on_test:
+        notes.append(f"Warning: the best instance is chosen on a test metric ({chooser}): its test values and the "
+                     "selection row are optimistic. Set [report] selection_metric_<task> to a validation metric.")
+    notes += [
+        f"Green: on the test columns, the instance chosen on {chooser} ({best_id}), not the best test value "
+        "(choosing on test would be optimistic); on the other columns the best value among complete instances "
+        "(highest for accuracy (WA), UA, F1, precision, recall, R²; lowest for loss, MAE, RMSE and for every std).",
         f"The best instance ({best_id}) is the one with the best mean {chooser} among complete instances; every "
-        f"other instance is compared with it on {main}.",
+        f"other instance is compared with it on {main}. Its test values are optimistic: the mean {chooser} over "
+        "all folds used every item, each fold's test items being validation items of other folds.",
         f"p: corrected resampled paired t-test of Nadeau and Bengio (2003) over the folds both instances completed "
         f"on the same test items (with repeats: over all k x r folds, Bouckaert and Frank 2004), two-sided, level {level:g}. "
         f"p (Holm): adjusted with Holm's step-down procedure over the instances tested. Yellow ('{sig.SAME}'): "
@@ -239,6 +268,7 @@ def _notes(data: ReportData, ratio_note: str) -> list[str]:
         f"P(...): Bayesian correlated t-test (Benavoli, Corani, Demsar and Zaffalon 2017): posterior probabilities "
         f"that the best is better by more than {data.rope:g}, that the two are within ±{data.rope:g} "
         f"(practically equivalent), or that this instance is better by more than {data.rope:g}.",
+        _metrics_note(data.task_type),
         "A fold whose model diverged (NaN or infinite predictions) has no metrics: it is not averaged, its "
         "instance is 'diverged', neither tested nor a candidate for the best (reason in the folds sheet).",
         "Instances not 'done' are averaged over the folds done only (see 'folds done'); they do not compete for "
@@ -247,14 +277,25 @@ def _notes(data: ReportData, ratio_note: str) -> list[str]:
     augmented = evaluation_note(data)
     if augmented:
         notes.append(augmented)
-    if data.selection is not None:
-        notes.insert(2, f"Selection row: in each fold the instance with the best {chooser} is taken and its {main} "
-                        "recorded; its mean estimates what choosing the best instance this way gives on new items, "
-                        "without the optimism of the best test mean (the test items took no part in the choice).")
     return notes
+
+
+def _metrics_note(task_type: str) -> str:
+    if task_type == "classification":
+        return ("WA (weighted accuracy): accuracy. UA (unweighted accuracy): recall averaged over the classes present "
+                "in the fold's true labels (scikit-learn's balanced_accuracy_score); F1, precision and recall are "
+                "macro averages over the classes in the true labels or the predictions. Mean and std: over the "
+                "folds; test pooled F1: macro F1 of the test confusion matrix summed over the folds (Forman and "
+                "Scholz 2010).")
+    return ("Mean and std: over the folds. Test pooled: RMSE, MAE and R² of every fold's test predictions taken "
+            "together (out-of-fold), not the mean of fold values: a fold's R² compares its errors with that fold's "
+            "target spread only.")
+
+
 def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
-    """The main metric over two swept parameters: 'mean ± std' per cell, the best cell green."""
-    title = _metric_text(data.main_metric)
+    """The main metric over two swept parameters: 'mean ± std' per cell, the best cell green; cells and
+    the best one chosen on the selection metric (Pivot)."""
+    title, chooser = _metric_text(data.main_metric), _metric_text(grid.chooser)
     ws.cell(row=1, column=1, value=f"{title}: mean ± std over folds, by {grid.row_parameter} (rows) and "
                                    f"{grid.column_parameter} (columns)").font = _font(bold=True)
     _header(ws.cell(row=2, column=1), f"{grid.row_parameter} \\ {grid.column_parameter}", VARYING_FILL)
@@ -262,25 +303,31 @@ def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
         _header(ws.cell(row=2, column=j), repr(value), VARYING_FILL)
     for i, value in enumerate(grid.rows, start=3):
         _header(ws.cell(row=i, column=1), repr(value), VARYING_FILL)
-    sign = 1.0 if data.main_higher_is_better else -1.0
-    best = max(grid.cells.values(), key=lambda c: (sign * c["mean"], -c["ID"]))
     shared = False
     for (r, c), info in grid.cells.items():
         std = "" if info["std"] is None else f" ± {info['std']:.4f}"
-        of = f", best of {info['count']}" if info["count"] > 1 else ""
+        of = f", best {chooser} of {info['count']}" if info["count"] > 1 else ""
         text = f"{info['mean']:.4f}{std} (ID {info['ID']}{of})"
         shared |= info["count"] > 1
         target = ws.cell(row=r + 3, column=c + 2, value=text)
         target.alignment = _alignment(horizontal="center")
-        if info is best:
+        chosen = "-" if info["chosen_by"] is None else f"{info['chosen_by']:.4f}"
+        why = (f"the best {chooser} ({chosen}) of the {info['count']} instances sharing this cell"
+               if info["count"] > 1 else f"{chooser} {chosen}")
+        best = (r, c) == grid.best
+        if best:
             target.fill, target.font = _solid(BEST_FILL), _font(bold=True)
+            why += f"; green: the best {chooser} of the sheet (its {title} is optimistic: see the summary)"
+        target.comment = Comment(f"ID {info['ID']}, {why}. Shown: its {title}, which did not choose it.",
+                                 "xvalkit", width=300, height=90)
     ws.column_dimensions["A"].width = max(18, len(grid.row_parameter) + len(grid.column_parameter) + 6)
     for j in range(2, len(grid.columns) + 2):
         ws.column_dimensions[get_column_letter(j)].width = 30
-    note = "Complete instances only; green: the best cell."
+    note = (f"Complete instances only; green: the cell whose instance has the best {chooser}, chosen on it and "
+            f"not on {title} (choosing on test would be optimistic).")
     if shared:
         note += (f" Several instances share a cell where more than {grid.row_parameter} and "
-                 f"{grid.column_parameter} vary: the cell shows the best of them.")
+                 f"{grid.column_parameter} vary: the cell shows the one with the best {chooser}.")
     wrapped_note(ws, len(grid.rows) + 4, note, _font(**NOTE_FONT), last_column=len(grid.columns) + 1)
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import HIGHER_IS_BETTER, SETS, metric_names, summarize, valid_folds
+from ..metrics import (HIGHER_IS_BETTER, POOLED_METRICS, SETS, backfill, metric_names, pooled_test_metrics, summarize,
+                       valid_folds)
 from ..params import differing_parameters
 from ..store import ExperimentStore, error_line
 from . import significance as sig
@@ -90,6 +91,15 @@ class ReportData:
         return HIGHER_IS_BETTER[self.main_metric.split("_", 1)[1]]
 
     @property
+    def chooser(self) -> str:
+        """The '<set>_<metric>' that chooses the best instance and the pivot's cells."""
+        return self.selection_metric or self.main_metric
+
+    @property
+    def chosen_on_test(self) -> bool:
+        return self.chooser.startswith("test_")
+
+    @property
     def best_candidates(self) -> list[int]:
         """Instances that compete for 'best': the complete ones, or all with folds if none is."""
         done = [i.id for i in self.instances if i.complete and i.folds]
@@ -118,6 +128,9 @@ def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
                  for run in store.instance_ids()]
     task_types = {i.results["task_type"] for i in instances if i.results is not None}
     task_type = task_types.pop() if len(task_types) == 1 else "classification"
+    for inst in instances:  # folds recorded by older versions lack the newer metrics (UA)
+        for record in (inst.results or {}).get("folds", {}).values():
+            backfill(record, task_type)
     main = str(settings[f"main_metric_{task_type}"])
     selection = str(settings.get(f"selection_metric_{task_type}") or main)
     data = ReportData(instances, task_type, main, float(settings["significance_level"]),
@@ -167,6 +180,16 @@ def metric_columns(metrics: tuple[str, ...]) -> list[str]:
     return [f"{s}_{stat}_{m}" for m in metrics for s in SETS for stat in ("mean", "std")]
 
 
+def pooled_columns(task_type: str) -> list[str]:
+    """'test_pooled_<metric>': the test metrics computed once over every fold's predictions."""
+    return [f"test_pooled_{m}" for m in POOLED_METRICS[task_type]]
+
+
+def _number(value: float | None) -> float | None:
+    """A cell's number; None (an empty cell) for NaN: a metric a fold did not record, or no spread."""
+    return None if value is None or value != value else value
+
+
 def summary_rows(data: ReportData) -> list[dict[str, Any]]:
     """One row per instance: ID, comments, status, folds, varying parameters, significance, metrics."""
     rows = []
@@ -187,14 +210,14 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
                    prob_equivalent=posterior.within if posterior else None,
                    prob_other_better=posterior.above if posterior else None)
         valid = valid_folds(inst.folds)  # diverged folds are not averaged
+        row.update(dict.fromkeys(metric_columns(data.metrics) + pooled_columns(data.task_type)))
         if valid:
             summary = summarize(valid, data.task_type)
             for column in metric_columns(data.metrics):
                 set_name, stat, metric = column.split("_", 2)
-                value = summary[set_name][f"{stat}_{metric}"]
-                row[column] = None if stat == "std" and len(valid) < 2 else value
-        else:
-            row.update(dict.fromkeys(metric_columns(data.metrics)))
+                row[column] = _number(summary[set_name][f"{stat}_{metric}"])
+            pooled = pooled_test_metrics(valid, data.task_type)
+            row.update({f"test_pooled_{m}": _number(v) for m, v in pooled.items()})
         row["error"] = inst.error_line
         rows.append(row)
     return rows
@@ -262,30 +285,57 @@ def best_rows(rows: list[dict[str, Any]], column: str, candidates: set[int] | No
     return {i for i, v in values if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)}
 
 
+def highlighted_rows(data: ReportData, rows: list[dict[str, Any]], column: str) -> set[int]:
+    """Indices of the rows green in a metric column of the summary.
+
+    On a test column, the instance chosen on the selection metric (its test values; greening the
+    best test value would be choosing on test, and optimistic); elsewhere the best value among the
+    candidates (`best_rows`).
+    """
+    if column.startswith("test_"):
+        return {i for i, r in enumerate(rows) if r["ID"] == data.best and r.get(column) is not None}
+    return best_rows(rows, column, set(data.best_candidates))
+
+
 @dataclass
 class Pivot:
-    """The main metric over two swept parameters: one cell per pair of values."""
+    """The main metric over two swept parameters: one cell per pair of values.
+
+    Each cell holds the instance with the best selection metric among those sharing it, and `best`
+    is the cell whose instance has the best selection metric: chosen on validation by default, so
+    the test values shown did not choose them.
+    """
 
     row_parameter: str
     column_parameter: str
     rows: list[Any]
     columns: list[Any]
-    cells: dict[tuple[int, int], dict[str, Any]]  # (row, column) positions -> {'mean', 'std', 'ID', 'count'}
+    # (row, column) positions -> {'mean', 'std', 'ID', 'count', 'chosen_by' (its selection metric's mean)}
+    cells: dict[tuple[int, int], dict[str, Any]]
+    chooser: str  # '<set>_<metric>' that chose the cells and the best one
+    best: tuple[int, int]
+
+
+def _mean_column(column: str) -> str:
+    set_name, _, metric = column.partition("_")
+    return f"{set_name}_mean_{metric}"
 
 
 def pivot(data: ReportData, summary: list[dict[str, Any]]) -> Pivot | None:
     """The main metric's mean ± std over the first two swept parameters (None if fewer were swept).
 
     Only instances that swept both parameters count. Values keep the order of their instances' IDs
-    (their order in the sweep's lists). Where several
-    instances share a cell (a third swept parameter, several swept base instances), the cell shows
-    the best mean among the complete ones and says how many shared it.
+    (their order in the sweep's lists). Where several instances share a cell (a third swept
+    parameter, several swept base instances), the cell shows the one with the best selection metric
+    among the complete ones (not the best test value: that would be chosen on test) and says how
+    many shared it.
     """
     if len(data.swept) < 2:
         return None
     a, b = data.swept[:2]
-    set_name, _, metric = data.main_metric.partition("_")
-    mean_key, std_key = f"{set_name}_mean_{metric}", f"{set_name}_std_{metric}"
+    mean_key = _mean_column(data.main_metric)
+    std_key = mean_key.replace("_mean_", "_std_", 1)
+    chooser_key = _mean_column(data.chooser)
     params = {i.id: i.params for i in data.instances if {a, b} <= set((i.results or {}).get("swept", ()))}
     rows_, columns = [], []
     candidates: dict[tuple[int, int], list[dict[str, Any]]] = {}
@@ -299,11 +349,15 @@ def pivot(data: ReportData, summary: list[dict[str, Any]]) -> Pivot | None:
         key = (next(i for i, v in enumerate(rows_) if repr(v) == repr(p[a])),
                next(i for i, v in enumerate(columns) if repr(v) == repr(p[b])))
         candidates.setdefault(key, []).append(row)
-    sign = 1.0 if data.main_higher_is_better else -1.0
-    cells = {}
-    for key, group in candidates.items():
-        best = max(group, key=lambda r: (sign * r[mean_key], -r["ID"]))
-        cells[key] = {"mean": best[mean_key], "std": best[std_key], "ID": best["ID"], "count": len(group)}
-    if not cells:
+    if not candidates:
         return None
-    return Pivot(a, b, rows_, columns, cells)
+    sign = 1.0 if HIGHER_IS_BETTER[data.chooser.split("_", 1)[1]] else -1.0
+
+    def rank(row: dict[str, Any]) -> tuple[float, int]:  # a missing selection value ranks last
+        value = row.get(chooser_key)
+        return (-math.inf if value is None else sign * value, -row["ID"])
+
+    chosen = {key: max(group, key=rank) for key, group in candidates.items()}
+    cells = {key: {"mean": row[mean_key], "std": row[std_key], "ID": row["ID"], "count": len(candidates[key]),
+                   "chosen_by": row.get(chooser_key)} for key, row in chosen.items()}
+    return Pivot(a, b, rows_, columns, cells, data.chooser, max(chosen, key=lambda k: rank(chosen[k])))
