@@ -93,6 +93,7 @@ def test_help_texts_keep_their_brackets():
         result = CliRunner().invoke(app, [*words, "--help"], terminal_width=250, env={"COLUMNS": "250"})
         assert result.exit_code == 0, result.output
         shown = " ".join(result.output.split())
+        assert "\\[" not in shown, (words, shown)  # rich's markup escape, shown as is in plain help
         for text in texts:
             for bracketed in re.findall(r"\[[^\]\s]*\]", text):
                 assert bracketed in shown, (words, bracketed)
@@ -100,3 +101,14 @@ def test_help_texts_keep_their_brackets():
     assert checked >= 1  # at least run's '.[ray]'
     run_help = CliRunner().invoke(app, ["run", "--help"], terminal_width=250).output
     assert 'pip install -e ".[ray]"' in run_help
+    export_help = CliRunner().invoke(app, ["export", "mlflow", "--help"], terminal_width=250).output
+    assert 'pip install -e ".[mlflow]"' in export_help
+
+
+def test_convert_help_names_what_it_writes():
+    from typer.testing import CliRunner
+
+    from xvalkit.cli import app
+
+    shown = " ".join(CliRunner().invoke(app, ["convert", "--help"], terminal_width=250).output.split())
+    assert "NAME.xvd/" in shown and ".npz" not in shown, shown

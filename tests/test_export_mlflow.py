@@ -8,6 +8,7 @@ import hashlib
 import json
 import pickle
 import socket
+import sqlite3
 import sys
 from collections import Counter
 from pathlib import Path
@@ -180,6 +181,27 @@ def test_export_matches_the_folder(exp, tmp_path):
     assert "code/provenance.json" in {a.path for a in client.list_artifacts(report.info.run_id, "code")}
 
 
+def store_state(database: Path, artifacts: Path) -> tuple[list[str], list[tuple[str, int, int]]]:
+    """Everything an export could change in a local MLflow store: every row of the database (runs,
+    metrics with their timestamps, tags, times) and every artifact file with its size and time."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = list(connection.iterdump())
+    files = [(str(p.relative_to(artifacts)), p.stat().st_size, p.stat().st_mtime_ns)
+             for p in sorted(artifacts.rglob("*")) if p.is_file()]
+    return rows, files
+
+
+def test_an_export_with_nothing_changed_changes_nothing(exp, tmp_path):
+    """Exported twice, nothing changed between: the second export finds every run unchanged and
+    writes nothing to the store (an instance and the report run used to count as updated each time)."""
+    args = (exp["folder"], "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--models", "--config", exp["config"])
+    export(*args)
+    before = store_state(tmp_path / "m.db", tmp_path / "mlartifacts")
+    result = export(*args)
+    assert "runs 7 unchanged" in result.output, result.output  # 2 instances, 4 folds, the report
+    assert store_state(tmp_path / "m.db", tmp_path / "mlartifacts") == before
+
+
 def test_reexport_updates_and_adds_without_duplicates(exp):
     folder, path, config = exp["folder"], exp["path"], exp["config"]
     client = client_of(folder)
@@ -187,9 +209,9 @@ def test_reexport_updates_and_adds_without_duplicates(exp):
     ids = {(r.data.tags["xvalkit.role"], r.data.tags.get("xvalkit.instance"), r.data.tags.get("xvalkit.fold")): r.info.run_id
            for r in before}
 
-    # unchanged folder: the same runs, the fold runs untouched, no metric logged twice
+    # unchanged folder: the same runs, all untouched, no metric logged twice
     result = export(folder, "--no-report")
-    assert "4 unchanged" in result.output and "created" not in result.output
+    assert "runs 7 unchanged" in result.output, result.output
     _, again = runs_of(client)
     assert {r.info.run_id for r in again} == set(ids.values())
     child = ids[("fold", "1", "1")]

@@ -304,7 +304,23 @@ def test_convert_bad_contents_are_one_line_errors(tmp_path, data_folder, spoil, 
     result = xval("convert", tmp_path / "x.npy", tmp_path / "y.npy", "--name", "bad", "--trust-pickle", "--config", config)
     assert result.exit_code == 2 and words in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert not out.exists() or not list(out.glob("bad_*"))
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_convert_keeps_a_dataset_of_that_name_without_overwrite(tmp_path, data_folder):
+    """The dataset is NAME.xvd/: a second conversion to the same name is refused unless --overwrite."""
+    old_x, old_y = save_old_dataset(tmp_path / "old", data_folder)
+    out = tmp_path / "data"
+    config = tmp_path / "c.ini"
+    config.write_text(f"[paths]\ndata_folder = {out}\n")
+    args = ("convert", old_x, old_y, "--name", "twice", "--trust-pickle", "--config", config)
+    assert xval(*args).exit_code == 0 and (out / "twice.xvd").is_dir()
+    first = (out / "twice.xvd").stat().st_ino  # a dataset is replaced whole: a new folder
+    result = xval(*args)
+    assert result.exit_code == 2 and "dataset 'twice' already exists" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and (out / "twice.xvd").stat().st_ino == first
+    assert xval(*args, "--overwrite").exit_code == 0
+    assert (out / "twice.xvd").stat().st_ino != first
 
 
 def test_converted_dataset_has_indices_and_provenance(ported):

@@ -454,13 +454,40 @@ def long_corpus(tmp_path_factory) -> Path:
     return root
 
 
+# Loaded by the interrupted run below (as sitecustomize): the interpreter's exit is held where
+# CPython 3.11's concurrent.futures._python_exit has found a pool's wake-up pipe open and is about
+# to write to it, until that pool's manager thread has ended (closing the pipe) -- the worst case
+# a loaded machine's scheduler can produce, made certain. A pool still running at exit then shows
+# "Exception ignored in threading ... OSError" every time instead of once in a while.
+EXIT_RACE_AT_ITS_WORST = """
+import sys, threading
+import concurrent.futures.process as process
+
+_wakeup = process._ThreadWakeup.wakeup
+
+
+def wakeup(self):
+    if sys._getframe(1).f_code.co_name == "_python_exit" and not self._closed:
+        for thread in list(process._threads_wakeups):
+            if thread is not threading.current_thread():
+                thread.join()
+        self._writer.send_bytes(b"")  # what the original does after its check
+        return
+    _wakeup(self)
+
+
+process._ThreadWakeup.wakeup = wakeup
+"""
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("after", [1, 120])  # files done when Ctrl-C comes: early, half-way
 def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_corpus, jobs, after):
     """Ctrl-C once the progress bar shows `after` of 240 files done: exit 130, one line, no dataset.
 
     The run is frozen (SIGSTOP) as soon as the bar shows that progress, the Ctrl-C sent, then the run
-    resumed: it cannot finish the 240 files in between, so it must stop, whatever the machine's speed."""
+    resumed: it cannot finish the 240 files in between, so it must stop, whatever the machine's speed.
+    Its exit meets a pool's threads at their worst timing (EXIT_RACE_AT_ITS_WORST)."""
     import fcntl
     import pty
     import select
@@ -471,7 +498,11 @@ def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_co
     root = long_corpus
     master, slave = pty.openpty()  # stderr on a terminal: rich draws its progress bar there
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    env = {**os.environ, "TERM": "xterm"}
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(EXIT_RACE_AT_ITS_WORST)
+    python_path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "TERM": "xterm", "PYTHONPATH": python_path}
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
                              "--name", "rav", "--jobs", jobs, "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
@@ -512,3 +543,32 @@ def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_co
     assert "interrupted: a dataset is saved whole" in err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []  # not even a temp file
+
+
+@pytest.mark.parametrize("presses", [1, 2])  # once: the files in progress finish; twice: stop now
+def test_ctrl_c_leaves_no_pool_thread_to_race_the_exit(long_corpus, presses):
+    """After Ctrl-C, extract_all returns with the pool's threads gone, not still running.
+
+    A pool's manager thread left running (shutdown(wait=False)) closes its wake-up pipe when the
+    files in progress finish, maybe while the interpreter's exit writes to that pipe: CPython 3.11
+    checks, then writes, without a lock, and under load printed "Exception ignored in threading ...
+    OSError: Bad file descriptor" after `xval preprocess --jobs 2` was interrupted. Checked at the
+    moment that race needs: the instant the interrupt leaves extract_all, with files still in progress."""
+    import signal
+    import threading
+
+    paths = sorted(long_corpus.rglob("*.wav"))
+    before = set(threading.enumerate())
+    finished = []
+
+    def ctrl_c(files: int) -> None:  # at the first files done: the other worker is mid-task
+        finished.append(files)
+        if len(finished) == 1:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_all(paths, spec_for(), jobs=2, progress=ctrl_c)
+    left = [t for t in threading.enumerate() if t not in before]
+    assert left == [], f"still running after the interrupt: {left}"
+    assert sum(finished) < len(paths)  # interrupted, not finished

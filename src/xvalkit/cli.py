@@ -35,6 +35,11 @@ _DEBUG = False  # set by `xval run` from --debug / debug_mode: show tracebacks o
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", help="A config.ini overriding the defaults key by key.")
 ]
+# `xval run` and `xval plan` (which shows where a run's jobs would go) take the same options
+JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs (folds) run at once on each listed GPU.")]
+CpuWorkersOption = Annotated[
+    int, typer.Option("--cpu-workers", min=1, help="Folds trained at once on the CPU, each with its share of the cores.")
+]
 
 
 @app.callback()
@@ -136,12 +141,12 @@ def run(
     first: FirstArg = None,
     last: LastArg = None,
     gpu_positional: Annotated[
-        Optional[int], typer.Argument(metavar="[GPU]", help="GPU ID, as the original scripts took it.")
+        Optional[int], typer.Argument(metavar="GPU", help="GPU ID, as the original scripts took it.")
     ] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU(s) to train on: 1, or 0,1,3 for one job per GPU at a time (overrides gpu_ID).")] = None,
-    jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs (folds) run at once on each listed GPU.")] = 1,
+    jobs_per_gpu: JobsPerGpuOption = 1,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
-    cpu_workers: Annotated[int, typer.Option("--cpu-workers", min=1, help="Folds trained at once on the CPU, each with its share of the cores.")] = 1,
+    cpu_workers: CpuWorkersOption = 1,
     backend: Annotated[str, typer.Option("--backend", help="local, or ray (the optional extra: pip install -e \".[ray]\").")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: HOST:PORT of its head, or auto (the one `ray start` started here); default: RAY_ADDRESS, else a new local Ray.")] = None,
     overwrite: Annotated[
@@ -230,7 +235,7 @@ preprocess_app = typer.Typer(
 app.add_typer(preprocess_app, name="preprocess")
 
 NameOption = Annotated[
-    Optional[str], typer.Option("--name", help="Dataset name: <data folder>/<NAME>.xvd/ ...")
+    Optional[str], typer.Option("--name", help="Dataset name: written as <data folder>/<NAME>.xvd/.")
 ]
 FeaturesOption = Annotated[
     Optional[str], typer.Option("--features", help="stft, mfcc, mel or cqt (default: features_type in config.ini).")
@@ -533,8 +538,8 @@ def plan(
     first: FirstArg = None,
     last: LastArg = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU(s) the run would use, e.g. 0,1.")] = None,
-    jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1)] = 1,
-    cpu_workers: Annotated[int, typer.Option("--cpu-workers", min=1)] = 1,
+    jobs_per_gpu: JobsPerGpuOption = 1,
+    cpu_workers: CpuWorkersOption = 1,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
@@ -587,9 +592,9 @@ def convert(
 ) -> None:
     """Convert an original-scripts dataset (dicts {foldable item: array} saved with np.save) to NAME.
 
-    Writes NAME_predictors.npz, NAME_target.npz (one-hot targets become class indices) and
-    NAME_manifest.json (the source files and their SHA-256) into the data folder. The old files are
-    pickles, so nothing is read without --trust-pickle.
+    Writes the folder NAME.xvd/ into the data folder (one-hot targets become class indices), with a
+    manifest.json that records the source files and their SHA-256. The old files are pickles, so
+    nothing is read without --trust-pickle.
     """
     from .config import load_config
     from .convert import convert as convert_dataset
@@ -602,7 +607,8 @@ def convert(
 
 
 # --- export commands (issue 17) ---
-export_app = typer.Typer(help="Copy an experiment folder into other tools.", no_args_is_help=True)
+export_app = typer.Typer(help="Copy an experiment folder into other tools.", no_args_is_help=True,
+                         rich_markup_mode=None)
 app.add_typer(export_app, name="export")
 
 
@@ -626,11 +632,11 @@ def export_mlflow(
     ] = True,
     config: ConfigOption = None,
 ) -> None:
-    r"""Mirror an experiment folder into MLflow: a run per instance, a nested run per fold, a report run.
+    """Mirror an experiment folder into MLflow: a run per instance, a nested run per fold, a report run.
 
     Rebuilt from the folder alone, so it works on finished, running or crashed experiments. Exporting
     again updates the same runs (found by their xvalkit.* tags) and adds new folds and instances.
-    Needs the optional extra: pip install -e ".\[mlflow]".
+    Needs the optional extra: pip install -e ".[mlflow]".
     """
     from .mlflow_export import export
     from .report import open_store

@@ -4,7 +4,7 @@ The original preprocessing saved each dict `{foldable item: array}` with `np.sav
 pickled object array. Unpickling can run arbitrary code, so it happens only when the user says
 they trust the files (--trust-pickle). The dicts are then checked (same items, lengths, one
 numeric shape, finite values), one-hot targets become class indices, and the dataset is written
-as plain .npz arrays with a manifest that records where it came from.
+as <name>.xvd/ (xvalkit.mapped) with a manifest that records where it came from.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import mapped
 from .data import check_values, dataset_paths, save_dataset
 from .errors import DatasetError, XvalError
 
@@ -76,8 +77,9 @@ def convert(predictors_path: Path, target_path: Path, name: str, data_folder: Pa
         raise XvalError(REFUSAL.format(path=predictors_path))
     if not name.isidentifier() and not name.replace("-", "_").isidentifier():
         raise XvalError(f"--name {name!r}: use letters, digits, _ or - (it names files)")
-    paths = dataset_paths(Path(data_folder), name)
-    if not overwrite and (paths["predictors"].exists() or paths["target"].exists()):
+    paths = dataset_paths(Path(data_folder), name)  # .npz files of an older save of that name
+    if not overwrite and (mapped.folder_for(data_folder, name).exists() or paths["predictors"].exists()
+                          or paths["target"].exists()):
         raise XvalError(f"dataset '{name}' already exists in {data_folder}; choose another --name or pass --overwrite")
     raw_x, raw_y = _read_pickled_dict(predictors_path), _read_pickled_dict(target_path)
     only = sorted(set(raw_x) ^ set(raw_y))

@@ -19,6 +19,7 @@ class StopRequest:
     def __init__(self, message: str):
         self.message = message
         self.requested = False
+        self.forced = False  # Ctrl-C pressed again: stop at once
         self.previous = None
 
     def __enter__(self) -> StopRequest:
@@ -32,6 +33,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            self.forced = True
             raise KeyboardInterrupt
         self.requested = True
         print(f"{self.message} (Ctrl-C again to stop now)", file=sys.stderr, flush=True)

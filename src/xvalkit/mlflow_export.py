@@ -12,7 +12,8 @@ xvalkit.role), so exporting again updates them instead of adding new ones. A fol
 changed (the fold was retrained) and an instance whose parameters changed are replaced (the old run
 is deleted, MLflow's soft delete); runs of folds or instances no longer in the folder are deleted.
 The `xvalkit.content` tag (a hash of what was logged) is set last, so a run left half-written by an
-interrupted export is replaced by the next one.
+interrupted export is replaced (a fold) or updated (an instance, the report) by the next one, and a
+run whose content is unchanged is left untouched: an export with nothing new writes nothing.
 
 MLflow is imported only here, on first use: it is the optional extra `xvalkit[mlflow]`.
 """
@@ -123,17 +124,18 @@ def _experiment(client, store: ExperimentStore, name: str, uri: str) -> str:
                         f"--experiment-id {found.experiment_id}) or give another --experiment-name")
     if found is None:
         experiment_id = client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-        owner = store.prefix
+        owner, current = store.prefix, {}
     else:
-        experiment_id = found.experiment_id
-        owner = found.tags.get(TAG + "experiment", store.prefix)
+        experiment_id, current = found.experiment_id, found.tags
+        owner = current.get(TAG + "experiment", store.prefix)
     if owner == store.prefix:  # an experiment shared with other runs keeps its own description
         tags = {TAG + "experiment": store.prefix, TAG + "folder": str(store.folder.resolve()),
                 **_provenance_tags(store)}
         if store.description_path.is_file():
             tags["mlflow.note.content"] = store.description_path.read_text(encoding="utf-8").strip()
         for key, value in tags.items():
-            client.set_experiment_tag(experiment_id, key, value)
+            if current.get(key) != value:  # an export with nothing new writes nothing
+                client.set_experiment_tag(experiment_id, key, value)
     return experiment_id
 
 
@@ -240,6 +242,20 @@ class Exporter:
             self._delete(run)
             run = None
         start, end = self._instance_times(inst)
+        metrics = {k: row.get(k) for k in metric_columns(self.data.metrics)}
+        metrics.update({k: row.get(k) for k in SIGNIFICANCE_COLUMNS if k in row}, folds_done=len(inst.folds))
+        tags = {**self.provenance, TAG + "status": inst.status, TAG + "significance": str(row.get("significance")),
+                TAG + "folds_done": str(len(inst.folds)), TAG + "num_folds": str(inst.num_folds),
+                TAG + "task_type": self.data.task_type, "mlflow.runName": _instance_name(inst)}
+        if inst.error_line:
+            tags[TAG + "error"] = inst.error_line
+        plot = self.store.folder / "plots" / f"{self.store.prefix}_run{inst.id}.png"
+        # everything the run shows: an export that would log the same leaves the run untouched
+        content = _digest({"metrics": metrics, "tags": tags, "params": params_hash, "error": inst.error,
+                           "plot": _stat(plot), "end": self._finish_state(inst, end)})
+        if run is not None and run.data.tags.get(TAG + "content") == content:
+            self.result.count("unchanged")
+            return run.info.run_id
         if run is None:
             run_id = self.client.create_run(self.experiment_id, start_time=start, run_name=_instance_name(inst),
                                             tags=self._identity_tags("instance", inst.id)).info.run_id
@@ -252,45 +268,47 @@ class Exporter:
             if not inst.error_line and TAG + "error" in run.data.tags:  # rerun since, without error
                 self.client.delete_tag(run_id, TAG + "error")
             self.result.count("updated")
-        metrics = {k: row.get(k) for k in metric_columns(self.data.metrics)}
-        metrics.update({k: row.get(k) for k in SIGNIFICANCE_COLUMNS if k in row}, folds_done=len(inst.folds))
         # a value gone since the last export (the p-value of the new best instance) becomes NaN:
         # MLflow cannot delete a metric, and its old value would still show
         metrics = {k: math.nan if v is None and k in latest else v for k, v in metrics.items()}
         changed = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not _same(latest.get(k), float(v))}
-        tags = {**self.provenance, TAG + "status": inst.status, TAG + "significance": str(row.get("significance")),
-                TAG + "folds_done": str(len(inst.folds)), TAG + "num_folds": str(inst.num_folds),
-                TAG + "task_type": self.data.task_type, "mlflow.runName": _instance_name(inst)}
-        if inst.error_line:
-            tags[TAG + "error"] = inst.error_line
         self._log(run_id, metrics=changed, tags=tags)
         if inst.params:
             self.client.log_dict(run_id, {k: cell(v) for k, v in inst.params.items()}, "parameters.json")
         if inst.error:
             self.client.log_text(run_id, inst.error, "error.txt")
-        plot = self.store.folder / "plots" / f"{self.store.prefix}_run{inst.id}.png"
         if plot.is_file():
             self.client.log_artifact(run_id, str(plot))
         self._finish(run_id, inst, end)
+        self.client.set_tag(run_id, TAG + "content", content)  # last: an interrupted update is redone
         return run_id
 
-    def _finish(self, run_id: str, inst: InstanceInfo, end: int | None) -> None:
+    def _finish_state(self, inst: InstanceInfo, end: int | None) -> tuple[str, int | None]:
+        """The status `_finish` gives the run, and its end time."""
         if inst.status == "done":
-            self.client.set_terminated(run_id, "FINISHED", end_time=end)
-        elif inst.error:
-            self.client.set_terminated(run_id, "FAILED", end_time=end)
-        elif inst.id in self.running:
+            return "FINISHED", end
+        if inst.error:
+            return "FAILED", end
+        if inst.id in self.running:
+            return "RUNNING", None
+        return "KILLED", end  # partial and nothing running: interrupted
+
+    def _finish(self, run_id: str, inst: InstanceInfo, end: int | None) -> None:
+        status, end = self._finish_state(inst, end)
+        if status == "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
-        else:  # partial and nothing running: interrupted
-            self.client.set_terminated(run_id, "KILLED", end_time=end)
+        else:
+            self.client.set_terminated(run_id, status, end_time=end)
 
     def _instance_times(self, inst: InstanceInfo) -> tuple[int, int | None]:
         spans = [self._fold_times(inst.id, f, r) for f, r in inst.folds.items()]
         if spans:
             return min(s for s, _ in spans), max(e for _, e in spans)
-        error = self.store.error_path(inst.id)
-        stamp = _ms(error.stat().st_mtime) if error.is_file() else _ms(time.time())
+        # no fold: when the error or the results were written (the same on every export)
+        written = [p.stat().st_mtime for p in (self.store.error_path(inst.id), self.store.results_path(inst.id))
+                   if p.is_file()]
+        stamp = _ms(written[0] if written else time.time())
         return stamp, stamp
 
     def _fold_times(self, run: int, fold: int, record: dict[str, Any]) -> tuple[int, int]:
@@ -362,7 +380,17 @@ class Exporter:
 
     # the report run: the experiment-wide files
     def _report_run(self, existing) -> None:
+        folder = self.store.folder
+        files = [(path, None) for path in (self.store.spreadsheet_path, folder / "results.csv",
+                                           folder / "summary.csv", self.store.description_path) if path.is_file()]
+        files += [(path, "plots") for path in sorted((folder / "plots").glob("*.png"))]
+        if self.store.code_dir.is_dir():
+            files += [(path, "code") for path in sorted(p for p in self.store.code_dir.iterdir() if p.is_file())]
+        content = _digest({"files": [(under, _stat(path)) for path, under in files], "tags": self.provenance})
         run = self._take(existing, ("report",))
+        if run is not None and run.data.tags.get(TAG + "content") == content:
+            self.result.count("unchanged")
+            return
         if run is None:
             run_id = self.client.create_run(self.experiment_id, run_name=f"report ({self.store.prefix})",
                                             tags=self._identity_tags("report")).info.run_id
@@ -370,18 +398,11 @@ class Exporter:
         else:
             run_id = run.info.run_id
             self.result.count("updated")
-        folder = self.store.folder
-        for path in (self.store.spreadsheet_path, folder / "results.csv", folder / "summary.csv",
-                     self.store.description_path):
-            if path.is_file():
-                self.client.log_artifact(run_id, str(path))
-        for path in sorted((folder / "plots").glob("*.png")):
-            self.client.log_artifact(run_id, str(path), "plots")
-        if self.store.code_dir.is_dir():
-            for path in sorted(p for p in self.store.code_dir.iterdir() if p.is_file()):
-                self.client.log_artifact(run_id, str(path), "code")
-        self._log(run_id, tags={**self.provenance, TAG + "content": "report"})
+        for path, under in files:
+            self.client.log_artifact(run_id, str(path), under)
+        self._log(run_id, tags=self.provenance)
         self.client.set_terminated(run_id, "FINISHED")
+        self.client.set_tag(run_id, TAG + "content", content)  # last: an interrupted update is redone
 
     # helpers
     def _identity_tags(self, role: str, instance: int | None = None, fold: int | None = None) -> dict[str, str]:

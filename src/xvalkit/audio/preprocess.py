@@ -247,11 +247,42 @@ def _extract_in_pool(paths: list[str], spec: FeatureSpec, jobs: int, results: li
                     if progress:
                         progress(len(chunk))
         except BaseException:
-            executor.shutdown(wait=False, cancel_futures=True)
+            _stop_pool(executor, at_once=stop.forced)
             raise
         finally:
             _OUTPUT = None
         executor.shutdown()
+
+
+def _stop_pool(executor: ProcessPoolExecutor, at_once: bool) -> None:
+    """Cancel the files not started and wait for those in progress, or with `at_once` (Ctrl-C
+    pressed again, now or meanwhile) kill the workers and wait for the pool to end.
+
+    Never shutdown(wait=False): the pool's manager thread would outlive this call and close its
+    wake-up pipe while the interpreter's exit writes to it (CPython 3.11's concurrent.futures checks
+    `_closed`, then writes, without a lock), printing "Exception ignored in threading ... OSError:
+    Bad file descriptor" after the user's Ctrl-C. Joined here, it has closed the pipe before exit.
+    """
+    if at_once:
+        _kill_workers(executor)
+    try:
+        executor.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        _kill_workers(executor)
+        executor.shutdown(wait=True)
+        raise
+
+
+def _kill_workers(executor: ProcessPoolExecutor) -> None:
+    """SIGKILL to every worker. Safe: they write no file, only the shared rows (SIGTERM would only
+    end the task in progress, which concurrent.futures catches, and the worker would take the next).
+    The pool sees them gone, fails what was pending and ends."""
+    kill = getattr(executor, "kill_workers", None)  # Python 3.14
+    if kill is not None:
+        kill()
+        return
+    for process in list((executor._processes or {}).values()):
+        process.kill()
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
