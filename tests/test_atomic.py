@@ -35,6 +35,8 @@ def test_written_files_and_folders_get_the_mode_open_and_mkdir_give(tmp_path, um
             tmp.write_bytes(b"z")
         with atomic.atomic_dir(tmp_path / "folder") as folder:
             (folder / "inside").write_bytes(b"")
+        assert atomic._umask_from_proc() == atomic._umask_by_setting() == umask  # Linux, and elsewhere
+        assert os.umask(umask) == umask  # reading it left it as it was
     finally:
         os.umask(old)
     file_mode, dir_mode = mode(tmp_path / "plain.bin"), mode(tmp_path / "plain_dir")
@@ -46,6 +48,16 @@ def test_written_files_and_folders_get_the_mode_open_and_mkdir_give(tmp_path, um
 
 class Boom(Exception):
     pass
+
+
+def test_each_writer_writes_what_it_is_given(tmp_path):
+    import pickle
+
+    record = {"test_acc": 0.75, "history": {"loss": [1.0, 0.5]}, "items": ("spk1", "spk2")}
+    atomic.write_pickle(tmp_path / "r.pkl", record)
+    assert pickle.loads((tmp_path / "r.pkl").read_bytes()) == record
+    atomic.write_text(tmp_path / "t.txt", "R² ± 0.1\n")
+    assert (tmp_path / "t.txt").read_bytes() == "R² ± 0.1\n".encode()
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -104,6 +116,9 @@ def test_durable_writes_fsync_the_file_then_the_folder_after_the_rename(tmp_path
     with atomic.atomic_path(tmp_path / "m.hdf5", suffix=".hdf5") as tmp:
         tmp.write_bytes(b"model")
     check_durable(syscalls, tmp_path / "m.hdf5")
+    syscalls.clear()
+    atomic.write_text(tmp_path / "notes.txt", "x")  # durable unless asked otherwise
+    check_durable(syscalls, tmp_path / "notes.txt")
     syscalls.clear()
     atomic.write_text(tmp_path / "marker.json", "{}", durable=False)  # ephemeral: no fsync at all
     assert [call[0] for call in syscalls] == ["replace"]

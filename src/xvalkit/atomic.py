@@ -25,9 +25,13 @@ from .faults import note_file
 
 
 def current_umask() -> int:
-    """The process's umask, read without changing it (os.umask can only be read by setting it, which
-    would race with other threads' file creation); the set-and-restore fallback is for systems
-    without /proc."""
+    """The process's umask, read without changing it where Linux's /proc tells it (os.umask can only
+    be read by setting it, which races with other threads' file creation)."""
+    from_proc = _umask_from_proc()
+    return _umask_by_setting() if from_proc is None else from_proc
+
+
+def _umask_from_proc() -> int | None:
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -35,6 +39,11 @@ def current_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    """Elsewhere: set a umask and put the old one back at once."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
