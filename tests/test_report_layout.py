@@ -3,6 +3,7 @@ early stopping, ranges of bands and whiskers, colour names, and no numerical war
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -34,8 +35,9 @@ def _width(ws, first: int, last: int) -> float:
     return sum(ws.column_dimensions[get_column_letter(j)].width or 8.43 for j in range(first, last + 1))
 
 
-def test_every_sheet_prints_landscape_one_page_wide_with_its_header_rows(crafted):
-    """3 instances printed as 33 pages: portrait, at 100 %, each sheet cut into column strips."""
+def test_every_sheet_prints_landscape_at_a_readable_width_with_its_header_rows(crafted):
+    """3 instances printed as 33 pages: portrait, at 100 %, each sheet cut into column strips. Now a
+    sheet is fitted to as few pages across as keep it at about 57 % or more, naming its rows on each."""
     assert xval("report", crafted.folder).exit_code == 0
     wb = load_workbook(crafted.spreadsheet_path)
     assert wb.sheetnames == ["summary", "folds", "parameters", "confusion", "plots"]
@@ -44,9 +46,13 @@ def test_every_sheet_prints_landscape_one_page_wide_with_its_header_rows(crafted
         setup = ws.page_setup
         assert setup.orientation == "landscape", ws.title
         assert ws.sheet_properties.pageSetUpPr.fitToPage, ws.title
-        assert (int(setup.fitToWidth), int(setup.fitToHeight)) == (1, 0), ws.title  # as many pages down as it takes
-        assert ws.print_title_rows == titles[ws.title], ws.title
         last_row, last_column = _print_area(ws)
+        # 220 characters of width: a page at about 57 %; the plots are laid out to one page's width
+        across = 1 if ws.title == "plots" else math.ceil(_width(ws, 1, last_column) / 220)
+        assert (int(setup.fitToWidth), int(setup.fitToHeight)) == (max(1, across), 0), ws.title  # any pages down
+        assert ws.print_title_rows == titles[ws.title], ws.title
+        if ws.title in ("summary", "folds") and across > 1:
+            assert ws.print_title_cols == {"summary": "$A:$C", "folds": "$A:$B"}[ws.title]
         assert last_row >= ws.max_row and last_column >= ws.max_column, ws.title
     # The confusion sheet's titles spill over the matrices' columns: the print area reaches their end.
     ws = wb["confusion"]
@@ -71,8 +77,12 @@ def test_the_crafted_workbook_prints_on_a_page_per_sheet_and_two_plots_a_page(cr
     assert proc.returncode == 0, proc.stderr
     pdf = (tmp_path / crafted.spreadsheet_path.with_suffix(".pdf").name).read_bytes()
     pages = len(re.findall(rb"/Type\s*/Page[^s]", pdf))
-    # summary, folds, parameters and confusion one page each; 6 plots, about two a page
-    assert 4 + 3 <= pages <= 4 + 4, pages
+    # summary, folds, parameters and confusion: their rows on one page down, as many across as
+    # their fitToWidth; 6 plots, about two a page
+    book = load_workbook(crafted.spreadsheet_path)
+    across = sum(int(book[name].page_setup.fitToWidth) for name in ("summary", "folds", "parameters", "confusion"))
+    assert across <= 8, {name: int(book[name].page_setup.fitToWidth) for name in book.sheetnames}  # 33 pages before
+    assert across + 3 <= pages <= across + 4, pages
 
 
 def test_the_summary_notes_and_the_selection_row_wrap_in_rows_tall_enough(crafted):

@@ -22,21 +22,37 @@ CHARACTERS_PER_WIDTH = 1.1
 NOTE_WIDTH = 110  # characters: a note wraps to lines about this long, readable without scrolling
 DEFAULT_WIDTH = 8.43  # Excel's width of a column the file gives none for
 FOOTER = "&A, page &P of &N"  # sheet name, page number, page count
+# Characters of column width a landscape page holds at about 57 % (A4 or Letter: about 125 at 100 %).
+# A wider sheet is fitted to several pages across rather than shrunk unreadably small (a 45-column
+# summary fitted to one page prints at about 25 %), its first columns repeated on each.
+PAGE_WIDTH = 220
 
 
 def print_setup(ws, title_rows: str | None = None, last_row: int | None = None,
-                last_column: int | None = None) -> None:
-    """Landscape pages as wide as the sheet (fit to width, as many pages down as it takes), the
-    header rows `title_rows` ('1:2') repeated on every page, the used range (or up to `last_row`,
-    `last_column` where images reach beyond the cells) as print area, the sheet and page in the footer."""
+                last_column: int | None = None, title_columns: str | None = None, across: int | None = None) -> None:
+    """Landscape pages, as many across as keep the text readable (PAGE_WIDTH) and as many down as it
+    takes; the header rows `title_rows` ('1:2') repeated on every page, and the columns
+    `title_columns` ('A:C') on every page across; the used range (or up to `last_row`, `last_column`
+    where images reach beyond the cells) as print area; the sheet and page in the footer. `across`
+    sets the pages across (1 for images laid out to a page's width)."""
+    last_column = last_column or ws.max_column
+    across = across or pages_across(ws, last_column)
     ws.page_setup.orientation = "landscape"
     ws.sheet_properties.pageSetUpPr.fitToPage = True
-    ws.page_setup.fitToWidth, ws.page_setup.fitToHeight = 1, 0  # 0: no limit on the pages down
+    ws.page_setup.fitToWidth, ws.page_setup.fitToHeight = across, 0  # 0: no limit on the pages down
     ws.page_margins = PageMargins(left=0.4, right=0.4, top=0.5, bottom=0.6, header=0.25, footer=0.25)
     if title_rows:
         ws.print_title_rows = title_rows
-    ws.print_area = f"A1:{get_column_letter(last_column or ws.max_column)}{last_row or ws.max_row}"
+    if title_columns and across > 1:
+        ws.print_title_cols = title_columns
+    ws.print_area = f"A1:{get_column_letter(last_column)}{last_row or ws.max_row}"
     ws.oddFooter.center.text = FOOTER
+
+
+def pages_across(ws, last_column: int) -> int:
+    """Pages across for columns 1..`last_column` at a readable scale."""
+    width = sum(column_width(ws, column) for column in range(1, last_column + 1))
+    return max(1, math.ceil(width / PAGE_WIDTH))
 
 
 def column_width(ws, column: int) -> float:

@@ -46,6 +46,8 @@ PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent
 HEADER_ROWS = 2
 # The header rows each sheet repeats on every printed page.
 TITLE_ROWS = {"summary": f"1:{HEADER_ROWS}", "pivot": "1:2", "folds": "1:1", "parameters": "1:1"}
+# Repeated on each page across a wide sheet: what names the row (ID, comment_1 / fold)
+TITLE_COLUMNS = {"summary": "A:C", "pivot": "A:A", "folds": "A:B", "parameters": "A:A"}
 NOTE_FONT = {"italic": True, "color": "555555"}
 # The plots sheet: images this wide at most (pixels), over rows and columns of the default size. A
 # landscape page (A4 or Letter, fitted to this width) holds about PAGE_ROWS rows.
@@ -85,7 +87,7 @@ def build_workbook(data: ReportData, summary: list[dict[str, Any]], folds: list[
                  frozen="C2")
     _table_sheet(wb.create_sheet("parameters"), parameters, frozen="B2", highlight=set(data.varying))
     for sheet in wb.worksheets:
-        print_setup(sheet, TITLE_ROWS.get(sheet.title))
+        print_setup(sheet, TITLE_ROWS.get(sheet.title), title_columns=TITLE_COLUMNS.get(sheet.title))
     if data.task_type == "classification":
         ws = wb.create_sheet("confusion")
         print_setup(ws, None, None, _confusion_sheet(ws, data))
@@ -95,7 +97,7 @@ def build_workbook(data: ReportData, summary: list[dict[str, Any]], folds: list[
 def finish_workbook(wb: Workbook, plots: list[Path]) -> bytes:
     """The workbook's file, its `plots` sheet showing `plots` (PNG files)."""
     ws = wb.create_sheet("plots")
-    print_setup(ws, None, *_plots_sheet(ws, plots))
+    print_setup(ws, None, *_plots_sheet(ws, plots), across=1)  # the plots are laid out to a page's width
     buffer = io.BytesIO()
     wb.save(buffer)
     return buffer.getvalue()
