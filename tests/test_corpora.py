@@ -391,3 +391,65 @@ def test_ravdess_and_folder_take_labels_and_merge(tmp_path, capsys, config):
     ds, _ = preprocess(capsys, config, "folder", "--input", str(folder), "--name", "fold", "--merge", "z=x")
     assert ds.manifest["classes"] == ["x", "y"]
     assert targets(ds) == {"a": [0, 1, 0], "b": [0, 1, 0]}
+
+
+# --- augmented corpora (issue 30, defect 1): the _orig / _aug<N> suffix is removed before parsing ----
+
+def augmented(path: Path, copies: int = 2, f0: float = 220.0) -> None:
+    """What `xval augment` leaves for one file: <stem>_orig.wav and <stem>_aug1.wav ... (tones here)."""
+    write(path.with_name(f"{path.stem}_orig.wav"), f0)
+    for k in range(1, copies + 1):
+        write(path.with_name(f"{path.stem}_aug{k}.wav"), f0 + 7 * k)
+
+
+def test_an_augmented_ravdess_is_still_a_ravdess(tmp_path, capsys, config):
+    root = tmp_path / "RAVDESS_aug"
+    for actor in (1, 2):
+        for emotion in (1, 5):  # neutral, angry
+            augmented(root / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav", 2, 150 + 20 * emotion)
+    ds, _ = preprocess(capsys, config, "ravdess", "--input", str(root), "--name", "ravaug", "--labels", "neutral,angry")
+    assert ds.items == ["Actor_01", "Actor_02"]
+    # per actor, path order: 01_aug1, 01_aug2, 01_orig, 05_aug1, 05_aug2, 05_orig
+    assert targets(ds) == {"Actor_01": [0, 0, 0, 1, 1, 1], "Actor_02": [0, 0, 0, 1, 1, 1]}
+    assert ds.manifest["augmented"]["Actor_01"] == [True, True, False, True, True, False]
+    assert ds.manifest["corpus"]["augmentation"]["original_files"] == 4
+    assert ds.manifest["corpus"]["augmentation"]["augmented_files"] == 8
+
+
+def test_a_template_never_captures_the_augmentation_suffix(tmp_path, capsys, config):
+    root = tmp_path / "flat_aug"
+    for speaker in ("spk0", "spk1"):
+        for label in ("calm", "tense"):
+            augmented(root / f"{label}_{speaker}.wav", 2, 200 if label == "calm" else 300)
+    ds, _ = preprocess(capsys, config, "pattern", "--input", str(root), "--template", "{label}_{item}.wav",
+                       "--name", "flat")
+    assert ds.items == ["spk0", "spk1"]  # not spk0_orig, spk0_aug1, ...: one speaker, one item
+    assert ds.manifest["classes"] == ["calm", "tense"]
+    assert [sum(flags) for flags in ds.manifest["augmented"].values()] == [4, 4]
+    # the README's template: the label is the emotion, not aug1 / orig
+    nested = tmp_path / "nested_aug"
+    for speaker in ("spk1", "spk2"):
+        for take, label in enumerate(("calm", "angry")):
+            augmented(nested / "set" / speaker / f"take{take}_{label}.wav", 1)
+    ds, _ = preprocess(capsys, config, "pattern", "--input", str(nested), "--template", "**/{item}/take*_{label}.wav",
+                       "--name", "nested")
+    assert ds.manifest["classes"] == ["angry", "calm"] and ds.items == ["spk1", "spk2"]
+    assert targets(ds) == {"spk1": [1, 1, 0, 0], "spk2": [1, 1, 0, 0]}
+
+
+def test_an_item_of_augmented_copies_only_is_refused(tmp_path, capsys, config):
+    root = tmp_path / "RAVDESS_aug"
+    for actor in (1, 2):
+        augmented(root / f"Actor_{actor:02d}" / f"03-01-01-01-01-01-{actor:02d}.wav", 2)
+    (root / "Actor_02" / "03-01-01-01-01-01-02_orig.wav").unlink()
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(root), "--name", "x", "--config", str(config))
+    one_line_error(code, err, "item Actor_02 holds augmented copies (_aug<N>) only", "keep its _orig files")
+
+
+def test_items_equal_without_the_suffix_are_refused(tmp_path, capsys, config):
+    root = tmp_path / "byfolder"
+    for item in ("spk0", "spk0_aug1", "spk1"):
+        for label in ("x", "y"):
+            write(root / item / label / "1.wav")
+    code, err = xval(capsys, "preprocess", "folder", "--input", str(root), "--name", "x", "--config", str(config))
+    one_line_error(code, err, "items spk0, spk0_aug1 are one item (spk0)")

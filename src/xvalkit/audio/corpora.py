@@ -6,6 +6,11 @@ merging (`--merge exc=hap`) and selection (`--labels neu,hap,ang,sad`) and numbe
 Every choice it made is recorded in `Corpus.description` (the manifest's `corpus`): the protocol,
 the labels kept and merged, the files dropped per label and the files ignored as not part of it.
 
+An augmented corpus (`xval augment`: x_orig.wav, x_aug1.wav ...) is read as the corpus it came
+from: the suffix is removed before any preset or pattern sees the name, and it alone says which
+files are augmented copies. Otherwise a preset skips every file, and a pattern can capture the
+suffix into the item (spk0_orig tested while spk0_aug1 trains) or the label.
+
 A preset only looks at names (and, for IEMOCAP, the label files); what the audio holds is checked
 while extracting features.
 """
@@ -30,6 +35,7 @@ class Entry:
     path: Path
     item: str
     label: int
+    augmented: bool = False  # an `xval augment` copy (<stem>_aug<N>), from its name
 
 
 @dataclass
@@ -62,6 +68,18 @@ def audio_files(root: str | Path) -> list[Path]:
     return files
 
 
+# What `xval augment` appends to a file's stem (audio/augment_files.py, FileTask.output_names).
+AUGMENT_SUFFIX = re.compile(r"_(orig|aug\d+)$")
+
+
+def strip_augmentation(stem: str) -> tuple[str, bool | None]:
+    """('x', True) for 'x_aug2', ('x', False) for 'x_orig', (stem, None) for a name without the suffix."""
+    match = AUGMENT_SUFFIX.search(stem)
+    if match is None:
+        return stem, None
+    return stem[:match.start()], match.group(1) != "orig"
+
+
 class RelPath(NamedTuple):
     """A file's path below --input, as its parts: a pathlib path per file (relative_to) cost as
     much as listing the files."""
@@ -79,6 +97,14 @@ class RelPath(NamedTuple):
 
     def as_posix(self) -> str:
         return "/".join(self.parts)
+
+    def without_augmentation(self) -> tuple[RelPath, bool | None]:
+        """The path as the corpus named it before `xval augment`, and whether it is an augmented copy."""
+        stem, augmented = strip_augmentation(self.stem)
+        if augmented is None:
+            return self, None
+        extension = self.parts[-1][len(self.stem):]
+        return RelPath(self.parts[:-1] + (stem + extension,)), augmented
 
 
 class Skip(Exception):
@@ -386,17 +412,19 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     merge = dict(preset.default_merge if merge is None else merge)
     labels = preset.default_labels if labels is None else None if labels == ALL else labels
     found, skipped, ignored = _parse_all(preset, root, files)
-    classes = _classes(preset, {label for _, _, label in found}, labels, merge, rest)
+    classes = _classes(preset, {label for _, _, label, _ in found}, labels, merge, rest)
     index = {name: i for i, name in enumerate(classes)}
     entries, dropped = [], Counter()
-    for path, item, label in found:
+    for path, item, label, augmented in found:
         name = merge.get(label, label)
         if name not in index:
             if rest is None:
                 dropped[label] += 1
                 continue
             name = rest
-        entries.append(Entry(path, item, index[name]))
+        entries.append(Entry(path, item, index[name], bool(augmented)))
+    check_items(root, {entry.item for entry in entries})
+    check_originals(root, {(entry.item, entry.augmented) for entry in entries})
 
     description = preset.describe()
     description["classes_kept"] = list(labels) if labels is not None else "all"
@@ -405,6 +433,10 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
         description["other_labels_class"] = rest
     description["dropped_files_per_label"] = dict(sorted(dropped.items()))
     description["ignored_files"] = dict(ignored)
+    suffixes = Counter(augmented for *_, augmented in found if augmented is not None)
+    if suffixes:
+        description["augmentation"] = {"original_files": suffixes[False], "augmented_files": suffixes[True],
+                                       "names": "_orig / _aug<N> removed before parsing"}
     notes = []
     if dropped:
         notes.append(f"dropped {sum(dropped.values())} files of other labels: "
@@ -414,12 +446,35 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     return Corpus(root, entries, classes, skipped, description, notes)
 
 
+def check_items(root: Path, items: set[str]) -> None:
+    """Refuse items that are one item once an augmentation suffix is removed (spk0, spk0_aug1): its
+    copies would be tested while the others train."""
+    by_base: dict[str, list[str]] = {}
+    for item in sorted(items):
+        by_base.setdefault(strip_augmentation(item)[0], []).append(item)
+    for base, names in by_base.items():
+        if len(names) > 1:
+            raise XvalError(f"--input {root}: items {', '.join(names)} are one item ({base}) with the "
+                            "_orig / _aug<N> suffix of `xval augment` removed; name the item so that it "
+                            "excludes the suffix")
+
+
+def check_originals(root: Path, kinds: set[tuple[str, bool]]) -> None:
+    """Refuse an item of augmented copies only: nothing of it could be validated or tested on."""
+    items = {item for item, _ in kinds}
+    only_copies = sorted(item for item in items if (item, False) not in kinds)
+    if only_copies:
+        raise XvalError(f"--input {root}: item {only_copies[0]} holds augmented copies (_aug<N>) only"
+                        f"{f' (and {len(only_copies) - 1} more items)' if len(only_copies) > 1 else ''}; "
+                        "keep its _orig files (xval augment writes them) to validate and test on")
+
+
 def _parse_all(preset: Preset, root: Path, files: list[Path]):
-    """([(path, item, label)], [(path, why skipped)], Counter of why files were ignored)."""
+    """([(path, item, label, augmented or None)], [(path, why skipped)], Counter of why files were ignored)."""
     found, skipped, ignored = [], [], Counter()
     depth = len(root.parts)  # the files were listed below root: their parts start with its parts
     for path in files:
-        rel = RelPath(path.parts[depth:])
+        rel, augmented = RelPath(path.parts[depth:]).without_augmentation()
         why_ignored = preset.ignore(rel)
         if why_ignored:
             ignored[why_ignored] += 1
@@ -429,7 +484,7 @@ def _parse_all(preset: Preset, root: Path, files: list[Path]):
         except Skip as exc:
             skipped.append((path, str(exc)))
             continue
-        found.append((path, item, label))
+        found.append((path, item, label, augmented))
     return found, skipped, ignored
 
 
