@@ -269,15 +269,13 @@ def iemocap(tmp_path: Path) -> Path:
 def test_iemocap_four_class_protocol(tmp_path, capsys, config, iemocap):
     ds, err = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "iemocap")
     assert ds.manifest["classes"] == ["neu", "hap", "ang", "sad"]
-    assert ds.items == ["Ses01F", "Ses01M", "Ses02F", "Ses02M"]
-    # path order within a dialog folder: F000, F001, M000, M001 (exc counts as hap)
-    assert targets(ds) == {"Ses01F": [0, 3], "Ses01M": [1, 2, 1], "Ses02F": [2], "Ses02M": [0, 1]}
+    # leave-one-session-out by default: a session's two actors are one item
+    assert ds.items == ["Ses01", "Ses02"]
+    # path order: F000, F001 (fru), M000, M001 of each dialog folder (exc counts as hap)
+    assert targets(ds) == {"Ses01": [0, 1, 2, 3, 1], "Ses02": [2, 0, 1]}
     assert ds.manifest["datapoints_per_class"] == {"neu": 2, "hap": 3, "ang": 2, "sad": 1}
-    assert ds.manifest["sources"]["Ses01M"] == [
-        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav",
-        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav",
-        "Session1/sentences/wav/Ses01M_script01_1b/Ses01M_script01_1b_M000.wav"]
     corpus = ds.manifest["corpus"]
+    assert corpus["group"] == "session" and corpus["foldable_item"].startswith("session")
     assert corpus["classes_kept"] == ["neu", "hap", "ang", "sad"] and corpus["merge"] == {"exc": "hap"}
     assert corpus["dropped_files_per_label"] == {"fru": 1, "sur": 1, "xxx": 1}
     assert corpus["ignored_files"] == {"not an utterance (outside Session*/sentences/wav)": 3}  # dialog/wav
@@ -286,11 +284,20 @@ def test_iemocap_four_class_protocol(tmp_path, capsys, config, iemocap):
             "no label line for it in Session2/dialog/EmoEvaluation/Ses02F_impro02.txt"}
     assert "dropped 3 files of other labels: fru 1, sur 1, xxx 1" in err
     assert "8 of 9 files" in err  # the 3 dropped and 2 dialog recordings are not the corpus's files
+    # --group speaker: today's ten speakers
+    ds, _ = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "speakers", "--group", "speaker")
+    assert ds.items == ["Ses01F", "Ses01M", "Ses02F", "Ses02M"]
+    assert targets(ds) == {"Ses01F": [0, 3], "Ses01M": [1, 2, 1], "Ses02F": [2], "Ses02M": [0, 1]}
+    assert ds.manifest["sources"]["Ses01M"] == [
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav",
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav",
+        "Session1/sentences/wav/Ses01M_script01_1b/Ses01M_script01_1b_M000.wav"]
+    assert ds.manifest["corpus"]["group"] == "speaker"
 
 
 def test_iemocap_every_label_without_merging(tmp_path, capsys, config, iemocap):
     ds, _ = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "all",
-                       "--labels", "all", "--merge", "none")
+                       "--labels", "all", "--merge", "none", "--group", "speaker")
     assert ds.manifest["classes"] == ["neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx"]
     assert targets(ds) == {"Ses01F": [0, 5, 4], "Ses01M": [2, 3, 1, 10], "Ses02F": [3, 6], "Ses02M": [0, 2]}
     assert ds.manifest["corpus"]["dropped_files_per_label"] == {}

@@ -269,19 +269,32 @@ class SpeechCommands(Preset):
 
 class IEMOCAP(Preset):
     """IEMOCAP: `Session{n}/sentences/wav/<dialog>/<utterance>.wav`, labels in
-    `Session{n}/dialog/EmoEvaluation/<dialog>.txt`; speaker = session + letter of the last part."""
+    `Session{n}/dialog/EmoEvaluation/<dialog>.txt`; item the session (Ses01), or the speaker (session
+    + letter of the last part: Ses01F) with group="speaker".
+
+    The field evaluates IEMOCAP leave-one-session-out (Busso et al. 2008; 5 sessions): a session's two
+    actors speak in the same dialogues, so grouping by speaker can test Ses01F while Ses01M, her
+    partner in those dialogues, trains."""
 
     name = "iemocap"
     label = "emotion in Session{n}/dialog/EmoEvaluation/<dialog>.txt"
-    foldable_item = "speaker: session + first letter of the utterance's last part (Ses01F)"
+    GROUPS = {"session": "session, from the utterance's name (Ses01)",
+              "speaker": "speaker: session + first letter of the utterance's last part (Ses01F)"}
     vocabulary = ("neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx")
     default_labels = ("neu", "hap", "ang", "sad")
     default_merge = {"exc": "hap"}
     LINE = re.compile(r"^\[[^\]]*\]\s+(\S+)\s+(\S+)\s+\[")
     UTTERANCE = re.compile(r"^(Ses\d{2})[FM]_.*_([FM])\d+$")
 
-    def __init__(self) -> None:
+    def __init__(self, group: str = "session") -> None:
+        if group not in self.GROUPS:
+            raise XvalError(f"--group {group}: give session (leave-one-session-out, the usual protocol) or speaker")
+        self.group = group
+        self.foldable_item = self.GROUPS[group]
         self.labels: dict[str, str] = {}
+
+    def describe(self):
+        return {**super().describe(), "group": self.group}
 
     def prepare(self, root):
         for path in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
@@ -306,7 +319,7 @@ class IEMOCAP(Preset):
             raise Skip(f"no label line for it in {rel.parts[0]}/dialog/EmoEvaluation/{dialog}.txt")
         if label not in self.vocabulary:
             raise Skip(f"label {label} is not one of {' '.join(self.vocabulary)}")
-        return match.group(1) + match.group(2), label
+        return match.group(1) + (match.group(2) if self.group == "speaker" else ""), label
 
 
 def template_regex(template: str) -> str:
