@@ -460,3 +460,45 @@ def test_items_equal_without_the_suffix_are_refused(tmp_path, capsys, config):
             write(root / item / label / "1.wav")
     code, err = xval(capsys, "preprocess", "folder", "--input", str(root), "--name", "x", "--config", str(config))
     one_line_error(code, err, "items spk0, spk0_aug1 are one item (spk0)")
+
+
+# --- issue 30, defect 6: a fold whose training lacks a test class is named ---------------------------
+
+def run_and_plan_output(capsys, *args: str) -> tuple[int, str]:
+    from xvalkit.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def fold_records(folder: Path, dataset: str) -> dict[int, dict]:
+    from xvalkit.store import ExperimentStore
+
+    return ExperimentStore(folder, dataset, 1).load_instance(1)["folds"]
+
+
+def test_a_test_class_absent_from_training_is_warned_per_fold_and_recorded(tmp_path, capsys, config):
+    root = tmp_path / "byfolder"
+    for item in ("a", "b", "c", "d", "e", "f"):
+        for label in ("x", "y"):
+            write(root / item / label / "1.wav", 200 if label == "x" else 320)
+    write(root / "f" / "z" / "1.wav", 500)  # class z: only speaker f says it
+    preprocess(capsys, config, "folder", "--input", str(root), "--name", "rare")
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="rare", num_folds=3, global_parameters=[])
+    code, out = run_and_plan_output(capsys, "plan", str(exp), "--config", str(config))
+    assert code == 0, out
+    warnings = [line for line in out.replace("\n ", " ").splitlines() if "absent from its" in line]
+    assert len(warnings) == 1 and "test class(es) z absent from its 3 training items" in warnings[0]
+    code, out = run_and_plan_output(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    assert code == 0, out
+    assert "test class(es) z absent" in out.replace("\n", " ")
+    records = fold_records(tmp_path / "exp" / "results" / "rare" / "experiment_1", "rare")
+    missing = {index: fold["test_classes_not_trained"] for index, fold in records.items()}
+    tested_f = next(index for index, fold in records.items() if "f" in fold["test_items"])
+    assert missing == {index: (["z"] if index == tested_f else []) for index in records}
+    assert warnings[0].startswith(f"warning: fold {tested_f}:")

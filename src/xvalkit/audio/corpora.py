@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..data import strip_augmentation
 from ..errors import XvalError
 from .io import AUDIO_EXTENSIONS, find_audio_files
 
@@ -66,18 +67,6 @@ def audio_files(root: str | Path) -> list[Path]:
             f"--input {root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or its subfolders"
         )
     return files
-
-
-# What `xval augment` appends to a file's stem (audio/augment_files.py, FileTask.output_names).
-AUGMENT_SUFFIX = re.compile(r"_(orig|aug\d+)$")
-
-
-def strip_augmentation(stem: str) -> tuple[str, bool | None]:
-    """('x', True) for 'x_aug2', ('x', False) for 'x_orig', (stem, None) for a name without the suffix."""
-    match = AUGMENT_SUFFIX.search(stem)
-    if match is None:
-        return stem, None
-    return stem[:match.start()], match.group(1) != "orig"
 
 
 class RelPath(NamedTuple):

@@ -232,6 +232,9 @@ def _notes(data: ReportData, ratio_note: str) -> list[str]:
     augmented = evaluation_note(data)
     if augmented:
         notes.append(augmented)
+    protocols = sorted({f["protocol"] for i in data.instances for f in i.folds.values() if f.get("protocol")})
+    if protocols:
+        notes.append("Folds: " + "; ".join(protocols) + ".")
     if data.selection is not None:
         notes.insert(2, f"Selection row: in each fold the instance with the best {chooser} is taken and its {main} "
                         "recorded; its mean estimates what choosing the best instance this way gives on new items, "
