@@ -476,10 +476,10 @@ def run_and_plan_output(capsys, *args: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-def fold_records(folder: Path, dataset: str) -> dict[int, dict]:
+def fold_records(folder: Path, dataset: str, experiment: int = 1) -> dict[int, dict]:
     from xvalkit.store import ExperimentStore
 
-    return ExperimentStore(folder, dataset, 1).load_instance(1)["folds"]
+    return ExperimentStore(folder, dataset, experiment).load_instance(1)["folds"]
 
 
 def test_a_test_class_absent_from_training_is_warned_per_fold_and_recorded(tmp_path, capsys, config):
@@ -502,3 +502,119 @@ def test_a_test_class_absent_from_training_is_warned_per_fold_and_recorded(tmp_p
     tested_f = next(index for index, fold in records.items() if "f" in fold["test_items"])
     assert missing == {index: (["z"] if index == tested_f else []) for index in records}
     assert warnings[0].startswith(f"warning: fold {tested_f}:")
+
+
+# --- the field's protocols, end to end (issue 30) -----------------------------------------------------
+
+def summary_notes(folder: Path, dataset: str, experiment: int = 1) -> str:
+    import openpyxl
+
+    ws = openpyxl.load_workbook(folder / f"{dataset}_exp{experiment}_results.xlsx")["summary"]
+    return " ".join(str(c.value) for row in ws.iter_rows() for c in row if c.value)
+
+
+def five_sessions(root: Path) -> Path:
+    """IEMOCAP's five sessions, one improvised dialog each: F000 neu, F001 ang, F002 fru (dropped),
+    M000 exc (-> hap), M001 sad."""
+    for n in range(1, 6):
+        session, dialog = f"Session{n}", f"Ses0{n}F_impro01"
+        lines = []
+        for i, (who, label) in enumerate((("F000", "neu"), ("F001", "ang"), ("F002", "fru"), ("M000", "exc"),
+                                          ("M001", "sad"))):
+            utterance = f"{dialog}_{who}"
+            write(root / session / "sentences" / "wav" / dialog / f"{utterance}.wav", 150 + 60 * i + 3 * n)
+            lines.append(f"[{i + 1.0:.4f} - {i + 2.0:.4f}]\t{utterance}\t{label}\t[2.5000, 3.0000, 2.5000]")
+        evaluation = root / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+        evaluation.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_iemocap_leave_one_session_out(tmp_path, capsys, config):
+    ds, _ = preprocess(capsys, config, "iemocap", "--input", str(five_sessions(tmp_path / "IEMOCAP")),
+                       "--name", "iemocap")
+    assert ds.items == ["Ses01", "Ses02", "Ses03", "Ses04", "Ses05"]
+    assert ds.manifest["datapoints_per_class"] == {"neu": 5, "hap": 5, "ang": 5, "sad": 5}
+    sessions = tmp_path / "exp" / "iemocap_sessions.csv"
+    sessions.parent.mkdir(parents=True)
+    sessions.write_text("item,fold\n" + "".join(f"Ses0{n},{n}\n" for n in range(1, 6)))
+    for experiment, folds, protocol in ((1, "leave_one_group_out", "leave-one-group-out, 5 folds"),
+                                        (2, "iemocap_sessions.csv", "given folds (iemocap_sessions.csv), 5 folds")):
+        exp = write_experiment(tmp_path / "exp", {1: MLP}, name=f"exp{experiment}", dataset="iemocap",
+                               num_experiment=experiment, num_folds=5, global_parameters=[], folds=folds)
+        code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+        assert code == 0, err
+        folder = tmp_path / "exp" / "results" / "iemocap" / f"experiment_{experiment}"
+        records = fold_records(folder, "iemocap", experiment).values()
+        assert [r["test_items"] for r in records] == [[f"Ses0{n}"] for n in range(1, 6)]
+        assert all(len(r["val_items"]) == 1 and len(r["train_items"]) == 3 for r in records)
+        assert all(r["n_test"] == 4 and r["protocol"] == protocol for r in records)
+        assert f"Folds: {protocol}." in summary_notes(folder, "iemocap", experiment)
+
+
+def test_ravdess_in_emobox_folds_and_bad_fold_settings(tmp_path, capsys, config):
+    root = tmp_path / "RAVDESS"
+    for actor in range(1, 25):
+        for emotion in (1, 5):  # neutral, angry
+            write(root / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav", 150 + 40 * emotion + actor)
+    preprocess(capsys, config, "ravdess", "--input", str(root), "--name", "rav", "--labels", "neutral,angry")
+    emobox = {f"Actor_{a:02d}": (a - 1) // 4 + 1 for a in range(1, 25)}  # 6 folds of 4 actors
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="rav", num_folds=6, global_parameters=[], folds=emobox)
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    assert code == 0, err
+    records = fold_records(tmp_path / "exp" / "results" / "rav" / "experiment_1", "rav")
+    assert [r["test_items"] for r in records.values()] == [[f"Actor_{a:02d}" for a in range(f, f + 4)]
+                                                           for f in range(1, 25, 4)]
+    assert all(len(r["val_items"]) == 5 and len(r["train_items"]) == 15 and r["n_test"] == 8 for r in records.values())
+    bad = [({"folds": {**emobox, "Actor_99": 1}}, ["Actor_99 not an item of the dataset"]),
+           ({"folds": "by_actor"}, ["folds = 'by_actor'", "a csv file of item,fold", "'leave_one_group_out'"]),
+           ({"folds": "missing.csv"}, ["folds = 'missing.csv': no such file"]),
+           ({"folds": emobox, "num_repeats": 2}, ["num_repeats = 2", "remove num_repeats"]),
+           ({"folds": emobox, "num_folds": 5}, ["num_folds = 5 but folds = ... names 6 folds"]),
+           ({"folds": "leave_one_group_out", "num_folds": 5}, ["makes 24 folds on dataset 'rav'"]),
+           ({"validation": "speaker"}, ["validation = 'speaker'", "'within_training_items'"])]
+    for settings, words in bad:
+        settings = {"num_folds": 6, **settings}
+        exp = write_experiment(tmp_path / "bad", {1: MLP}, dataset="rav", global_parameters=[], **settings)
+        code, err = xval(capsys, "run", str(exp), "--cpu", "--config", str(config))
+        one_line_error(code, err, *words)
+    exp = write_experiment(tmp_path / "bad", {1: MLP}, dataset="rav", num_folds=6, global_parameters=[], folds=emobox)
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--folds", "3", "--config", str(config))
+    one_line_error(code, err, "--folds 3", "names its folds", "remove --folds")
+
+
+def test_tess_leave_one_speaker_out_with_validation_within_the_training_speaker(tmp_path, capsys, config):
+    root = tmp_path / "TESS_aug"  # an augmented TESS: every file as _orig and one _aug1 copy
+    words = ("back", "bar", "base", "bath", "bean")
+    for speaker in ("OAF", "YAF"):
+        for e, emotion in enumerate(("angry", "sad")):
+            for w, word in enumerate(words):
+                augmented(root / f"{speaker}_{emotion}" / f"{speaker}_{word}_{emotion}.wav", 1, 180 + 120 * e + 5 * w)
+    ds, _ = preprocess(capsys, config, "tess", "--input", str(root), "--name", "tess", "--labels", "angry,sad")
+    assert ds.items == ["OAF", "YAF"] and ds.manifest["datapoints_per_class"] == {"angry": 20, "sad": 20}
+    # without the setting, TESS keeps its refusal: no speaker is left to validate on
+    exp = write_experiment(tmp_path / "plain", {1: MLP}, dataset="tess", num_folds=2, global_parameters=[],
+                           folds="leave_one_group_out")
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--config", str(config))
+    one_line_error(code, err, "leave-one-group-out with 2 foldable items", "too few for 1 validation item")
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="tess", num_folds=2, global_parameters=[],
+                           folds="leave_one_group_out", validation="within_training_items")
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    assert code == 0, err
+    folder = tmp_path / "exp" / "results" / "tess" / "experiment_1"
+    records = fold_records(folder, "tess")
+    assert [(r["train_items"], r["val_items"], r["test_items"]) for r in records.values()] == [
+        (["YAF"], [], ["OAF"]), (["OAF"], [], ["YAF"])]
+    for r in records.values():
+        speaker = r["train_items"][0]
+        # round(0.2 x 10 files) = 2 files of the training speaker validate, one per emotion, named as
+        # the corpus names them: their _orig and _aug1 datapoints both stay out of training
+        assert len(r["val_sources"]) == 2 and all(s.startswith(f"{speaker}_") for s in r["val_sources"])
+        assert {s.split("/")[0] for s in r["val_sources"]} == {f"{speaker}_angry", f"{speaker}_sad"}
+        assert r["n_train"] == 8 * 2  # 8 files, _orig and _aug1
+        assert r["n_val"] == 2 and r["n_test"] == 10  # originals only
+        assert r["excluded_augmented"] == {"val": 2, "test": 10}
+    protocol = ("leave-one-group-out, 2 folds; validation within the training items (held-out source files), "
+                "so early stopping was speaker-dependent")
+    assert all(r["protocol"] == protocol for r in records.values())
+    assert f"Folds: {protocol}." in summary_notes(folder, "tess")
