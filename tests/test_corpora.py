@@ -558,7 +558,7 @@ def test_ravdess_in_emobox_folds_and_bad_fold_settings(tmp_path, capsys, config)
         for emotion in (1, 5):  # neutral, angry
             write(root / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav", 150 + 40 * emotion + actor)
     preprocess(capsys, config, "ravdess", "--input", str(root), "--name", "rav", "--labels", "neutral,angry")
-    emobox = {f"Actor_{a:02d}": (a - 1) // 4 + 1 for a in range(1, 25)}  # 6 folds of 4 actors
+    emobox = {f"Actor_{a:02d}": (a - 1) // 4 + 1 for a in range(1, 25)}  # 6 speaker folds, 4 actors each
     exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="rav", num_folds=6, global_parameters=[], folds=emobox)
     code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
     assert code == 0, err

@@ -127,7 +127,7 @@ def test_given_folds_test_what_they_name_and_draw_validation_from_the_rest():
 
 def test_given_folds_from_a_csv(tmp_path):
     path = tmp_path / "ravdess_emobox.csv"
-    # EmoBox's RAVDESS: 6 folds of 4 actors
+    # 6 speaker folds (as EmoBox gives RAVDESS), 4 actors each here
     path.write_text("item,fold\n" + "".join(f"Actor_{a:02d},{(a - 1) // 4 + 1}\n" for a in range(1, 25)))
     plan = GivenFolds.from_csv(path)
     assert plan.name == "given folds (ravdess_emobox.csv)"
