@@ -464,18 +464,6 @@ def test_items_equal_without_the_suffix_are_refused(tmp_path, capsys, config):
 
 # --- issue 30, defect 6: a fold whose training lacks a test class is named ---------------------------
 
-def run_and_plan_output(capsys, *args: str) -> tuple[int, str]:
-    from xvalkit.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def fold_records(folder: Path, dataset: str, experiment: int = 1) -> dict[int, dict]:
     from xvalkit.store import ExperimentStore
 
@@ -490,11 +478,11 @@ def test_a_test_class_absent_from_training_is_warned_per_fold_and_recorded(tmp_p
     write(root / "f" / "z" / "1.wav", 500)  # class z: only speaker f says it
     preprocess(capsys, config, "folder", "--input", str(root), "--name", "rare")
     exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="rare", num_folds=3, global_parameters=[])
-    code, out = run_and_plan_output(capsys, "plan", str(exp), "--config", str(config))
+    code, out = xval(capsys, "plan", str(exp), "--config", str(config), stdout=True)
     assert code == 0, out
     warnings = [line for line in out.replace("\n ", " ").splitlines() if "absent from its" in line]
     assert len(warnings) == 1 and "test class(es) z absent from its 3 training items" in warnings[0]
-    code, out = run_and_plan_output(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    code, out = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config), stdout=True)
     assert code == 0, out
     assert "test class(es) z absent" in out.replace("\n", " ")
     records = fold_records(tmp_path / "exp" / "results" / "rare" / "experiment_1", "rare")
