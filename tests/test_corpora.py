@@ -560,7 +560,9 @@ def test_ravdess_in_emobox_folds_and_bad_fold_settings(tmp_path, capsys, config)
            ({"folds": emobox, "num_repeats": 2}, ["num_repeats = 2", "remove num_repeats"]),
            ({"folds": emobox, "num_folds": 5}, ["num_folds = 5 but folds = ... names 6 folds"]),
            ({"folds": "leave_one_group_out", "num_folds": 5}, ["makes 24 folds on dataset 'rav'"]),
-           ({"validation": "speaker"}, ["validation = 'speaker'", "'within_training_items'"])]
+           ({"validation": "speaker"}, ["validation = 'speaker'", "'within_training_items'"]),
+           ({"validation": "within_training_items", "num_folds": 1}, ["not num_folds = 1"]),
+           ({"validation": "within_training_items", "num_repeats": 2}, ["num_repeats with validation"])]
     for settings, words in bad:
         settings = {"num_folds": 6, **settings}
         exp = write_experiment(tmp_path / "bad", {1: MLP}, dataset="rav", global_parameters=[], **settings)

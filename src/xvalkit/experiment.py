@@ -341,6 +341,9 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
     folds = _given_folds(path, values)
     if values.get("num_folds", 1) < 1:
         raise XvalError(f"{path}: num_folds = {values['num_folds']} must be at least 1")
+    if values.get("validation") == "within_training_items" and values.get("num_repeats", 1) > 1:
+        raise XvalError(f"{path}: num_repeats with validation = 'within_training_items' is not supported; "
+                        "remove num_repeats")
     if values.get("validation", "items") not in VALIDATION_KINDS:
         raise XvalError(f"{path}: validation = {values['validation']!r}: give 'items' (held-out items, the default) "
                         "or 'within_training_items' (source files of the training items: TESS's two speakers)")

@@ -274,6 +274,7 @@ class FoldPlan:
     """A protocol: `test_sets` says which items each fold tests; `plan` adds held-out validation
     items drawn from the rest (the same for every kind), `describe` names it for the report."""
 
+    name = ""  # the protocol in words, as the report names it
     repeatable = False  # whether num_repeats > 1 gives different partitions
 
     def test_sets(self, items: list[str], labels: dict[str, np.ndarray] | None, seed: int,
@@ -287,8 +288,6 @@ class FoldPlan:
         tests = self.test_sets(items, labels, seed, warn or _warn)
         classes = _classes_of(items, labels) if stratify_held_out else None
         return _with_validation(items, tests, validation_split, seed, classes, self.name)
-
-    name = ""
 
     def describe(self, folds: list[Fold]) -> str:
         return f"{self.name}, {len(folds)} folds"
@@ -407,6 +406,9 @@ class ValidationWithinItems(FoldPlan):
     out for validation (TESS: two speakers); early stopping is then speaker-dependent."""
 
     def __init__(self, inner: FoldPlan, sources: dict[str, list[str]] | None):
+        if isinstance(inner, GroupedKFold) and inner.num_folds < 2:
+            raise XvalError("validation = 'within_training_items' needs folds that test every item (num_folds 2 or "
+                            "more, or folds = ...), not num_folds = 1")
         if not sources:
             raise XvalError("validation = 'within_training_items' needs the source file of each datapoint "
                             "(the manifest's sources, written by `xval preprocess`); preprocess the dataset again")
