@@ -373,7 +373,9 @@ def preprocess_tess(input_dir: InputOption, name: NameOption = None, features: F
     """TESS (Toronto), folders OAF_angry/OAF_back_angry.wav: label = emotion of the folder, foldable item = speaker.
 
     TESS has two speakers (OAF, YAF): grouped k-fold by speaker could at most use k = 2, which
-    leaves no validation speaker, so `xval run` cannot split it by item; the summary says so.
+    leaves no validation speaker, so `xval run` cannot split it by item; the summary says so. Its
+    protocol, leave-one-speaker-out validated within the training speaker, is the experiment's
+    folds = 'leave_one_group_out' with validation = 'within_training_items'.
     """
     _preprocess("tess", input_dir, name or "tess", features, jobs, config, labels=labels, merge=merge)
 

@@ -208,6 +208,8 @@ def _with_validation(items: list[str], tests: list[list[str]], validation_split:
                 f"{plan_name} with {n} foldable items: fold {index} has {len(rest)} items "
                 f"outside its test set, too few for {n_val} validation item(s) and at least one to train on; "
                 "use fewer folds or a smaller validation_split"
+                + ("; or validate within the training items (validation = 'within_training_items', as for "
+                   "TESS's two speakers)" if len(rest) < 2 else "")
             )
         rng = np.random.default_rng([seed, index])
         drawn = [rest[i] for i in rng.choice(len(rest), size=n_val, replace=False)]

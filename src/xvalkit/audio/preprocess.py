@@ -84,7 +84,9 @@ def _fold_limit(items: int) -> list[str]:
     if items <= 2:
         return [f"only {items} foldable item(s): grouped folds need at least one test, one validation and one "
                 f"training item, so `xval run` cannot split this dataset by item (grouped k-fold could at "
-                f"most use k = {items}, which leaves no validation item)"]
+                f"most use k = {items}, which leaves no validation item); with 2, leave-one-out can validate "
+                f"within the training item instead: folds = 'leave_one_group_out', validation = "
+                f"'within_training_items' (TESS's protocol)"]
     return [f"only {items} foldable items: grouped k-fold with num_folds at most {items}"]
 
 
