@@ -605,6 +605,7 @@ def test_tess_leave_one_speaker_out_with_validation_within_the_training_speaker(
         assert r["n_val"] == 2 and r["n_test"] == 10  # originals only
         assert r["excluded_augmented"] == {"val": 2, "test": 10}
     protocol = ("leave-one-group-out, 2 folds; validation within the training items (held-out source files), "
-                "so early stopping was speaker-dependent")
+                "so early stopping was speaker-dependent; with 2 folds, quote the two fold results (folds sheet): "
+                "a std or p over two numbers rests on 1 degree of freedom")
     assert all(r["protocol"] == protocol for r in records.values())
     assert f"Folds: {protocol}." in summary_notes(folder, "tess")

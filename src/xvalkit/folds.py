@@ -448,8 +448,12 @@ class ValidationWithinItems(FoldPlan):
         return folds
 
     def describe(self, folds):
-        return (f"{self.inner.describe(folds)}; validation within the training items (held-out source files), "
+        text = (f"{self.inner.describe(folds)}; validation within the training items (held-out source files), "
                 "so early stopping was speaker-dependent")
+        if len(folds) == 2:
+            text += ("; with 2 folds, quote the two fold results (folds sheet): a std or p over two numbers rests "
+                     "on 1 degree of freedom")
+        return text
 
 
 def _few(names: Sequence[str], shown: int = 5) -> str:
