@@ -589,6 +589,9 @@ def test_tess_leave_one_speaker_out_with_validation_within_the_training_speaker(
     one_line_error(code, err, "leave-one-group-out with 2 foldable items", "too few for 1 validation item")
     exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="tess", num_folds=2, global_parameters=[],
                            folds="leave_one_group_out", validation="within_training_items")
+    exp.write_text(exp.read_text().replace("num_folds = 2\n", ""))  # leave-one-out: as many folds as items
+    code, out = xval(capsys, "status", str(exp), "--config", str(config), stdout=True)
+    assert code == 0 and "1, 2" in out, out  # both folds pending
     code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
     assert code == 0, err
     folder = tmp_path / "exp" / "results" / "tess" / "experiment_1"

@@ -133,6 +133,20 @@ class Experiment:
     folds: dict[str, Any] | Path | str | None = None  # given folds, a csv path, or LEAVE_ONE_GROUP_OUT
     validation: str = "items"
 
+    @cached_property
+    def fold_count(self) -> int:
+        """Folds per repeat: num_folds, or for leave-one-group-out without it the dataset's items
+        (0 when the dataset cannot be read: `xval run` will say why)."""
+        if self.num_folds or self.folds != LEAVE_ONE_GROUP_OUT:
+            return self.num_folds
+        from .data import load_dataset
+        from .errors import DatasetError
+
+        try:
+            return len(load_dataset(self.config.data_folder, self.dataset, check_values=False).items)
+        except DatasetError:
+            return 0
+
     def fold_plan(self, dataset=None, num_folds: int | None = None):
         """The protocol of the folds (folds.FoldPlan); `num_folds` is xval run's --folds."""
         from . import folds as F

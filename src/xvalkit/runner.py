@@ -268,7 +268,7 @@ def trains_in_worker(exp: Experiment, options: RunOptions, on_cpu: bool) -> bool
     if not (on_cpu or options.gpus):
         return False
     ids = exp.select(options.first, options.last)
-    folds = len(ids) * (options.num_folds or exp.num_folds) * exp.num_repeats
+    folds = len(ids) * (options.num_folds or exp.fold_count) * exp.num_repeats
     return folds >= KERAS_WORKER_FROM and any(exp.framework_of(run) == "keras" for run in ids)
 
 

@@ -83,7 +83,7 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
     files = store.fold_files()  # one listing; one fold file read per instance, for its fold count
     for run in ids:
         folds = dict(sorted(files.get(run, {}).items()))
-        num = store.read(next(iter(folds.values())))["num_folds"] if folds else exp.num_folds * exp.num_repeats
+        num = store.read(next(iter(folds.values())))["num_folds"] if folds else exp.fold_count * exp.num_repeats
         now = sorted(f for (r, f) in running if r == run)
         pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
         error = store.error_text(run)
