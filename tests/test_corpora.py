@@ -269,15 +269,13 @@ def iemocap(tmp_path: Path) -> Path:
 def test_iemocap_four_class_protocol(tmp_path, capsys, config, iemocap):
     ds, err = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "iemocap")
     assert ds.manifest["classes"] == ["neu", "hap", "ang", "sad"]
-    assert ds.items == ["Ses01F", "Ses01M", "Ses02F", "Ses02M"]
-    # path order within a dialog folder: F000, F001, M000, M001 (exc counts as hap)
-    assert targets(ds) == {"Ses01F": [0, 3], "Ses01M": [1, 2, 1], "Ses02F": [2], "Ses02M": [0, 1]}
+    # leave-one-session-out by default: a session's two actors are one item
+    assert ds.items == ["Ses01", "Ses02"]
+    # path order: F000, F001 (fru), M000, M001 of each dialog folder (exc counts as hap)
+    assert targets(ds) == {"Ses01": [0, 1, 2, 3, 1], "Ses02": [2, 0, 1]}
     assert ds.manifest["datapoints_per_class"] == {"neu": 2, "hap": 3, "ang": 2, "sad": 1}
-    assert ds.manifest["sources"]["Ses01M"] == [
-        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav",
-        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav",
-        "Session1/sentences/wav/Ses01M_script01_1b/Ses01M_script01_1b_M000.wav"]
     corpus = ds.manifest["corpus"]
+    assert corpus["group"] == "session" and corpus["foldable_item"].startswith("session")
     assert corpus["classes_kept"] == ["neu", "hap", "ang", "sad"] and corpus["merge"] == {"exc": "hap"}
     assert corpus["dropped_files_per_label"] == {"fru": 1, "sur": 1, "xxx": 1}
     assert corpus["ignored_files"] == {"not an utterance (outside Session*/sentences/wav)": 3}  # dialog/wav
@@ -286,11 +284,20 @@ def test_iemocap_four_class_protocol(tmp_path, capsys, config, iemocap):
             "no label line for it in Session2/dialog/EmoEvaluation/Ses02F_impro02.txt"}
     assert "dropped 3 files of other labels: fru 1, sur 1, xxx 1" in err
     assert "8 of 9 files" in err  # the 3 dropped and 2 dialog recordings are not the corpus's files
+    # --group speaker: today's ten speakers
+    ds, _ = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "speakers", "--group", "speaker")
+    assert ds.items == ["Ses01F", "Ses01M", "Ses02F", "Ses02M"]
+    assert targets(ds) == {"Ses01F": [0, 3], "Ses01M": [1, 2, 1], "Ses02F": [2], "Ses02M": [0, 1]}
+    assert ds.manifest["sources"]["Ses01M"] == [
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav",
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav",
+        "Session1/sentences/wav/Ses01M_script01_1b/Ses01M_script01_1b_M000.wav"]
+    assert ds.manifest["corpus"]["group"] == "speaker"
 
 
 def test_iemocap_every_label_without_merging(tmp_path, capsys, config, iemocap):
     ds, _ = preprocess(capsys, config, "iemocap", "--input", str(iemocap), "--name", "all",
-                       "--labels", "all", "--merge", "none")
+                       "--labels", "all", "--merge", "none", "--group", "speaker")
     assert ds.manifest["classes"] == ["neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx"]
     assert targets(ds) == {"Ses01F": [0, 5, 4], "Ses01M": [2, 3, 1, 10], "Ses02F": [3, 6], "Ses02M": [0, 2]}
     assert ds.manifest["corpus"]["dropped_files_per_label"] == {}
@@ -391,3 +398,217 @@ def test_ravdess_and_folder_take_labels_and_merge(tmp_path, capsys, config):
     ds, _ = preprocess(capsys, config, "folder", "--input", str(folder), "--name", "fold", "--merge", "z=x")
     assert ds.manifest["classes"] == ["x", "y"]
     assert targets(ds) == {"a": [0, 1, 0], "b": [0, 1, 0]}
+
+
+# --- augmented corpora (issue 30, defect 1): the _orig / _aug<N> suffix is removed before parsing ----
+
+def augmented(path: Path, copies: int = 2, f0: float = 220.0) -> None:
+    """What `xval augment` leaves for one file: <stem>_orig.wav and <stem>_aug1.wav ... (tones here)."""
+    write(path.with_name(f"{path.stem}_orig.wav"), f0)
+    for k in range(1, copies + 1):
+        write(path.with_name(f"{path.stem}_aug{k}.wav"), f0 + 7 * k)
+
+
+def test_an_augmented_ravdess_is_still_a_ravdess(tmp_path, capsys, config):
+    root = tmp_path / "RAVDESS_aug"
+    for actor in (1, 2):
+        for emotion in (1, 5):  # neutral, angry
+            augmented(root / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav", 2, 150 + 20 * emotion)
+    ds, _ = preprocess(capsys, config, "ravdess", "--input", str(root), "--name", "ravaug", "--labels", "neutral,angry")
+    assert ds.items == ["Actor_01", "Actor_02"]
+    # per actor, path order: 01_aug1, 01_aug2, 01_orig, 05_aug1, 05_aug2, 05_orig
+    assert targets(ds) == {"Actor_01": [0, 0, 0, 1, 1, 1], "Actor_02": [0, 0, 0, 1, 1, 1]}
+    assert ds.manifest["augmented"]["Actor_01"] == [True, True, False, True, True, False]
+    assert ds.manifest["corpus"]["augmentation"]["original_files"] == 4
+    assert ds.manifest["corpus"]["augmentation"]["augmented_files"] == 8
+
+
+def test_a_template_never_captures_the_augmentation_suffix(tmp_path, capsys, config):
+    root = tmp_path / "flat_aug"
+    for speaker in ("spk0", "spk1"):
+        for label in ("calm", "tense"):
+            augmented(root / f"{label}_{speaker}.wav", 2, 200 if label == "calm" else 300)
+    ds, _ = preprocess(capsys, config, "pattern", "--input", str(root), "--template", "{label}_{item}.wav",
+                       "--name", "flat")
+    assert ds.items == ["spk0", "spk1"]  # not spk0_orig, spk0_aug1, ...: one speaker, one item
+    assert ds.manifest["classes"] == ["calm", "tense"]
+    assert [sum(flags) for flags in ds.manifest["augmented"].values()] == [4, 4]
+    # the README's template: the label is the emotion, not aug1 / orig
+    nested = tmp_path / "nested_aug"
+    for speaker in ("spk1", "spk2"):
+        for take, label in enumerate(("calm", "angry")):
+            augmented(nested / "set" / speaker / f"take{take}_{label}.wav", 1)
+    ds, _ = preprocess(capsys, config, "pattern", "--input", str(nested), "--template", "**/{item}/take*_{label}.wav",
+                       "--name", "nested")
+    assert ds.manifest["classes"] == ["angry", "calm"] and ds.items == ["spk1", "spk2"]
+    assert targets(ds) == {"spk1": [1, 1, 0, 0], "spk2": [1, 1, 0, 0]}
+
+
+def test_an_item_of_augmented_copies_only_is_refused(tmp_path, capsys, config):
+    root = tmp_path / "RAVDESS_aug"
+    for actor in (1, 2):
+        augmented(root / f"Actor_{actor:02d}" / f"03-01-01-01-01-01-{actor:02d}.wav", 2)
+    (root / "Actor_02" / "03-01-01-01-01-01-02_orig.wav").unlink()
+    code, err = xval(capsys, "preprocess", "ravdess", "--input", str(root), "--name", "x", "--config", str(config))
+    one_line_error(code, err, "item Actor_02 holds augmented copies (_aug<N>) only", "keep its _orig files")
+
+
+def test_items_equal_without_the_suffix_are_refused(tmp_path, capsys, config):
+    root = tmp_path / "byfolder"
+    for item in ("spk0", "spk0_aug1", "spk1"):
+        for label in ("x", "y"):
+            write(root / item / label / "1.wav")
+    code, err = xval(capsys, "preprocess", "folder", "--input", str(root), "--name", "x", "--config", str(config))
+    one_line_error(code, err, "items spk0, spk0_aug1 are one item (spk0)")
+
+
+# --- issue 30, defect 6: a fold whose training lacks a test class is named ---------------------------
+
+def fold_records(folder: Path, dataset: str, experiment: int = 1) -> dict[int, dict]:
+    from xvalkit.store import ExperimentStore
+
+    return ExperimentStore(folder, dataset, experiment).load_instance(1)["folds"]
+
+
+def test_a_test_class_absent_from_training_is_warned_per_fold_and_recorded(tmp_path, capsys, config):
+    root = tmp_path / "byfolder"
+    for item in ("a", "b", "c", "d", "e", "f"):
+        for label in ("x", "y"):
+            write(root / item / label / "1.wav", 200 if label == "x" else 320)
+    write(root / "f" / "z" / "1.wav", 500)  # class z: only speaker f says it
+    preprocess(capsys, config, "folder", "--input", str(root), "--name", "rare")
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="rare", num_folds=3, global_parameters=[])
+    code, out = xval(capsys, "plan", str(exp), "--config", str(config), stdout=True)
+    assert code == 0, out
+    warnings = [line for line in out.replace("\n ", " ").splitlines() if "absent from its" in line]
+    assert len(warnings) == 1 and "test class(es) z absent from its 3 training items" in warnings[0]
+    code, out = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config), stdout=True)
+    assert code == 0, out
+    assert "test class(es) z absent" in out.replace("\n", " ")
+    records = fold_records(tmp_path / "exp" / "results" / "rare" / "experiment_1", "rare")
+    missing = {index: fold["test_classes_not_trained"] for index, fold in records.items()}
+    tested_f = next(index for index, fold in records.items() if "f" in fold["test_items"])
+    assert missing == {index: (["z"] if index == tested_f else []) for index in records}
+    assert warnings[0].startswith(f"warning: fold {tested_f}:")
+
+
+# --- the field's protocols, end to end (issue 30) -----------------------------------------------------
+
+def summary_notes(folder: Path, dataset: str, experiment: int = 1) -> str:
+    import openpyxl
+
+    ws = openpyxl.load_workbook(folder / f"{dataset}_exp{experiment}_results.xlsx")["summary"]
+    return " ".join(str(c.value) for row in ws.iter_rows() for c in row if c.value)
+
+
+def five_sessions(root: Path) -> Path:
+    """IEMOCAP's five sessions, one improvised dialog each: F000 neu, F001 ang, F002 fru (dropped),
+    M000 exc (-> hap), M001 sad."""
+    for n in range(1, 6):
+        session, dialog = f"Session{n}", f"Ses0{n}F_impro01"
+        lines = []
+        for i, (who, label) in enumerate((("F000", "neu"), ("F001", "ang"), ("F002", "fru"), ("M000", "exc"),
+                                          ("M001", "sad"))):
+            utterance = f"{dialog}_{who}"
+            write(root / session / "sentences" / "wav" / dialog / f"{utterance}.wav", 150 + 60 * i + 3 * n)
+            lines.append(f"[{i + 1.0:.4f} - {i + 2.0:.4f}]\t{utterance}\t{label}\t[2.5000, 3.0000, 2.5000]")
+        evaluation = root / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+        evaluation.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_iemocap_leave_one_session_out(tmp_path, capsys, config):
+    ds, _ = preprocess(capsys, config, "iemocap", "--input", str(five_sessions(tmp_path / "IEMOCAP")),
+                       "--name", "iemocap")
+    assert ds.items == ["Ses01", "Ses02", "Ses03", "Ses04", "Ses05"]
+    assert ds.manifest["datapoints_per_class"] == {"neu": 5, "hap": 5, "ang": 5, "sad": 5}
+    sessions = tmp_path / "exp" / "iemocap_sessions.csv"
+    sessions.parent.mkdir(parents=True)
+    sessions.write_text("item,fold\n" + "".join(f"Ses0{n},{n}\n" for n in range(1, 6)))
+    for experiment, folds, protocol in ((1, "leave_one_group_out", "leave-one-group-out, 5 folds"),
+                                        (2, "iemocap_sessions.csv", "given folds (iemocap_sessions.csv), 5 folds")):
+        exp = write_experiment(tmp_path / "exp", {1: MLP}, name=f"exp{experiment}", dataset="iemocap",
+                               num_experiment=experiment, num_folds=5, global_parameters=[], folds=folds)
+        code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+        assert code == 0, err
+        folder = tmp_path / "exp" / "results" / "iemocap" / f"experiment_{experiment}"
+        records = fold_records(folder, "iemocap", experiment).values()
+        assert [r["test_items"] for r in records] == [[f"Ses0{n}"] for n in range(1, 6)]
+        assert all(len(r["val_items"]) == 1 and len(r["train_items"]) == 3 for r in records)
+        assert all(r["n_test"] == 4 and r["protocol"] == protocol for r in records)
+        assert f"Folds: {protocol}." in summary_notes(folder, "iemocap", experiment)
+
+
+def test_ravdess_in_emobox_folds_and_bad_fold_settings(tmp_path, capsys, config):
+    root = tmp_path / "RAVDESS"
+    for actor in range(1, 25):
+        for emotion in (1, 5):  # neutral, angry
+            write(root / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav", 150 + 40 * emotion + actor)
+    preprocess(capsys, config, "ravdess", "--input", str(root), "--name", "rav", "--labels", "neutral,angry")
+    emobox = {f"Actor_{a:02d}": (a - 1) // 4 + 1 for a in range(1, 25)}  # 6 speaker folds, 4 actors each
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="rav", num_folds=6, global_parameters=[], folds=emobox)
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    assert code == 0, err
+    records = fold_records(tmp_path / "exp" / "results" / "rav" / "experiment_1", "rav")
+    assert [r["test_items"] for r in records.values()] == [[f"Actor_{a:02d}" for a in range(f, f + 4)]
+                                                           for f in range(1, 25, 4)]
+    assert all(len(r["val_items"]) == 5 and len(r["train_items"]) == 15 and r["n_test"] == 8 for r in records.values())
+    bad = [({"folds": {**emobox, "Actor_99": 1}}, ["Actor_99 not an item of the dataset"]),
+           ({"folds": "by_actor"}, ["folds = 'by_actor'", "a csv file of item,fold", "'leave_one_group_out'"]),
+           ({"folds": "missing.csv"}, ["folds = 'missing.csv': no such file"]),
+           ({"folds": emobox, "num_repeats": 2}, ["num_repeats = 2", "remove num_repeats"]),
+           ({"folds": emobox, "num_folds": 5}, ["num_folds = 5 but folds = ... names 6 folds"]),
+           ({"folds": "leave_one_group_out", "num_folds": 5}, ["makes 24 folds on dataset 'rav'"]),
+           ({"validation": "speaker"}, ["validation = 'speaker'", "'within_training_items'"]),
+           ({"validation": "within_training_items", "num_folds": 1}, ["not num_folds = 1"]),
+           ({"validation": "within_training_items", "num_repeats": 2}, ["num_repeats with validation"])]
+    for settings, words in bad:
+        settings = {"num_folds": 6, **settings}
+        exp = write_experiment(tmp_path / "bad", {1: MLP}, dataset="rav", global_parameters=[], **settings)
+        code, err = xval(capsys, "run", str(exp), "--cpu", "--config", str(config))
+        one_line_error(code, err, *words)
+    exp = write_experiment(tmp_path / "bad", {1: MLP}, dataset="rav", num_folds=6, global_parameters=[], folds=emobox)
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--folds", "3", "--config", str(config))
+    one_line_error(code, err, "--folds 3", "names its folds", "remove --folds")
+
+
+def test_tess_leave_one_speaker_out_with_validation_within_the_training_speaker(tmp_path, capsys, config):
+    root = tmp_path / "TESS_aug"  # an augmented TESS: every file as _orig and one _aug1 copy
+    words = ("back", "bar", "base", "bath", "bean")
+    for speaker in ("OAF", "YAF"):
+        for e, emotion in enumerate(("angry", "sad")):
+            for w, word in enumerate(words):
+                augmented(root / f"{speaker}_{emotion}" / f"{speaker}_{word}_{emotion}.wav", 1, 180 + 120 * e + 5 * w)
+    ds, _ = preprocess(capsys, config, "tess", "--input", str(root), "--name", "tess", "--labels", "angry,sad")
+    assert ds.items == ["OAF", "YAF"] and ds.manifest["datapoints_per_class"] == {"angry": 20, "sad": 20}
+    # without the setting, TESS keeps its refusal: no speaker is left to validate on
+    exp = write_experiment(tmp_path / "plain", {1: MLP}, dataset="tess", num_folds=2, global_parameters=[],
+                           folds="leave_one_group_out")
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--config", str(config))
+    one_line_error(code, err, "leave-one-group-out with 2 foldable items", "too few for 1 validation item")
+    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="tess", num_folds=2, global_parameters=[],
+                           folds="leave_one_group_out", validation="within_training_items")
+    exp.write_text(exp.read_text().replace("num_folds = 2\n", ""))  # leave-one-out: as many folds as items
+    code, out = xval(capsys, "status", str(exp), "--config", str(config), stdout=True)
+    assert code == 0 and "1, 2" in out, out  # both folds pending
+    code, err = xval(capsys, "run", str(exp), "--cpu", "--quiet", "--config", str(config))
+    assert code == 0, err
+    folder = tmp_path / "exp" / "results" / "tess" / "experiment_1"
+    records = fold_records(folder, "tess")
+    assert [(r["train_items"], r["val_items"], r["test_items"]) for r in records.values()] == [
+        (["YAF"], [], ["OAF"]), (["OAF"], [], ["YAF"])]
+    for r in records.values():
+        speaker = r["train_items"][0]
+        # round(0.2 x 10 files) = 2 files of the training speaker validate, one per emotion, named as
+        # the corpus names them: their _orig and _aug1 datapoints both stay out of training
+        assert len(r["val_sources"]) == 2 and all(s.startswith(f"{speaker}_") for s in r["val_sources"])
+        assert {s.split("/")[0] for s in r["val_sources"]} == {f"{speaker}_angry", f"{speaker}_sad"}
+        assert r["n_train"] == 8 * 2  # 8 files, _orig and _aug1
+        assert r["n_val"] == 2 and r["n_test"] == 10  # originals only
+        assert r["excluded_augmented"] == {"val": 2, "test": 10}
+    protocol = ("leave-one-group-out, 2 folds; validation within the training items (held-out source files), "
+                "so early stopping was speaker-dependent; with 2 folds, quote the two fold results (folds sheet): "
+                "a std or p over two numbers rests on 1 degree of freedom")
+    assert all(r["protocol"] == protocol for r in records.values())
+    assert f"Folds: {protocol}." in summary_notes(folder, "tess")

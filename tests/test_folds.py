@@ -1,6 +1,7 @@
 """Fold guarantees, property-based: partition, disjointness, determinism, sizes."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xvalkit.errors import XvalError
-from xvalkit.folds import plan_folds
+from xvalkit.folds import (Fold, GivenFolds, LeaveOneGroupOut, ValidationWithinItems, plan_folds,
+                           untrained_test_classes)
 
 
 @st.composite
@@ -130,3 +132,85 @@ def test_stratification_balances_classes():
 def test_more_folds_than_items_is_a_clear_error():
     with pytest.raises(XvalError, match="num_folds = 9 but the dataset has only 8 foldable items"):
         plan_folds([str(i) for i in range(8)], 9)
+
+
+# --- fold plans: the field's protocols (issue 30) ---------------------------------------------------
+
+def test_given_folds_test_what_they_name_and_draw_validation_from_the_rest():
+    sessions = {f"Ses0{n}": n for n in range(1, 6)}
+    folds = GivenFolds(sessions).plan(list(sessions), validation_split=0.2, seed=3)
+    assert [f.test for f in folds] == [("Ses01",), ("Ses02",), ("Ses03",), ("Ses04",), ("Ses05",)]
+    for f in folds:  # one of the other four sessions validates (round(0.2 x 5) = 1), three train
+        assert len(f.val) == 1 and len(f.train) == 3 and not set(f.val) & (set(f.train) | set(f.test))
+    # named folds sort numbers first; several items a fold
+    plan = GivenFolds({"a": "f2", "b": "f1", "c": "f1", "d": "f3", "e": "f3"}).plan(list("abcde"), 0.2)
+    assert [f.test for f in plan] == [("b", "c"), ("a",), ("d", "e")]
+
+
+def test_given_folds_from_a_csv(tmp_path):
+    path = tmp_path / "ravdess_emobox.csv"
+    # 6 speaker folds (as EmoBox gives RAVDESS), 4 actors each here
+    path.write_text("item,fold\n" + "".join(f"Actor_{a:02d},{(a - 1) // 4 + 1}\n" for a in range(1, 25)))
+    plan = GivenFolds.from_csv(path)
+    assert plan.name == "given folds (ravdess_emobox.csv)"
+    folds = plan.plan([f"Actor_{a:02d}" for a in range(1, 25)], validation_split=0.2)
+    assert [f.test for f in folds][1] == ("Actor_05", "Actor_06", "Actor_07", "Actor_08")
+    assert len(folds) == 6 and all(len(f.val) == 5 and len(f.train) == 15 for f in folds)  # round(0.2 x 24) = 5
+    assert plan.describe(folds) == "given folds (ravdess_emobox.csv), 6 folds"
+
+
+@pytest.mark.parametrize("assignment, items, words", [
+    ({"a": 1, "b": 2, "x": 2}, "abc", "x not an item of the dataset"),
+    ({"a": 1, "b": 2}, "abc", "item c of the dataset has no fold"),
+    ({"a": 1, "b": 1, "c": 1}, "abc", "every item is in fold 1; give at least two folds"),
+    ({"a": 1, "b": None, "c": 2}, "abc", "item 'b' has fold None"),
+])
+def test_given_folds_that_do_not_fit_the_dataset_are_clear_errors(assignment, items, words):
+    with pytest.raises(XvalError, match=re.escape(words)):
+        GivenFolds(assignment).plan(list(items))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("actor,fold\nA,1\n", "the first line should be the header item,fold"),
+    ("item,fold\nA,1\nB\n", "ravdess.csv:3: expected item,fold"),
+    ("item,fold\nA,1\nA,2\n", "item A is given folds 1 and 2"),
+])
+def test_a_bad_fold_csv_names_its_line(tmp_path, text, words):
+    path = tmp_path / "ravdess.csv"
+    path.write_text(text)
+    with pytest.raises(XvalError, match=re.escape(words)):
+        GivenFolds.from_csv(path)
+
+
+def test_leave_one_group_out_tests_each_item_once():
+    items = [f"spk{i}" for i in range(7)]
+    folds = LeaveOneGroupOut().plan(items, validation_split=0.3, seed=1)
+    assert [f.test for f in folds] == [(item,) for item in items]
+    assert all(len(f.val) == 2 and len(f.train) == 4 for f in folds)  # round(0.3 x 7) = 2
+    assert LeaveOneGroupOut().describe(folds) == "leave-one-group-out, 7 folds"
+
+
+def test_validation_within_the_training_speaker_holds_out_whole_source_files():
+    # TESS: two speakers, 2 emotions x 5 words, each file _orig + _aug1 + _aug2
+    sources, labels = {}, {}
+    for speaker in ("OAF", "YAF"):
+        sources[speaker] = [f"{speaker}_{emotion}/{speaker}_{word}_{emotion}{suffix}.wav"
+                            for emotion in ("angry", "sad") for word in ("back", "bar", "base", "bath", "bean")
+                            for suffix in ("_aug1", "_aug2", "_orig")]
+        labels[speaker] = np.repeat([0, 1], 15)
+    plan = ValidationWithinItems(LeaveOneGroupOut(), sources)
+    folds = plan.plan(["OAF", "YAF"], validation_split=0.2, labels=labels, seed=0)
+    assert [(f.train, f.val, f.test) for f in folds] == [(("YAF",), (), ("OAF",)), (("OAF",), (), ("YAF",))]
+    for f in folds:
+        speaker = f.train[0]
+        # round(0.2 x 10 files) = 2 files held out, one of each emotion, named without the suffix
+        assert len(f.val_sources) == 2 and all(s.startswith(f"{speaker}_") and "_aug" not in s and "_orig" not in s
+                                               for s in f.val_sources)
+        assert {s.split("/")[0].split("_")[1] for s in f.val_sources} == {"angry", "sad"}
+    assert "early stopping was speaker-dependent" in plan.describe(folds)
+
+
+def test_untrained_test_classes():
+    labels = {"a": np.array([0, 1]), "b": np.array([0]), "c": np.array([1, 2]), "d": np.array([0, 1])}
+    assert untrained_test_classes(Fold(1, ("a", "b"), ("d",), ("c",)), labels) == [2]
+    assert untrained_test_classes(Fold(2, ("a", "c"), ("d",), ("b",)), labels) == []

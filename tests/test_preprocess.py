@@ -64,14 +64,15 @@ def ravdess_dir(tmp_path: Path) -> Path:
     return root
 
 
-def xval(capsys, *args: str) -> tuple[int, str]:
-    """Run the real CLI entry point in this process: (exit status, stderr)."""
+def xval(capsys, *args: str, stdout: bool = False) -> tuple[int, str]:
+    """Run the real CLI entry point in this process: (exit status, stderr, after stdout if `stdout`)."""
     try:
         main(list(args))
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, (captured.out if stdout else "") + captured.err
 
 
 def spec_for(**overrides) -> FeatureSpec:

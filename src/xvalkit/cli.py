@@ -260,7 +260,8 @@ MergeOption = Annotated[
 def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features: Optional[str],
                 jobs: Optional[int], config: Optional[Path], demo_output: Optional[Path] = None,
                 labels: Optional[str] = None, merge: Optional[list[str]] = None, rest: Optional[str] = None,
-                regex: Optional[str] = None, template: Optional[str] = None) -> None:
+                regex: Optional[str] = None, template: Optional[str] = None,
+                preset_options: Optional[dict] = None) -> None:
     """Shared body of the preprocess commands: config -> spec -> corpus -> dataset."""
     from .audio import corpora, datasets
     from .audio.features import FeatureSpec
@@ -281,7 +282,8 @@ def _preprocess(corpus_kind: str, input_dir: Optional[Path], name: str, features
         if corpus_kind == "ravdess":
             corpus = datasets.ravdess(input_dir or cfg.data_folder / "RAVDESS", **selection)
         else:
-            preset = corpora.Pattern(regex, template) if corpus_kind == "pattern" else corpora.PRESETS[corpus_kind]()
+            preset = (corpora.Pattern(regex, template) if corpus_kind == "pattern"
+                      else corpora.PRESETS[corpus_kind](**(preset_options or {})))
             corpus = corpora.read(preset, input_dir, **selection)
     run_with_progress(corpus, spec, cfg.data_folder, name, jobs or default_jobs(), console)
 
@@ -376,7 +378,9 @@ def preprocess_tess(input_dir: InputOption, name: NameOption = None, features: F
     """TESS (Toronto), folders OAF_angry/OAF_back_angry.wav: label = emotion of the folder, foldable item = speaker.
 
     TESS has two speakers (OAF, YAF): grouped k-fold by speaker could at most use k = 2, which
-    leaves no validation speaker, so `xval run` cannot split it by item; the summary says so.
+    leaves no validation speaker, so `xval run` cannot split it by item; the summary says so. Its
+    protocol, leave-one-speaker-out validated within the training speaker, is the experiment's
+    folds = 'leave_one_group_out' with validation = 'within_training_items'.
     """
     _preprocess("tess", input_dir, name or "tess", features, jobs, config, labels=labels, merge=merge)
 
@@ -413,14 +417,20 @@ def preprocess_speechcommands(
 @user_errors(interrupted=PREPROCESS_INTERRUPTED)
 def preprocess_iemocap(input_dir: InputOption, name: NameOption = None, features: FeaturesOption = None,
                        jobs: JobsOption = None, config: ConfigOption = None, labels: LabelsOption = None,
-                       merge: MergeOption = None) -> None:
+                       merge: MergeOption = None,
+                       group: Annotated[str, typer.Option("--group", help="Foldable item: session (Ses01, five; "
+                                                          "the usual leave-one-session-out) or speaker (Ses01F, ten).")]
+                       = "session") -> None:
     """IEMOCAP, Session{n}/sentences/wav/<dialog>/<utterance>.wav: label from dialog/EmoEvaluation,
-    foldable item = speaker (session + gender letter of the utterance: Ses01F, ten speakers).
+    foldable item = session (Ses01 ... Ses05), or speaker with --group speaker (Ses01F, ten speakers).
 
-    Default: the common four-class protocol, --labels neu,hap,ang,sad --merge exc=hap; files of the
-    other labels are dropped and counted in the manifest. --labels all --merge none keeps all eleven.
+    Default: the common protocol, leave-one-session-out over four classes, --labels neu,hap,ang,sad
+    --merge exc=hap; files of the other labels are dropped and counted in the manifest. --labels all
+    --merge none keeps all eleven. A session's two actors share its dialogues: grouping by speaker
+    can test one while the other trains.
     """
-    _preprocess("iemocap", input_dir, name or "iemocap", features, jobs, config, labels=labels, merge=merge)
+    _preprocess("iemocap", input_dir, name or "iemocap", features, jobs, config, labels=labels, merge=merge,
+                preset_options={"group": group})
 
 
 @preprocess_app.command("pattern")

@@ -17,6 +17,8 @@ a pickle. The built-in datasets `demo` and `demo_pitch` are synthesised on first
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,24 @@ from . import atomic, mapped
 from .errors import DatasetError
 
 BUILTIN_DATASETS = ("demo", "demo_pitch")
+# What `xval augment` appends to a file's stem (audio/augment_files.py, FileTask.output_names).
+AUGMENT_SUFFIX = re.compile(r"_(orig|aug\d+)$")
+
+
+def strip_augmentation(stem: str) -> tuple[str, bool | None]:
+    """('x', True) for 'x_aug2', ('x', False) for 'x_orig', (stem, None) for a name without the suffix."""
+    match = AUGMENT_SUFFIX.search(stem)
+    if match is None:
+        return stem, None
+    return stem[:match.start()], match.group(1) != "orig"
+
+
+def source_group(source: str) -> str:
+    """A datapoint's source file as the corpus named it before `xval augment` ('a/x_aug2.wav' -> 'a/x.wav'):
+    a file's windows and augmented copies share it."""
+    folder, name = posixpath.split(source.replace("\\", "/"))
+    stem, extension = posixpath.splitext(name)
+    return posixpath.join(folder, strip_augmentation(stem)[0] + extension)
 
 
 @dataclass

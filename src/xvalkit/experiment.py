@@ -27,7 +27,7 @@ SETTINGS = {
     "short_description": (str, True),
     "dataset": (str, True),
     "num_experiment": (int, True),
-    "num_folds": (int, True),
+    "num_folds": (int, False),  # required unless `folds` names them
     "num_repeats": (int, False),
     "sweep": (dict, False),
     "experiment_folder": (str, True),
@@ -40,7 +40,11 @@ SETTINGS = {
     "global_parameters": ((list, tuple, dict), False),
     "models": (str, False),
     "fold_seed": (int, False),
+    "folds": ((dict, str), False),  # {item: fold}, a csv of item,fold, or "leave_one_group_out"
+    "validation": (str, False),  # "items" (held-out items) or "within_training_items" (TESS)
 }
+LEAVE_ONE_GROUP_OUT = "leave_one_group_out"
+VALIDATION_KINDS = ("items", "within_training_items")
 
 
 def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
@@ -126,6 +130,40 @@ class Experiment:
     config: Config = field(default_factory=load_config)
     notes: list[str] = field(default_factory=list)  # one-line warnings for the user (old files, typos)
     overrides: dict[str, Any] = field(default_factory=dict)  # -p/--set NAME=VALUE, above every instance
+    folds: dict[str, Any] | Path | str | None = None  # given folds, a csv path, or LEAVE_ONE_GROUP_OUT
+    validation: str = "items"
+
+    @cached_property
+    def fold_count(self) -> int:
+        """Folds per repeat: num_folds, or for leave-one-group-out without it the dataset's items
+        (0 when the dataset cannot be read: `xval run` will say why)."""
+        if self.num_folds or self.folds != LEAVE_ONE_GROUP_OUT:
+            return self.num_folds
+        from .data import load_dataset
+        from .errors import DatasetError
+
+        try:
+            return len(load_dataset(self.config.data_folder, self.dataset, check_values=False).items)
+        except DatasetError:
+            return 0
+
+    def fold_plan(self, dataset=None, num_folds: int | None = None):
+        """The protocol of the folds (folds.FoldPlan); `num_folds` is xval run's --folds."""
+        from . import folds as F
+
+        if self.folds is None:
+            plan = F.GroupedKFold(num_folds or self.num_folds)
+        elif num_folds is not None:
+            raise XvalError(f"--folds {num_folds}: {self.path} names its folds (folds = ...); remove --folds")
+        elif isinstance(self.folds, dict):
+            plan = F.GivenFolds(self.folds, f"{self.path.name}")
+        elif self.folds == LEAVE_ONE_GROUP_OUT:
+            plan = F.LeaveOneGroupOut()
+        else:
+            plan = F.GivenFolds.from_csv(self.folds)
+        if self.validation == "within_training_items":
+            plan = F.ValidationWithinItems(plan, None if dataset is None else dataset.manifest.get("sources"))
+        return plan
 
     @property
     def folder(self) -> Path:
@@ -295,6 +333,8 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
     notes += [f"{path}: {name} is not a setting and is ignored; did you mean {setting}?" for name, setting in typos.items()]
     values: dict[str, Any] = {}
     missing = [name for name, (_, required) in SETTINGS.items() if required and not hasattr(module, name)]
+    if not hasattr(module, "num_folds") and not hasattr(module, "folds"):
+        missing.insert(3, "num_folds")  # or folds, which names them
     if missing:
         hint = "".join(f" ({name} is set: a misspelling of {setting}?)" for name, setting in typos.items()
                        if setting in missing)
@@ -312,8 +352,15 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
         values[name] = value
     if values["task_type"] not in TASK_TYPES:
         raise XvalError(f"{path}: task_type = {values['task_type']!r} is not 'classification' or 'regression'")
-    if values["num_folds"] < 1:
+    folds = _given_folds(path, values)
+    if values.get("num_folds", 1) < 1:
         raise XvalError(f"{path}: num_folds = {values['num_folds']} must be at least 1")
+    if values.get("validation") == "within_training_items" and values.get("num_repeats", 1) > 1:
+        raise XvalError(f"{path}: num_repeats with validation = 'within_training_items' is not supported; "
+                        "remove num_repeats")
+    if values.get("validation", "items") not in VALIDATION_KINDS:
+        raise XvalError(f"{path}: validation = {values['validation']!r}: give 'items' (held-out items, the default) "
+                        "or 'within_training_items' (source files of the training items: TESS's two speakers)")
     if values.get("num_repeats", 1) < 1:
         raise XvalError(f"{path}: num_repeats = {values['num_repeats']} must be at least 1")
     if not values["experiment"]:
@@ -345,7 +392,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
         short_description=values["short_description"],
         dataset=values["dataset"],
         num_experiment=values["num_experiment"],
-        num_folds=values["num_folds"],
+        num_folds=_num_folds(path, values, folds),
         experiment_folder=(base / values["experiment_folder"]).resolve(),
         task_type=values["task_type"],
         instances=instances,
@@ -362,4 +409,45 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
         config=config,
         notes=notes + config.notes,
         overrides=command_line,
+        folds=folds,
+        validation=values.get("validation", "items"),
     )
+
+
+def _num_folds(path: Path, values: dict[str, Any], folds) -> int:
+    """num_folds, or how many folds `folds` names (0 for leave-one-group-out: the dataset's items);
+    a num_folds beside `folds` must agree with it."""
+    if folds is None or folds == LEAVE_ONE_GROUP_OUT:
+        return values.get("num_folds", 0)
+    from .folds import GivenFolds
+
+    plan = GivenFolds(folds, path.name) if isinstance(folds, dict) else GivenFolds.from_csv(folds)
+    named = len(set(plan.assignment.values()))
+    if values.get("num_folds", named) != named:
+        raise XvalError(f"{path}: num_folds = {values['num_folds']} but folds = ... names {named} folds; "
+                        f"remove num_folds or make it {named}")
+    return named
+
+
+def _given_folds(path: Path, values: dict[str, Any]) -> dict | Path | str | None:
+    """The `folds` setting checked: a dict, LEAVE_ONE_GROUP_OUT, or a csv path (relative to the file)."""
+    folds = values.get("folds")
+    if folds is None:
+        return None
+    if values.get("num_repeats", 1) > 1:
+        raise XvalError(f"{path}: num_repeats = {values['num_repeats']} repeats drawn folds; folds = ... names "
+                        "them, so every repeat would be the same: remove num_repeats")
+    if isinstance(folds, dict):
+        from .folds import GivenFolds
+
+        GivenFolds(folds, path.name)  # its values checked now
+        return folds
+    if folds == LEAVE_ONE_GROUP_OUT:
+        return folds
+    if not folds.endswith(".csv"):
+        raise XvalError(f"{path}: folds = {folds!r}: give {{item: fold}}, a csv file of item,fold "
+                        f"('folds.csv'), or {LEAVE_ONE_GROUP_OUT!r}")
+    csv = (path.resolve().parent / folds).resolve()
+    if not csv.is_file():
+        raise XvalError(f"{path}: folds = {folds!r}: no such file {csv}")
+    return csv

@@ -123,13 +123,17 @@ class SetData:
     y: np.ndarray  # concatenated targets
     transform: "FoldData"
     table: Table
+    whole_items: bool = True  # False: some of the items' rows are left out (self.rows says which)
 
     def __len__(self) -> int:
         return len(self.y)
 
     @property
     def parts(self) -> list[np.ndarray]:
-        """The raw per-item predictors (views of the table, nothing read)."""
+        """The raw per-item predictors (views of the table, nothing read), or the set's own rows
+        gathered when it holds only part of its items."""
+        if not self.whole_items:
+            return [self._take(self.rows)]
         return [self.table.x[a:b] for a, b in (self.table.span[i] for i in self.items)]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -170,23 +174,35 @@ class FoldData:
         sets = {}
         # Datapoints left out of validation / test: augmented copies (training uses them all).
         self.excluded_augmented = {"val": 0, "test": 0} if dataset.has_augmented else None
-        for name, items in (("train", fold.train), ("val", fold.val), ("test", fold.test)):
+        held = held_out_sources(dataset, fold)  # validation within the training items (TESS), or None
+        val_items = fold.train if held is not None else fold.val
+        for name, items in (("train", fold.train), ("val", val_items), ("test", fold.test)):
             rows = self.table.rows(items)
             y = np.concatenate([targets_for(task_type, dataset.targets[i], f"dataset '{dataset.name}', item '{i}'")
                                 for i in items])
+            keep = np.ones(len(rows), dtype=bool)
+            if held is not None and name != "test":
+                in_val = np.concatenate([held[i] for i in items])
+                keep = in_val if name == "val" else ~in_val
             if name != "train" and self.excluded_augmented is not None:
-                keep = np.concatenate([dataset.originals(i) for i in items])
-                self.excluded_augmented[name] = int((~keep).sum())
+                original = np.concatenate([dataset.originals(i) for i in items])
+                self.excluded_augmented[name] = int((keep & ~original).sum())
+                keep &= original
                 if not keep.any():
                     raise DatasetError(
                         f"dataset '{dataset.name}': the {name} items of fold {fold.index} ({', '.join(items)}) hold "
                         "augmented copies only; keep the _orig files of the corpus to evaluate on"
                     )
+            if not keep.all():
                 rows, y = rows[keep], y[keep]
-            sets[name] = SetData(list(items), rows, y, self, self.table)
+            sets[name] = SetData(list(items), rows, y, self, self.table, whole_items=bool(keep.all()))
         # Original training datapoints: the t-test's n_train counts in the same unit as n_test.
-        self.n_train_original = (sum(int(dataset.originals(i).sum()) for i in fold.train)
-                                 if self.excluded_augmented is not None else len(sets["train"]))
+        train_kept = ~np.concatenate([held[i] for i in fold.train]) if held is not None else None
+        if self.excluded_augmented is not None:
+            original = np.concatenate([dataset.originals(i) for i in fold.train])
+            self.n_train_original = int((original if train_kept is None else original & train_kept).sum())
+        else:
+            self.n_train_original = len(sets["train"])
         self.normalizer = None
         if normalization == "standard":
             train = sets["train"]
@@ -208,6 +224,24 @@ class FoldData:
         """What `prepare` does to rows, as a key: the same key, the same prepared values."""
         stats = None if self.normalizer is None else rows_key(np.concatenate([self.normalizer.mean, self.normalizer.std]))
         return stats, self.reshaping_type, self.channels_first
+
+
+def held_out_sources(dataset: Dataset, fold: Fold) -> dict[str, np.ndarray] | None:
+    """{training item: mask of its datapoints whose source file is held out for validation}, for a
+    fold validated within its training items (Fold.val_sources); None otherwise."""
+    if not fold.val_sources:
+        return None
+    from .data import source_group
+
+    held, sources = set(fold.val_sources), dataset.manifest.get("sources") or {}
+    masks = {}
+    for item in fold.train:
+        groups = [source_group(source) for source in sources.get(item, [])]
+        if len(groups) != len(dataset.targets[item]):
+            raise DatasetError(f"dataset '{dataset.name}': its manifest records {len(groups)} source files for item "
+                               f"'{item}', which has {len(dataset.targets[item])} datapoints; preprocess it again")
+        masks[item] = np.fromiter((group in held for group in groups), dtype=bool, count=len(groups))
+    return masks
 
 
 def rows_key(values: np.ndarray) -> bytes:

@@ -25,6 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +40,9 @@ class Fold:
     test: tuple[str, ...]
     repeat: int = 1  # repeated k-fold: which partition (1-based); index counts on across repeats
     in_repeat: int = 0  # the fold's number within its repeat (0: the same as index)
+    # Validation within the training items (TESS): the source files (augmentation suffix removed)
+    # of training items held out for validation; `val` is then empty.
+    val_sources: tuple[str, ...] = ()
 
     @property
     def number(self) -> int:
@@ -46,7 +50,10 @@ class Fold:
         return self.in_repeat or self.index
 
     def as_dict(self) -> dict[str, list[str]]:
-        return {"train_items": list(self.train), "val_items": list(self.val), "test_items": list(self.test)}
+        plan = {"train_items": list(self.train), "val_items": list(self.val), "test_items": list(self.test)}
+        if self.val_sources:
+            plan["val_sources"] = list(self.val_sources)
+        return plan
 
 
 def _count(fraction: float, total: int) -> int:
@@ -185,15 +192,24 @@ def plan_folds(
             f"num_folds = {num_folds} but the dataset has only {n} foldable items; use at most {n} folds"
         )
     tests = _test_sets(items, num_folds, labels, seed, warn)
+    return _with_validation(items, tests, validation_split, seed, classes, f"num_folds = {num_folds}")
+
+
+def _with_validation(items: list[str], tests: list[list[str]], validation_split: float, seed: int,
+                     classes: dict[str, frozenset] | None, plan_name: str) -> list[Fold]:
+    """Folds of the given test sets, each with validation items drawn from the rest (module docstring)."""
+    n = len(items)
     folds = []
     for index, test in enumerate(tests, start=1):
         rest = [item for item in items if item not in set(test)]
         n_val = _count(validation_split, n)
         if n_val >= len(rest):
             raise XvalError(
-                f"num_folds = {num_folds} with {n} foldable items: fold {index} has {len(rest)} items "
+                f"{plan_name} with {n} foldable items: fold {index} has {len(rest)} items "
                 f"outside its test set, too few for {n_val} validation item(s) and at least one to train on; "
                 "use fewer folds or a smaller validation_split"
+                + ("; or validate within the training items (validation = 'within_training_items', as for "
+                   "TESS's two speakers)" if len(rest) < 2 else "")
             )
         rng = np.random.default_rng([seed, index])
         drawn = [rest[i] for i in rng.choice(len(rest), size=n_val, replace=False)]
@@ -244,3 +260,202 @@ def plan_repeated_folds(
         folds += [replace(f, index=(repeat - 1) * len(plan) + f.index, repeat=repeat, in_repeat=f.index)
                   for f in plan]
     return folds
+
+
+def untrained_test_classes(fold: Fold, labels: dict[str, np.ndarray]) -> list[int]:
+    """Classes of the fold's test items that none of its training items holds: the model cannot
+    predict them, and the fold's recall for them is 0 whatever it learned."""
+    def held(items) -> set[int]:
+        return set(np.unique(np.concatenate([np.asarray(labels[i]).reshape(-1) for i in items])).tolist()) if items else set()
+    return sorted(held(fold.test) - held(fold.train))
+
+
+# --- fold plans: how the test sets are made (scikit-learn's splitters, one small class each) ---------
+
+class FoldPlan:
+    """A protocol: `test_sets` says which items each fold tests; `plan` adds held-out validation
+    items drawn from the rest (the same for every kind), `describe` names it for the report."""
+
+    name = ""  # the protocol in words, as the report names it
+    repeatable = False  # whether num_repeats > 1 gives different partitions
+
+    def test_sets(self, items: list[str], labels: dict[str, np.ndarray] | None, seed: int,
+                  warn: Callable[[str], None]) -> list[list[str]]:
+        raise NotImplementedError
+
+    def plan(self, items: Sequence[str], validation_split: float = 0.2, test_split: float = 0.2, seed: int = 0,
+             labels: dict[str, np.ndarray] | None = None, warn: Callable[[str], None] | None = None,
+             stratify_held_out: bool = True, num_repeats: int = 1) -> list[Fold]:
+        items = sorted(map(str, items))
+        tests = self.test_sets(items, labels, seed, warn or _warn)
+        classes = _classes_of(items, labels) if stratify_held_out else None
+        return _with_validation(items, tests, validation_split, seed, classes, self.name)
+
+    def describe(self, folds: list[Fold]) -> str:
+        return f"{self.name}, {len(folds)} folds"
+
+
+def _warn(line: str) -> None:
+    warnings.warn(line, stacklevel=3)
+
+
+class GroupedKFold(FoldPlan):
+    """Grouped k-fold drawn from a seed (StratifiedGroupKFold for classes), repeated with new seeds.
+
+    >>> len(GroupedKFold(2).plan(list("abcd"), validation_split=0.25))
+    2
+    """
+
+    repeatable = True
+
+    def __init__(self, num_folds: int):
+        if not isinstance(num_folds, int) or num_folds < 1:
+            raise XvalError(f"num_folds = {num_folds!r}: give a whole number of folds, 1 or more")
+        self.num_folds = num_folds
+        self.name = f"num_folds = {num_folds}"
+
+    def test_sets(self, items, labels, seed, warn):
+        return _test_sets(items, self.num_folds, labels, seed, warn)
+
+    def plan(self, items, validation_split=0.2, test_split=0.2, seed=0, labels=None, warn=None,
+             stratify_held_out=True, num_repeats=1):
+        return plan_repeated_folds(items, self.num_folds, num_repeats, validation_split, test_split, seed, labels,
+                                   warn, stratify_held_out)
+
+    def describe(self, folds):
+        repeats = max(f.repeat for f in folds)
+        return f"grouped {self.num_folds}-fold" + (f", {repeats} repeats" if repeats > 1 else "") + f", {len(folds)} folds"
+
+
+class GivenFolds(FoldPlan):
+    """Folds named in advance, item -> fold (a published protocol: IEMOCAP's sessions, EmoBox's fold
+    lists); folds are numbered in the order of their names.
+
+    >>> plan = GivenFolds({"a": 1, "b": 1, "c": 2, "d": 3}).plan(list("abcd"), validation_split=0.25)
+    >>> [f.test for f in plan]
+    [('a', 'b'), ('c',), ('d',)]
+    """
+
+    def __init__(self, assignment: dict, source: str = "the experiment file"):
+        if not assignment:
+            raise XvalError(f"folds in {source}: no item is given a fold; give {{item: fold}} for every item")
+        bad = [(item, fold) for item, fold in assignment.items()
+               if not isinstance(fold, (int, str)) or isinstance(fold, bool) or str(fold).strip() == ""]
+        if bad:
+            raise XvalError(f"folds in {source}: item {bad[0][0]!r} has fold {bad[0][1]!r}; "
+                            "give each item a fold number or name")
+        self.assignment = {str(item): fold for item, fold in assignment.items()}
+        self.source = source
+        self.name = f"given folds ({source})"
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> GivenFolds:
+        """A csv with the columns item and fold (a header line `item,fold`, then one item a line)."""
+        import csv
+
+        path = Path(path)
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as handle:
+                rows = list(csv.reader(handle))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise XvalError(f"folds = {str(path)!r}: cannot read it ({exc})") from None
+        if not rows or [cell.strip().lower() for cell in rows[0][:2]] != ["item", "fold"]:
+            raise XvalError(f"{path}: the first line should be the header item,fold, then one item,fold a line")
+        assignment: dict[str, str] = {}
+        for number, row in enumerate(rows[1:], start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise XvalError(f"{path}:{number}: expected item,fold, got {','.join(row)!r}")
+            item, fold = row[0].strip(), row[1].strip()
+            if item in assignment and assignment[item] != fold:
+                raise XvalError(f"{path}:{number}: item {item} is given folds {assignment[item]} and {fold}; give one")
+            assignment[item] = int(fold) if fold.isdigit() else fold
+        return cls(assignment, path.name)
+
+    def test_sets(self, items, labels, seed, warn):
+        unknown = sorted(set(self.assignment) - set(items))
+        if unknown:
+            raise XvalError(f"folds in {self.source}: {_few(unknown)} not an item of the dataset (its items: "
+                            f"{_few(items)}); was it preprocessed with another foldable item (IEMOCAP --group)?")
+        missing = [item for item in items if item not in self.assignment]
+        if missing:
+            raise XvalError(f"folds in {self.source}: item {_few(missing)} of the dataset has no fold; give every "
+                            "item a fold")
+        names = sorted({fold for fold in self.assignment.values()}, key=lambda f: (isinstance(f, str), f))
+        if len(names) < 2:
+            raise XvalError(f"folds in {self.source}: every item is in fold {names[0]}; give at least two folds")
+        return [sorted(item for item in items if self.assignment[item] == name) for name in names]
+
+
+class LeaveOneGroupOut(FoldPlan):
+    """One fold per foldable item, which it tests (k = the number of items).
+
+    >>> [f.test for f in LeaveOneGroupOut().plan(list("abc"), validation_split=0.3)]
+    [('a',), ('b',), ('c',)]
+    """
+
+    name = "leave-one-group-out"
+
+    def test_sets(self, items, labels, seed, warn):
+        return [[item] for item in items]
+
+
+class ValidationWithinItems(FoldPlan):
+    """Another plan's test sets; validation is drawn from the training items' own source files
+    (a fraction of each item's files, grouped by file with the augmentation suffix removed, so a
+    file's windows and _aug<N> copies stay together). For corpora with too few items to hold one
+    out for validation (TESS: two speakers); early stopping is then speaker-dependent."""
+
+    def __init__(self, inner: FoldPlan, sources: dict[str, list[str]] | None):
+        if isinstance(inner, GroupedKFold) and inner.num_folds < 2:
+            raise XvalError("validation = 'within_training_items' needs folds that test every item (num_folds 2 or "
+                            "more, or folds = ...), not num_folds = 1")
+        if not sources:
+            raise XvalError("validation = 'within_training_items' needs the source file of each datapoint "
+                            "(the manifest's sources, written by `xval preprocess`); preprocess the dataset again")
+        self.inner, self.sources = inner, sources
+        self.name = f"{inner.name}, validation within the training items"
+
+    def test_sets(self, items, labels, seed, warn):
+        return self.inner.test_sets(items, labels, seed, warn)
+
+    def plan(self, items, validation_split=0.2, test_split=0.2, seed=0, labels=None, warn=None,
+             stratify_held_out=True, num_repeats=1):
+        from .data import source_group
+
+        items = sorted(map(str, items))
+        folds = []
+        for index, test in enumerate(self.test_sets(items, labels, seed, warn or _warn), start=1):
+            train = [item for item in items if item not in set(test)]
+            held: list[str] = []
+            for item in train:
+                groups = [source_group(source) for source in self.sources[item]]
+                names = sorted(set(groups))
+                n_val = _count(validation_split, len(names))
+                if n_val >= len(names):
+                    raise XvalError(f"validation within the training items: item {item} has {len(names)} source "
+                                    f"file(s), too few for {n_val} validation file(s) and one to train on")
+                classes = None
+                if labels is not None and stratify_held_out:
+                    y = np.asarray(labels[item]).reshape(-1)
+                    classes = {name: frozenset() for name in names}
+                    for group, label in zip(groups, y.tolist()):
+                        classes[group] = classes[group] | {label}
+                order = [names[i] for i in np.random.default_rng([seed, index, len(held)]).permutation(len(names))]
+                held += _hold_out(names, n_val, order, classes)
+            folds.append(Fold(index, tuple(train), (), tuple(sorted(test)), val_sources=tuple(sorted(held))))
+        return folds
+
+    def describe(self, folds):
+        text = (f"{self.inner.describe(folds)}; validation within the training items (held-out source files), "
+                "so early stopping was speaker-dependent")
+        if len(folds) == 2:
+            text += ("; with 2 folds, quote the two fold results (folds sheet): a std or p over two numbers rests "
+                     "on 1 degree of freedom")
+        return text
+
+
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

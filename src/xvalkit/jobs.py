@@ -38,6 +38,7 @@ class FoldJob:
     models_path: str | None = None
     num_repeats: int = 1
     run_id: str | None = None  # the run that trains it: its record is code/runs/<run_id>.json
+    protocol: str = ""  # how the folds were made, for the fold record and the workbook
 
     @property
     def key(self) -> tuple[int, int]:
@@ -146,6 +147,17 @@ def execute(job: FoldJob, on_epoch: Callable[[int, dict], None] | None = None) -
             release_memory()  # the next fold, in this process, finds the GPU memory free
 
 
+def untrained_classes(task_type: str, data, manifest: dict) -> list | None:
+    """Test classes with no training datapoint (by name where the manifest names them); None for regression."""
+    if task_type != "classification":
+        return None
+    import numpy as np
+
+    missing = sorted(set(np.unique(data.test.y).tolist()) - set(np.unique(data.train.y).tolist()))
+    names = manifest.get("classes")
+    return [names[c] if names and c < len(names) else c for c in missing]
+
+
 def job_folders(job: FoldJob) -> list[str]:
     """Our own folders (faults.py): a denied or missing path there is the machine's fault."""
     return [job.store_folder, job.data_folder]
@@ -192,6 +204,7 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
             model_file=train_job.model_path.name, duration_s=time.perf_counter() - start, run_id=job.run_id,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
             gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
+            protocol=job.protocol, test_classes_not_trained=untrained_classes(job.task_type, data, dataset.manifest),
         )
         store.check_present()  # not a fold record in a folder that a vanished one left behind
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)

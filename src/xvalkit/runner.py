@@ -26,7 +26,7 @@ from .executors import plan_slots
 from .faults import faults_stop
 from .experiment import Experiment
 from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
-from .folds import Fold, plan_repeated_folds
+from .folds import Fold, untrained_test_classes
 from .jobs import FoldJob
 from .progress import ProgressView
 from .quiet import framework_output_to
@@ -73,6 +73,7 @@ class Instance:
     folds: list[Fold]
     where: str
     fold_seed: int | None = None  # the seed its fold plan was made with
+    protocol: str = ""  # how the folds were made, in words (folds.FoldPlan.describe)
 
     @property
     def fold_plan(self) -> dict[int, dict[str, list[str]]]:
@@ -106,7 +107,7 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
             shown.add(line)
             say(line)
 
-    num_folds = options.num_folds or exp.num_folds
+    protocol = exp.fold_plan(dataset, options.num_folds)
     labels = None
     if exp.task_type == "classification":
         labels = {item: targets_for(exp.task_type, y, f"dataset '{dataset.name}', item '{item}'")
@@ -116,8 +117,9 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
     def plan(validation_split, test_split, seed, stratify_held_out=True) -> list[Fold]:
         key = (validation_split, test_split, seed, stratify_held_out)
         if key not in plans:
-            plans[key] = plan_repeated_folds(dataset.items, num_folds, exp.num_repeats, validation_split, test_split,
-                                             seed, labels=labels, warn=warn, stratify_held_out=stratify_held_out)
+            plans[key] = protocol.plan(dataset.items, validation_split, test_split, seed, labels, warn,
+                                       stratify_held_out, exp.num_repeats)
+            check_fold_count(exp, options, plans[key])
         return plans[key]
 
     seed = fold_seed(exp)
@@ -133,8 +135,30 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
                 folds, seed_used = legacy, params["seed"]
                 warn(f"instance {run}: keeps the fold plan its saved folds were trained on (its own seed "
                      f"{params['seed']}, validation drawn at random); --overwrite replans it with fold seed {seed}")
-        instances.append(Instance(run, params, folds, f"{exp.path}: instance {run}", seed_used))
+        if labels is not None:
+            warn_untrained_classes(folds, labels, dataset.manifest.get("classes"), warn)
+        instances.append(Instance(run, params, folds, f"{exp.path}: instance {run}", seed_used,
+                                  protocol.describe(folds)))
     return instances
+
+
+def check_fold_count(exp: Experiment, options: RunOptions, folds: list[Fold]) -> None:
+    """A num_folds written beside leave-one-group-out must be what it makes (the dataset's items)."""
+    if exp.folds is not None and exp.num_folds and options.num_folds is None:
+        made = len(folds)
+        if made != exp.num_folds:
+            raise XvalError(f"{exp.path}: num_folds = {exp.num_folds} but folds = {exp.folds!r} makes {made} folds "
+                            f"on dataset '{exp.dataset}'; remove num_folds or make it {made}")
+
+
+def warn_untrained_classes(folds: list[Fold], labels: dict, classes: list[str] | None, warn) -> None:
+    """Say, fold by fold, which test classes no training item holds (the fold record keeps them too)."""
+    for fold in folds:
+        missing = untrained_test_classes(fold, labels)
+        if missing:
+            names = ", ".join(classes[c] if classes and c < len(classes) else str(c) for c in missing)
+            warn(f"fold {fold.index}: test class(es) {names} absent from its {len(fold.train)} training items: "
+                 "the model cannot learn them, and their recall in this fold is 0 (recorded in the fold record)")
 
 
 def check_resumable(store: ExperimentStore, instance: Instance, fold_files: dict[int, Path] | None = None) -> None:
@@ -207,6 +231,7 @@ def base_results(exp: Experiment, inst: Instance) -> dict[str, Any]:
     """An instance's results dict, less its folds and summary (rebuilt from the fold files)."""
     return {"instance": inst.id, "parameters": inst.params, "task_type": exp.task_type, "dataset": exp.dataset,
             "num_folds": len(inst.folds), "fold_plan": inst.fold_plan, "fold_seed": inst.fold_seed,
+            "protocol": inst.protocol,
             "swept": exp.swept.get(inst.id, [])}
 
 
@@ -215,7 +240,8 @@ def make_jobs(exp: Experiment, inst: Instance, run_id: str | None = None) -> lis
         FoldJob(instance=inst.id, fold=fold, num_folds=len(inst.folds), num_repeats=exp.num_repeats, params=inst.params,
                 task_type=exp.task_type, dataset=exp.dataset, data_folder=str(exp.config.data_folder.resolve()),
                 store_folder=str(exp.folder), num_experiment=exp.num_experiment, generator=exp.generator,
-                models_path=_str_or_none(exp.models_file(inst.params["framework"])), run_id=run_id)
+                models_path=_str_or_none(exp.models_file(inst.params["framework"])), run_id=run_id,
+                protocol=inst.protocol)
         for fold in inst.folds
     ]
 
@@ -257,7 +283,7 @@ def trains_in_worker(exp: Experiment, options: RunOptions, on_cpu: bool) -> bool
     if not (on_cpu or options.gpus):
         return False
     ids = exp.select(options.first, options.last)
-    folds = len(ids) * (options.num_folds or exp.num_folds) * exp.num_repeats
+    folds = len(ids) * (options.num_folds or exp.fold_count) * exp.num_repeats
     return folds >= KERAS_WORKER_FROM and any(exp.framework_of(run) == "keras" for run in ids)
 
 

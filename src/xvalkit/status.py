@@ -43,8 +43,10 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     if dataset.has_augmented:
         console.print(augmented_line(dataset))
     console.print(f"fold seed {instances[0].fold_seed} (the same folds for every instance; `seed` drives training)")
-    console.print(f"folds ({len(instances[0].folds)}): e.g. fold 1 trains on {len(fold.train)} items, "
-                  f"validates on {len(fold.val)}, tests on {len(fold.test)} ({escape(', '.join(fold.test))})")
+    validates = (f"{len(fold.val_sources)} held-out source files of them" if fold.val_sources
+                 else f"{len(fold.val)}")
+    console.print(f"folds: {escape(instances[0].protocol)}; e.g. fold 1 trains on {len(fold.train)} items, "
+                  f"validates on {validates}, tests on {len(fold.test)} ({escape(', '.join(fold.test))})")
     from .trainers import trainer_for
 
     on_cpu = trainer_for(instances[0].params["framework"]).device_name() == "CPU"  # as the run decides
@@ -81,7 +83,7 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
     files = store.fold_files()  # one listing; one fold file read per instance, for its fold count
     for run in ids:
         folds = dict(sorted(files.get(run, {}).items()))
-        num = store.read(next(iter(folds.values())))["num_folds"] if folds else exp.num_folds * exp.num_repeats
+        num = store.read(next(iter(folds.values())))["num_folds"] if folds else exp.fold_count * exp.num_repeats
         now = sorted(f for (r, f) in running if r == run)
         pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
         error = store.error_text(run)

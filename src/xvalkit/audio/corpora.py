@@ -6,6 +6,11 @@ merging (`--merge exc=hap`) and selection (`--labels neu,hap,ang,sad`) and numbe
 Every choice it made is recorded in `Corpus.description` (the manifest's `corpus`): the protocol,
 the labels kept and merged, the files dropped per label and the files ignored as not part of it.
 
+An augmented corpus (`xval augment`: x_orig.wav, x_aug1.wav ...) is read as the corpus it came
+from: the suffix is removed before any preset or pattern sees the name, and it alone says which
+files are augmented copies. Otherwise a preset skips every file, and a pattern can capture the
+suffix into the item (spk0_orig tested while spk0_aug1 trains) or the label.
+
 A preset only looks at names (and, for IEMOCAP, the label files); what the audio holds is checked
 while extracting features.
 """
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..data import strip_augmentation
 from ..errors import XvalError
 from .io import AUDIO_EXTENSIONS, find_audio_files
 
@@ -30,6 +36,7 @@ class Entry:
     path: Path
     item: str
     label: int
+    augmented: bool = False  # an `xval augment` copy (<stem>_aug<N>), from its name
 
 
 @dataclass
@@ -79,6 +86,14 @@ class RelPath(NamedTuple):
 
     def as_posix(self) -> str:
         return "/".join(self.parts)
+
+    def without_augmentation(self) -> tuple[RelPath, bool | None]:
+        """The path as the corpus named it before `xval augment`, and whether it is an augmented copy."""
+        stem, augmented = strip_augmentation(self.stem)
+        if augmented is None:
+            return self, None
+        extension = self.parts[-1][len(self.stem):]
+        return RelPath(self.parts[:-1] + (stem + extension,)), augmented
 
 
 class Skip(Exception):
@@ -243,19 +258,32 @@ class SpeechCommands(Preset):
 
 class IEMOCAP(Preset):
     """IEMOCAP: `Session{n}/sentences/wav/<dialog>/<utterance>.wav`, labels in
-    `Session{n}/dialog/EmoEvaluation/<dialog>.txt`; speaker = session + letter of the last part."""
+    `Session{n}/dialog/EmoEvaluation/<dialog>.txt`; item the session (Ses01), or the speaker (session
+    + letter of the last part: Ses01F) with group="speaker".
+
+    The field evaluates IEMOCAP leave-one-session-out (Busso et al. 2008; 5 sessions): a session's two
+    actors speak in the same dialogues, so grouping by speaker can test Ses01F while Ses01M, her
+    partner in those dialogues, trains."""
 
     name = "iemocap"
     label = "emotion in Session{n}/dialog/EmoEvaluation/<dialog>.txt"
-    foldable_item = "speaker: session + first letter of the utterance's last part (Ses01F)"
+    GROUPS = {"session": "session, from the utterance's name (Ses01)",
+              "speaker": "speaker: session + first letter of the utterance's last part (Ses01F)"}
     vocabulary = ("neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx")
     default_labels = ("neu", "hap", "ang", "sad")
     default_merge = {"exc": "hap"}
     LINE = re.compile(r"^\[[^\]]*\]\s+(\S+)\s+(\S+)\s+\[")
     UTTERANCE = re.compile(r"^(Ses\d{2})[FM]_.*_([FM])\d+$")
 
-    def __init__(self) -> None:
+    def __init__(self, group: str = "session") -> None:
+        if group not in self.GROUPS:
+            raise XvalError(f"--group {group}: give session (leave-one-session-out, the usual protocol) or speaker")
+        self.group = group
+        self.foldable_item = self.GROUPS[group]
         self.labels: dict[str, str] = {}
+
+    def describe(self):
+        return {**super().describe(), "group": self.group}
 
     def prepare(self, root):
         for path in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
@@ -280,7 +308,7 @@ class IEMOCAP(Preset):
             raise Skip(f"no label line for it in {rel.parts[0]}/dialog/EmoEvaluation/{dialog}.txt")
         if label not in self.vocabulary:
             raise Skip(f"label {label} is not one of {' '.join(self.vocabulary)}")
-        return match.group(1) + match.group(2), label
+        return match.group(1) + (match.group(2) if self.group == "speaker" else ""), label
 
 
 def template_regex(template: str) -> str:
@@ -386,17 +414,19 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     merge = dict(preset.default_merge if merge is None else merge)
     labels = preset.default_labels if labels is None else None if labels == ALL else labels
     found, skipped, ignored = _parse_all(preset, root, files)
-    classes = _classes(preset, {label for _, _, label in found}, labels, merge, rest)
+    classes = _classes(preset, {label for _, _, label, _ in found}, labels, merge, rest)
     index = {name: i for i, name in enumerate(classes)}
     entries, dropped = [], Counter()
-    for path, item, label in found:
+    for path, item, label, augmented in found:
         name = merge.get(label, label)
         if name not in index:
             if rest is None:
                 dropped[label] += 1
                 continue
             name = rest
-        entries.append(Entry(path, item, index[name]))
+        entries.append(Entry(path, item, index[name], bool(augmented)))
+    check_items(root, {entry.item for entry in entries})
+    check_originals(root, {(entry.item, entry.augmented) for entry in entries})
 
     description = preset.describe()
     description["classes_kept"] = list(labels) if labels is not None else "all"
@@ -405,6 +435,10 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
         description["other_labels_class"] = rest
     description["dropped_files_per_label"] = dict(sorted(dropped.items()))
     description["ignored_files"] = dict(ignored)
+    suffixes = Counter(augmented for *_, augmented in found if augmented is not None)
+    if suffixes:
+        description["augmentation"] = {"original_files": suffixes[False], "augmented_files": suffixes[True],
+                                       "names": "_orig / _aug<N> removed before parsing"}
     notes = []
     if dropped:
         notes.append(f"dropped {sum(dropped.values())} files of other labels: "
@@ -414,12 +448,35 @@ def read(preset: Preset, root: str | Path, labels: tuple[str, ...] | str | None 
     return Corpus(root, entries, classes, skipped, description, notes)
 
 
+def check_items(root: Path, items: set[str]) -> None:
+    """Refuse items that are one item once an augmentation suffix is removed (spk0, spk0_aug1): its
+    copies would be tested while the others train."""
+    by_base: dict[str, list[str]] = {}
+    for item in sorted(items):
+        by_base.setdefault(strip_augmentation(item)[0], []).append(item)
+    for base, names in by_base.items():
+        if len(names) > 1:
+            raise XvalError(f"--input {root}: items {', '.join(names)} are one item ({base}) with the "
+                            "_orig / _aug<N> suffix of `xval augment` removed; name the item so that it "
+                            "excludes the suffix")
+
+
+def check_originals(root: Path, kinds: set[tuple[str, bool]]) -> None:
+    """Refuse an item of augmented copies only: nothing of it could be validated or tested on."""
+    items = {item for item, _ in kinds}
+    only_copies = sorted(item for item in items if (item, False) not in kinds)
+    if only_copies:
+        raise XvalError(f"--input {root}: item {only_copies[0]} holds augmented copies (_aug<N>) only"
+                        f"{f' (and {len(only_copies) - 1} more items)' if len(only_copies) > 1 else ''}; "
+                        "keep its _orig files (xval augment writes them) to validate and test on")
+
+
 def _parse_all(preset: Preset, root: Path, files: list[Path]):
-    """([(path, item, label)], [(path, why skipped)], Counter of why files were ignored)."""
+    """([(path, item, label, augmented or None)], [(path, why skipped)], Counter of why files were ignored)."""
     found, skipped, ignored = [], [], Counter()
     depth = len(root.parts)  # the files were listed below root: their parts start with its parts
     for path in files:
-        rel = RelPath(path.parts[depth:])
+        rel, augmented = RelPath(path.parts[depth:]).without_augmentation()
         why_ignored = preset.ignore(rel)
         if why_ignored:
             ignored[why_ignored] += 1
@@ -429,7 +486,7 @@ def _parse_all(preset: Preset, root: Path, files: list[Path]):
         except Skip as exc:
             skipped.append((path, str(exc)))
             continue
-        found.append((path, item, label))
+        found.append((path, item, label, augmented))
     return found, skipped, ignored
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
-import re
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,6 +24,7 @@ from .. import data
 from ..errors import XvalError
 from ..faults import faults_stop
 from ..interrupts import StopRequest
+from .corpora import check_originals
 from .datasets import Corpus
 from .features import FeatureSpec, features, resample
 from .io import AudioReadError, read_audio
@@ -84,7 +84,9 @@ def _fold_limit(items: int) -> list[str]:
     if items <= 2:
         return [f"only {items} foldable item(s): grouped folds need at least one test, one validation and one "
                 f"training item, so `xval run` cannot split this dataset by item (grouped k-fold could at "
-                f"most use k = {items}, which leaves no validation item)"]
+                f"most use k = {items}, which leaves no validation item); with 2, leave-one-out can validate "
+                f"within the training item instead: folds = 'leave_one_group_out', validation = "
+                f"'within_training_items' (TESS's protocol)"]
     return [f"only {items} foldable items: grouped k-fold with num_folds at most {items}"]
 
 
@@ -301,14 +303,6 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(first, shape=(rows, *first.shape[1:]), writeable=False)
 
 
-AUGMENTED_NAME = re.compile(r"_aug\d+$")
-
-
-def is_augmented(path: Path) -> bool:
-    """Whether a file is an augmented copy written by `xval augment` (<stem>_aug<N>.wav)."""
-    return bool(AUGMENTED_NAME.search(Path(path).stem))
-
-
 def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Summary,
                   warn=None) -> tuple[dict, dict, dict]:
     """Predictors, targets and manifest from the results of `extract_all` on corpus.entries.
@@ -334,12 +328,14 @@ def build_dataset(corpus: Corpus, spec: FeatureSpec, results: list, summary: Sum
         labels.setdefault(entry.item, []).extend([entry.label] * len(x))
         source = str(entry.path.relative_to(corpus.root))
         sources.setdefault(entry.item, []).extend([source] * len(x))
-        augmented.setdefault(entry.item, []).extend([is_augmented(entry.path)] * len(x))
+        augmented.setdefault(entry.item, []).extend([entry.augmented] * len(x))
         starts.setdefault(entry.item, []).extend(round(i * step_s, 6) for i in range(len(x)))
     if not feats:
         raise XvalError(f"--input {corpus.root}: none of its {summary.files} audio files is usable "
                         f"(see the warnings above); nothing was written")
     items = sorted(feats)
+    # Skipped files can leave an item of copies only
+    check_originals(corpus.root, {(item, flag) for item in items for flag in augmented[item]})
     predictors = {item: _join(feats[item]) for item in items}
     targets = {item: np.asarray(labels[item], dtype=np.int64) for item in items}
     summary.items = len(items)

@@ -279,6 +279,9 @@ def _notes(data: ReportData, ratio_note: str) -> list[str]:
     augmented = evaluation_note(data)
     if augmented:
         notes.append(augmented)
+    protocols = sorted({f["protocol"] for i in data.instances for f in i.folds.values() if f.get("protocol")})
+    if protocols:
+        notes.append("Folds: " + "; ".join(protocols) + ".")
     return notes
 
 
