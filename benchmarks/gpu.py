@@ -133,17 +133,17 @@ def main() -> int:
                         help="the framework that trains (default: torch if installed, else keras)")
     parser.add_argument("--quick", action="store_true", help="the smallest sizes: check that it runs")
     args = parser.parse_args()
-    framework = args.framework or next((f for f in ("torch", "keras") if installed(f)), "torch")
-    if not installed(framework):
-        print(f"benchmarks/gpu.py: {framework} is not installed (it needs {FRAMEWORK_MODULE[framework]}); "
-              "install it or choose the other with --framework")
-        return 2
     folds, small_epochs, jobs_per_gpu, small_instances = (2, 1, (1, 2), 2) if args.quick else (4, 3, (1, 2, 4), 4)
     epochs = 1 if args.quick else args.epochs
     gpus = visible_gpus()
     if not gpus:
         print("benchmarks/gpu.py: no NVIDIA GPU on this machine (nvidia-smi -L lists none); nothing measured")
         return 0
+    framework = args.framework or next((f for f in ("torch", "keras") if installed(f)), "torch")
+    if not installed(framework):
+        print(f"benchmarks/gpu.py: {framework} is not installed (it needs {FRAMEWORK_MODULE[framework]}); "
+              "install it or choose the other with --framework")
+        return 2
     gpu = next(iter(gpus)) if args.gpu is None else args.gpu
     if gpu not in gpus:
         print(f"benchmarks/gpu.py: GPU {gpu} is not visible; visible: {', '.join(map(str, gpus))}")
