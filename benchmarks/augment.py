@@ -1,6 +1,7 @@
 """Augmentation speed: xvalkit (pedalboard) against audiomentations, the same kinds of transforms.
 
     python benchmarks/augment.py [--clips 40] [--seconds 3] [--versions 5] [--rounds 3]
+    python benchmarks/augment.py --quick     # 2 clips x 1 s, 1 version, 1 round: checks that it runs
 
 Both sides get the same clips (harmonic + noise, 44.1 kHz) and the same recipe: a random non-empty
 subset of {coloured noise at 5-30 dB SNR, EQ (low shelf + high shelf + 0-2 peaks), convolution with
@@ -28,12 +29,15 @@ import dataclasses
 import functools
 import multiprocessing
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from xvalkit.audio.augment import STRETCH_QUALITY, AugmentSpec, augment, time_stretch
 from xvalkit.audio.augment_files import run_augment
@@ -160,7 +164,7 @@ def distance_to_ideal(stretched: np.ndarray, ideal: np.ndarray) -> float:
     return best
 
 
-def stretch_engines(clips: list[np.ndarray]) -> list[tuple[str, float, float]]:
+def stretch_engines(clips: list[np.ndarray], glide_seconds: float = 3.0) -> list[tuple[str, float, float]]:
     """(engine, audio-s/s on the clips over rates 0.8-1.25, distance to the ideal stretch in dB)."""
     import pedalboard
 
@@ -189,7 +193,7 @@ def stretch_engines(clips: list[np.ndarray]) -> list[tuple[str, float, float]]:
         for i, clip in enumerate(clips):
             stretch(clip, SR, rates[i % len(rates)])
         speed = len(clips) * clips[0].size / SR / (time.perf_counter() - start)
-        distance = np.mean([distance_to_ideal(stretch(glide(3.0, *g), SR, rate), glide(3.0 / rate, *g))
+        distance = np.mean([distance_to_ideal(stretch(glide(glide_seconds, *g), SR, rate), glide(glide_seconds / rate, *g))
                             for g in GLIDES for rate in rates])
         rows.append((name, speed, float(distance)))
     return rows
@@ -202,7 +206,10 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=5, help="per clip; 5 as in `xval augment in out 5`")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the headline pair (audiomentations 1 process, xval augment fast --jobs 2)")
+    parser.add_argument("--quick", action="store_true", help="2 clips x 1 s, 1 version, 1 round: check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.clips, args.seconds, args.versions, args.rounds = 2, 1.0, 1, 1
     clips = make_clips(args.clips, args.seconds)
     audio_seconds = args.clips * args.seconds * args.versions
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,7 +239,7 @@ def main() -> None:
                 seconds = time_ours_pipeline(tmp / "in", tmp / f"out_{quality}_{jobs}", args.versions, q_spec, jobs)
                 rows.append((f"xval augment (read+write), stretch {quality}, --jobs {jobs}", audio_seconds / seconds))
 
-    engines = stretch_engines(clips[:20])
+    engines = stretch_engines(clips[:20], glide_seconds=1.0 if args.quick else 3.0)
     ratios = sorted(x / a for x, a in zip(xval_speeds, am_speeds))
     print(f"headline: xval augment --jobs 2 (stretch fast) vs audiomentations in one process: "
           f"{max(xval_speeds) / am1:.2f}x best against best; per round {', '.join(f'{r:.2f}x' for r in ratios)} "

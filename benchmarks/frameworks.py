@@ -7,6 +7,7 @@ two frameworks interleaved so that drifts hit both alike.
 
     python benchmarks/frameworks.py [--epochs 6] [--repeats 3] [--batch-size 32] [--generator]
     python benchmarks/frameworks.py --gpu 0 --gpu-util    # on a machine with an NVIDIA GPU
+    python benchmarks/frameworks.py --quick               # 2 epochs, 1 repeat: checks that it runs
 
 With --gpu-util, `nvidia-smi --query-gpu=utilization.gpu` is sampled every 100 ms during each
 training and the mean over the steady epochs is printed (goal: 80 % or more).
@@ -99,7 +100,10 @@ def main() -> None:
     parser.add_argument("--gpu", type=int, default=None, help="train on this GPU (default: the CPU)")
     parser.add_argument("--gpu-util", action="store_true", help="sample nvidia-smi during training")
     parser.add_argument("--frameworks", default="keras,torch")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat: check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.repeats = 2, 1  # two epochs: the rate is measured between the first's end and the last's
     choose_device_early(args.gpu, cpu=args.gpu is None)
 
     from xvalkit.data import load_dataset

@@ -15,6 +15,7 @@ as it grows: runner.KERAS_WORKER_FROM).
 
     python benchmarks/many_instances.py [--sizes 10,100,1000] [--frameworks torch,keras] [--profile N]
                                         [--stages N] [--keep DIR]
+    python benchmarks/many_instances.py --quick   # N = 2: checks that it runs
 `--stages N` times xvalkit's main steps in the run at N with plain clocks (cProfile slows pure
 Python 2-3x) and prints them in ms per fold: what is left of the own cost, and where.
 Goal (issue 14): under 25 ms per fold at every N, the N = 1000 figure within 1.3x of N = 10; the
@@ -260,8 +261,9 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=0, help="time xvalkit's steps in the xval run at this N")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep the experiments (to time "
                         "`xval report / plan / status` on them), instead of a temporary one")
+    parser.add_argument("--quick", action="store_true", help="N = 2 only: check that it runs")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [2] if args.quick else [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if args.keep is None else args.keep.resolve()
         folder.mkdir(parents=True, exist_ok=True)

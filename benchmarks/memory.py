@@ -11,7 +11,8 @@
    mode on the same data saved as .npz files, the format before (goal: the in-memory mode keeps its
    speed).
 
-    python benchmarks/memory.py [--gb 6.2] [--small-mb 300] [--where /work]
+    python benchmarks/memory.py [--gb 6.2] [--small-mb 300] [--where /work] [--frameworks torch,keras]
+    python benchmarks/memory.py --quick      # 20 MB and 5 MB datasets, 1 epoch: checks that it runs
 
 Linux only (/proc). The temporary folder is removed at the end.
 """
@@ -131,11 +132,17 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=6.2)
     ap.add_argument("--small-mb", type=float, default=300)
     ap.add_argument("--epochs", type=int, default=3, help="epochs of the speed comparison")
-    ap.add_argument("--where", default="/work")
+    ap.add_argument("--where", default="/work", help="a folder on the disk to measure (default /work; the "
+                    "system's temporary folder where there is no /work)")
+    ap.add_argument("--frameworks", default="torch,keras")
     ap.add_argument("--skip", nargs="*", default=[], choices=["rss", "pss", "speed"])
+    ap.add_argument("--quick", action="store_true", help="20 MB and 5 MB datasets, 1 epoch: check that it runs")
     args = ap.parse_args()
+    if args.quick:
+        args.gb, args.small_mb, args.epochs = 0.02, 5, 1
     print(f"load before: {os.getloadavg()[0]:.1f} (1-min average) on {os.cpu_count()} cores")
-    tmp = Path(tempfile.mkdtemp(prefix="xval_memory_", dir=args.where))
+    frameworks = args.frameworks.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="xval_memory_", dir=args.where if Path(args.where).is_dir() else None))
     try:
         data = tmp / "data"
         config = tmp / "c.ini"
@@ -145,17 +152,17 @@ def main() -> None:
         print(f"big dataset: {gb(size)} on disk ({ITEMS} items, datapoints {SHAPE} float32), "
               f"written in {time.perf_counter() - t:.0f} s")
         if "rss" not in args.skip:
-            for framework in ("torch", "keras"):
+            for framework in frameworks:
                 r = run(config, experiment(tmp, "big", framework, True, 1, f"rss_{framework}"))
                 print(f"generator, 1 worker, {framework:5s}: peak RSS {gb(r['hwm'])} (goal < 1.50 GB; "
                       f"dataset {gb(size)}), {r['epochs']} epochs over 2 folds in {r['wall']:.0f} s")
         if "pss" not in args.skip:
             pss = {}
             for workers in (1, 2):
-                r = run(config, experiment(tmp, "big", "torch", False, 1, f"pss_{workers}"),
+                r = run(config, experiment(tmp, "big", frameworks[0], False, 1, f"pss_{workers}"),
                         "--cpu-workers", str(workers))
                 pss[workers] = r["pss"]
-                print(f"in-memory, torch, --cpu-workers {workers}: peak PSS of the process tree {gb(r['pss'])}, "
+                print(f"in-memory, {frameworks[0]}, --cpu-workers {workers}: peak PSS of the process tree {gb(r['pss'])}, "
                       f"peak RSS summed {gb(r['rss_tree'])}, {r['wall']:.0f} s")
             print(f"two workers / one worker PSS: {pss[2] / pss[1]:.2f}x (goal <= 1.2x)")
         if "speed" not in args.skip:
@@ -167,7 +174,7 @@ def main() -> None:
             small = load_dataset(data, "small")
             _save_npz_dataset(data, "small_npz", {i: np.asarray(x) for i, x in small.predictors.items()},
                               {i: np.asarray(y) for i, y in small.targets.items()}, small.manifest)
-            for framework in ("torch", "keras"):
+            for framework in frameworks:
                 r = {g: run(config, experiment(tmp, "small", framework, g, args.epochs, f"speed_{framework}_{g}"))
                      for g in (False, True)}
                 old = run(config, experiment(tmp, "small_npz", framework, False, args.epochs, f"speed_{framework}_npz"))

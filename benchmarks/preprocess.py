@@ -1,6 +1,7 @@
 """Files per second of `xval preprocess` against a naive serial librosa loop, same features.
 
-    PYTHONPATH=src python benchmarks/preprocess.py [--files 300] [--seconds 3] [--jobs 2]
+    python benchmarks/preprocess.py [--files 300] [--seconds 3] [--jobs 2]
+    python benchmarks/preprocess.py --quick   # 24 files x 1 s, 1 round: checks that it runs
 
 Synthesises a RAVDESS-named corpus (48 kHz, 16-bit, harmonic tones in noise) in a temporary
 folder, then for stft and mfcc times
@@ -17,20 +18,22 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from threadpoolctl import threadpool_limits
 
-from xvalkit.audio import datasets
-from xvalkit.audio.features import FeatureSpec
-from xvalkit.audio.preprocess import extract_all, preprocess
-from xvalkit.config import load_config
-from xvalkit.data import load_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from xvalkit.audio import datasets  # noqa: E402
+from xvalkit.audio.features import FeatureSpec  # noqa: E402
+from xvalkit.audio.preprocess import extract_all, preprocess  # noqa: E402
+from xvalkit.config import load_config  # noqa: E402
+from xvalkit.data import load_dataset  # noqa: E402
 
 import librosa  # noqa: E402  (after xvalkit, which places the numba cache)
 
@@ -86,7 +89,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="24 files x 1 s, 1 round: check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.seconds, args.rounds = 24, 1.0, 1
     with tempfile.TemporaryDirectory() as tmp:
         corpus_dir, out = Path(tmp) / "corpus", Path(tmp) / "data"
         corpus_dir.mkdir()

@@ -7,6 +7,7 @@ machine (as in tests/test_ray_cluster.py, whose Cluster helper starts and stops 
 node's start-up and scheduling cost, not what a second machine would give.
 
     python benchmarks/ray_nodes.py [--folds 4] [--epochs 100]
+    python benchmarks/ray_nodes.py --quick    # 2 folds x 1 epoch: checks that it runs
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="2 folds x 1 epoch: check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.folds, args.epochs = 2, 1
     work = Path(tempfile.mkdtemp(prefix="xvb", dir="/tmp"))
     config = work / "c.ini"
     config.write_text(f"[paths]\ndata_folder = {work / 'data'}\n")

@@ -238,6 +238,17 @@ def test_full_disk_in_a_ray_task_stops_the_run(tmp_path, config_file, tmpfs):
     assert not list((folder / "results").glob("error_*"))
 
 
+def test_the_ray_nodes_benchmark_runs(tmp_path):
+    # here, not in test_benchmarks.py: it starts a cluster, before the `cluster` fixture's below
+    from .test_benchmarks import NUMBER, figures, ratio_rounding, run_benchmark
+
+    out = run_benchmark(tmp_path, "ray_nodes.py", TMPDIR="/tmp")  # Ray's sockets need a short path
+    assert "2 folds x 1 epochs (torch MLP, demo data)" in out
+    ((one,),) = figures(rf"1 node  \(head, 1 CPU\): +{NUMBER} s wall", out)
+    ((two, ratio),) = figures(rf"2 nodes \(head \+ worker, 1 CPU each\): +{NUMBER} s wall   \({NUMBER}x\)", out)
+    assert ratio == pytest.approx(one / two, abs=ratio_rounding(one, two, digits=1))
+
+
 def test_the_token_is_found_where_ray_documents_it(tmp_path, monkeypatch):
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
