@@ -587,7 +587,8 @@ def test_tess_leave_one_speaker_out_with_validation_within_the_training_speaker(
                            folds="leave_one_group_out")
     code, err = xval(capsys, "run", str(exp), "--cpu", "--config", str(config))
     one_line_error(code, err, "leave-one-group-out with 2 foldable items", "too few for 1 validation item")
-    exp = write_experiment(tmp_path / "exp", {1: MLP}, dataset="tess", num_folds=2, global_parameters=[],
+    wider = [p.replace('"mlp"', '"wider"').replace("(8,)", "(16,)") for p in MLP]
+    exp = write_experiment(tmp_path / "exp", {1: MLP, 2: wider}, dataset="tess", num_folds=2, global_parameters=[],
                            folds="leave_one_group_out", validation="within_training_items")
     exp.write_text(exp.read_text().replace("num_folds = 2\n", ""))  # leave-one-out: as many folds as items
     code, out = xval(capsys, "status", str(exp), "--config", str(config), stdout=True)
@@ -612,3 +613,13 @@ def test_tess_leave_one_speaker_out_with_validation_within_the_training_speaker(
                 "a std or p over two numbers rests on 1 degree of freedom")
     assert all(r["protocol"] == protocol for r in records.values())
     assert f"Folds: {protocol}." in summary_notes(folder, "tess")
+    # two cross-speaker results: no std, no p, the comparison not tested
+    import pandas as pd
+
+    summary = pd.read_csv(folder / "summary.csv").set_index("ID")
+    assert summary.filter(like="_std_").isna().all().all()
+    assert summary.loc[1, "significance"] == "best" or summary.loc[2, "significance"] == "best"
+    other = summary[summary["significance"] != "best"].iloc[0]
+    assert other["significance"] == "untested: 2 folds (1 degree of freedom): quote the two fold results"
+    assert pd.isna(other["p_value"]) and pd.isna(other["prob_best_better"])
+    assert summary.filter(like="test_mean_").notna().all().all()

@@ -45,6 +45,9 @@ from typing import Any
 BEST, SAME, DIFFERENT, BETTER, UNTESTED = (
     "best", "not distinguishable from the best", "worse than the best", "better than the best", "untested")
 IDENTICAL_DIFFERENCES = "identical differences"
+# Two folds validated within their training items (TESS's two speakers): a t-test over two fold
+# differences has 1 degree of freedom and rests on two numbers; the fold results are what to quote.
+TWO_FOLDS = "2 folds (1 degree of freedom): quote the two fold results"
 DIVERGED = "diverged in fold"
 
 
@@ -222,6 +225,7 @@ def mark_instances(
     *,
     best: int | None = None,
     rope: float = 0.0,
+    min_folds: int = 2,
 ) -> tuple[int | None, dict[int, Mark]]:
     """Test every instance against the best on `column` ('test_acc') over their common folds.
 
@@ -252,8 +256,9 @@ def mark_instances(
             continue
         common = [f for f in sorted(set(per_run[best]) & set(per_run[run]))
                   if list(folds[best][f]["test_items"]) == list(folds[run][f]["test_items"])]
-        if len(common) < 2:
-            why = "no folds" if not per_run[run] else f"{len(common)} common fold(s) with the best; 2 needed"
+        if len(common) < min_folds:
+            why = ("no folds" if not per_run[run] else TWO_FOLDS if min_folds > 2 and len(common) == 2
+                   else f"{len(common)} common fold(s) with the best; {min_folds} needed")
             marks[run] = Mark(UNTESTED, k=len(common), why=why)
             continue
         ratios = [n_test / n_train for r in (best, run) for f in common

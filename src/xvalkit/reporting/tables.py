@@ -47,6 +47,12 @@ class InstanceInfo:
         return [index for index, fold in self.folds.items() if fold.get("diverged")]
 
     @property
+    def two_folds_within(self) -> bool:
+        """Two folds validated within their training items (TESS's protocol): no std or test over
+        two numbers, the two fold results are the ones to quote."""
+        return self.num_folds == 2 and any(f.get("val_sources") for f in self.folds.values())
+
+    @property
     def complete(self) -> bool:
         return self.results is not None and len(self.folds) == self.num_folds and not self.diverged
 
@@ -143,8 +149,10 @@ def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
     folds = {i.id: i.folds for i in instances}
     select_higher = HIGHER_IS_BETTER[selection.split("_", 1)[1]]
     chosen = sig.choose_best(folds, selection, select_higher, data.best_candidates)
+    two_folds = any(i.two_folds_within for i in instances)
     data.best, data.marks = sig.mark_instances(folds, main, data.main_higher_is_better, data.level,
-                                               data.best_candidates, best=chosen, rope=data.rope)
+                                               data.best_candidates, best=chosen, rope=data.rope,
+                                               min_folds=3 if two_folds else 2)
     if selection != main:
         data.selection = sig.selection_estimate(folds, main, selection, select_higher, data.best_candidates)
     return data
@@ -201,7 +209,7 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         mark = data.marks.get(inst.id)
         posterior = mark.posterior if mark else None
         verdict = mark.verdict if mark else sig.UNTESTED
-        if mark and (mark.why == sig.IDENTICAL_DIFFERENCES or mark.why.startswith(sig.DIVERGED)):
+        if mark and (mark.why in (sig.IDENTICAL_DIFFERENCES, sig.TWO_FOLDS) or mark.why.startswith(sig.DIVERGED)):
             verdict = f"{sig.UNTESTED}: {mark.why}"
         row.update(significance=verdict,
                    p_value=None if mark is None or math.isnan(mark.p) else mark.p,
@@ -215,6 +223,8 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
             summary = summarize(valid, data.task_type)
             for column in metric_columns(data.metrics):
                 set_name, stat, metric = column.split("_", 2)
+                if stat == "std" and inst.two_folds_within:
+                    continue  # a spread of two numbers: the folds sheet has the two results
                 row[column] = _number(summary[set_name][f"{stat}_{metric}"])
             pooled = pooled_test_metrics(valid, data.task_type)
             row.update({f"test_pooled_{m}": _number(v) for m, v in pooled.items()})
