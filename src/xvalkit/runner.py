@@ -27,6 +27,7 @@ from .faults import faults_stop
 from .experiment import Experiment
 from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_repeated_folds
+from .metrics import diverged_folds
 from .jobs import FoldJob
 from .progress import ProgressView
 from .quiet import framework_output_to
@@ -55,6 +56,7 @@ class RunOptions:
 @dataclass
 class RunSummary:
     done: list[int] = field(default_factory=list)
+    diverged: dict[int, list[int]] = field(default_factory=dict)  # finished, some folds diverged: their numbers
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     abandoned: list[str] = field(default_factory=list)
@@ -315,15 +317,25 @@ class RunListener:
                                                   {i: path for i, path in files.items() if path.is_file()})
         if complete and inst.id not in self.summary.failed:
             self.store.clear_error(inst.id)
-            self.summary.done.append(inst.id)
-            s = results["summary"]["test"]
-            diverged = [i for i, f in results["folds"].items() if f.get("diverged")]
-            note = f" over {len(results['folds']) - len(diverged)} folds; diverged in fold(s) " \
-                   f"{', '.join(map(str, diverged))}" if diverged else ""
-            self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
-                            f"{s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}{note}")
+            self.view.print(self._instance_line(inst.id, results))
             self.refresher.instance_done(inst.id, results)
         self.refresher.request()
+
+    def _instance_line(self, run: int, results: dict) -> str:
+        """The line of a finished instance, counted as done or diverged (metrics.diverged_folds)."""
+        folds = results["folds"]
+        diverged = diverged_folds(folds)
+        s = results["summary"]["test"]
+        score = f"test {self.label} {s[f'mean_{self.key}']:.4f} ± {s[f'std_{self.key}']:.4f}"
+        if not diverged:
+            self.summary.done.append(run)
+            return f"[green]instance {run} done[/]: {score}"
+        self.summary.diverged[run] = diverged
+        where = f"all {len(folds)} folds" if len(diverged) == len(folds) else \
+            f"fold(s) {', '.join(map(str, diverged))} of {len(folds)}"
+        rest = "" if len(diverged) == len(folds) else f"; {score} over the other {len(folds) - len(diverged)}"
+        return (f"[yellow]instance {run} diverged[/] in {where}: {escape(folds[diverged[0]]['diverged'])}{rest}; "
+                "not a candidate for the best")
 
     def failed(self, job: FoldJob, error: str) -> None:
         self.store.check_present()
@@ -429,7 +441,7 @@ def _print_summary(console: Console, summary: RunSummary, interrupted: bool = Fa
 
     head = "[yellow]interrupted[/]" if interrupted else "[bold]summary[/]"
     text = (f"{head}: done {ids(summary.done)}; skipped (already done) {ids(summary.skipped)}; "
-            f"failed {ids(summary.failed)}")
+            f"failed {ids(summary.failed)}; diverged {ids(summary.diverged)}")
     if interrupted:
         text += f"; abandoned (will be redone) {ids(summary.abandoned)}"
     console.print(text, soft_wrap=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import HIGHER_IS_BETTER, SETS, metric_names, summarize, valid_folds
+from ..metrics import HIGHER_IS_BETTER, SETS, diverged_folds, metric_names, summarize, valid_folds
 from ..params import differing_parameters
 from ..store import ExperimentStore, error_line
 from . import significance as sig
@@ -43,7 +43,7 @@ class InstanceInfo:
     @property
     def diverged(self) -> list[int]:
         """Folds whose model diverged (non-finite predictions): recorded, never averaged."""
-        return [index for index, fold in self.folds.items() if fold.get("diverged")]
+        return diverged_folds(self.folds)
 
     @property
     def complete(self) -> bool:
