@@ -249,6 +249,46 @@ def test_failing_instance_is_recorded_and_the_run_goes_on(tmp_path, config_file)
     assert statuses == {1: "failed", 2: "done"}
 
 
+BOOM_MODELS = '''
+import keras
+
+
+class BoomError(Exception):
+    def __init__(self, what, where):  # not Exception's signature: Keras re-raises it as a RuntimeError
+        super().__init__(f"{what} exploded at {where} [training only]")
+
+
+class Boom(keras.layers.Layer):
+    def call(self, x, training=None):
+        if training:
+            raise BoomError("the boom layer", "its first step")
+        return x
+
+
+def Boom_model(input_shape, num_outputs, task_type):
+    inputs = keras.Input(shape=input_shape)
+    x = Boom()(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_outputs, activation="softmax")(x))
+'''
+
+
+def test_a_keras_error_shows_the_users_message_and_its_file_is_plain_text(tmp_path, config_file):
+    """Not Keras' wrapper 'RuntimeError: Exception encountered when calling Boom.call().' nor its
+    terminal escape codes: the line says what the user's layer raised, in the run and in `xval status`."""
+    (tmp_path / "boom.py").write_text(BOOM_MODELS)
+    path = write_experiment(tmp_path, {1: instance("boom", "Boom_model", "none")}, models="boom.py",
+                            global_parameters=["num_epochs=1"], num_folds=2)
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 1
+    message = "BoomError: the boom layer exploded at its first step [training only]"
+    assert f"instance 1 fold 1/2 failed: {message}" in result.output, result.output
+    text = (exp_folder(path) / "results" / "error_demo_exp1_run1.txt").read_text()
+    assert "\x1b" not in text and "Exception encountered when calling" in text  # the whole story, as plain text
+    assert f"{message}\n" in text
+    status = xval("status", path, "--config", config_file)
+    assert message in status.output, status.output
+
+
 def test_debug_mode_stops_at_the_first_error_with_traceback(tmp_path, config_file):
     (tmp_path / "flaky.py").write_text(FLAKY_MODELS)
     path = write_experiment(tmp_path, {1: instance("flaky", "Flaky_model", "none"),

@@ -34,7 +34,7 @@ from .quiet import framework_output_to
 from .reporting.background import ReportRefresher
 from .reporting.drawer import EAGER_FROM, PlotDrawer
 from .snapshot import provenance, write_snapshot
-from .store import ExperimentStore, error_line
+from .store import ExperimentStore, error_line, innermost, plain
 from .trainers import trainer_for
 
 
@@ -182,7 +182,8 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             trainer_for(p["framework"]).check_model(fn, shape, num_outputs(dataset, exp.task_type),
                                                     exp.task_type, p)
         except Exception as exc:  # the user's model function or the framework refused
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            cause = innermost(exc)  # the user's message, not Keras' 'Exception encountered when calling'
+            message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise XvalError(
                 f"{inst.where}: architecture {p['architecture']!r} cannot be built for input shape {shape} "
                 f"(reshaping_type={p['reshaping_type']!r}): {message}"
@@ -341,6 +342,7 @@ class RunListener:
         self.store.check_present()
         self.running.pop(job.key, None)
         self.view.ended(job)
+        error = plain(error)  # a Ray task's error text may hold terminal escape codes (Keras' bold)
         line = error_line(error)
         first = job.instance not in self.summary.failed
         self.summary.failed.setdefault(job.instance, line)
