@@ -20,6 +20,7 @@ from . import params as P
 from .config import Config, load_config
 from .errors import ParameterError, XvalError
 from .porting.source import ExperimentSource, read_source
+from .quiet import imports_tensorflow
 
 TASK_TYPES = ("classification", "regression")
 # name: (type, required)
@@ -50,6 +51,10 @@ def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
     name = f"_xval_{label}_{abs(hash(str(path.resolve())))}"
     if not fresh and name in sys.modules:
         return sys.modules[name]
+    if imports_tensorflow(path):  # a models module written the documented way: `import keras`
+        from .devices import import_keras
+
+        import_keras()  # first, on xvalkit's terms: quietly, on the chosen device
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise XvalError(f"{path}: cannot be imported as a Python module (is it a .py file?)")
