@@ -12,6 +12,7 @@ from .experiment import Experiment
 from .metrics import diverged_folds
 from .params import differing_parameters
 from .store import ExperimentStore, error_line
+from .sweeps import swept_values
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping of the tables
@@ -92,6 +93,8 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
         comment = ""
         if run in exp.instances:
             comment = str(exp.instances[run].get("comment_1", exp.global_parameters.get("comment_1", "")))
+            if exp.swept.get(run):  # else every combination reads 'sweep of instance 1'
+                comment += f": {swept_values(exp.instances[run], exp.swept[run])}"
         table.add_row(*_plain(str(run), comment, *(", ".join(map(str, f)) or "-" for f in (folds, diverged, now, pending))),
                       Text(last_line, style="red") if error else "-")
     console.print(table)
