@@ -329,7 +329,9 @@ def test_kill_9_mid_run_then_resume(tmp_path, config_file):
 
 @pytest.mark.parametrize("args, message", [
     (["run", "nope.py"], "nope.py: no such experiment file"),
-    (["run", "{exp}", "5"], "no instance between 5 and 5; the instances are 1-2"),
+    (["run", "{exp}", "5"], "no instance 5; the instances are 1-2"),
+    (["run", "{exp}", "5", "9"], "no instance between 5 and 9; the instances are 1-2"),
+    (["run", "nope"], "nope: no such experiment file (looked for nope, nope.py, experiments/nope.py)"),
     (["run", "{exp}", "2", "1"], "the last instance comes before the first"),
     (["run", "{exp}", "--folds", "20"], "num_folds = 20 but the dataset has only 8 foldable items"),
     (["run", "{exp}", "--gpu", "-1"], "a GPU ID is a number >= 0"),

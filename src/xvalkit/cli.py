@@ -116,8 +116,11 @@ def parse_gpus(text: str) -> list[int]:
 
 
 FirstArg = Annotated[Optional[str], typer.Argument(
-    help="First instance, or a list of instances: 1,5,9 or 3-7 or 1,4-6,9 (default: all).")]
-LastArg = Annotated[Optional[int], typer.Argument(help="Last instance (default: FIRST).")]
+    help="First instance, or a list of instances: 1,5,9 or 3-7 or 1,4-6,9 (default: all). A number must be "
+         "an instance; a range takes the instances in it.")]
+LastArg = Annotated[Optional[int], typer.Argument(help="Last instance: FIRST LAST is the range FIRST-LAST.")]
+ExperimentArg = Annotated[Path, typer.Argument(
+    metavar="EXP", help="The experiment module: experiments/exp1.py, or a name found in experiments/ (exp1).")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", "-p", metavar="NAME=VALUE",
     help="Set a parameter for every selected instance, above the instance itself (repeatable): -p num_epochs=1.")]
@@ -132,7 +135,7 @@ def show_notes(notes: list[str]) -> None:
 @app.command()
 @user_errors
 def run(
-    experiment: Annotated[Path, typer.Argument(help="The experiment module, e.g. experiments/exp1.py")],
+    experiment: ExperimentArg,
     first: FirstArg = None,
     last: LastArg = None,
     gpu_positional: Annotated[
@@ -525,7 +528,7 @@ def report(
 @app.command()
 @user_errors
 def plan(
-    experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    experiment: ExperimentArg,
     first: FirstArg = None,
     last: LastArg = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU(s) the run would use, e.g. 0,1.")] = None,
@@ -555,7 +558,7 @@ def plan(
 @app.command()
 @user_errors
 def status(
-    experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    experiment: ExperimentArg,
     first: FirstArg = None,
     last: LastArg = None,
     config: ConfigOption = None,

@@ -24,7 +24,7 @@ from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
 from .faults import faults_stop
-from .experiment import Experiment
+from .experiment import Experiment, id_ranges
 from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
 from .folds import Fold, plan_repeated_folds
 from .metrics import diverged_folds
@@ -382,7 +382,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     if in_worker:
         where = f"{plan_slots(options.gpus, 1, 1)[0].name}, in a worker process (Keras: replaced as it grows)"
     console.print(
-        f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) x {len(instances[0].folds)} fold(s) on "
+        f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) ({id_ranges([i.id for i in instances])}) x "
+        f"{len(instances[0].folds)} fold(s) on "
         f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"
     )
     if dataset.has_augmented:
