@@ -77,6 +77,26 @@ def test_run_writes_every_artifact(finished):
     assert "done 1, 2" in output and "failed none" in output
 
 
+def test_first_run_says_where_it_synthesised_the_demo_and_where_the_results_are(tmp_path):
+    """The run's last lines name the experiment folder and the workbook; the first use of the demo
+    dataset says that it is synthesised, and where."""
+    config = tmp_path / "c.ini"
+    config.write_text(f"[paths]\ndata_folder = {tmp_path / 'fresh data'}\n")
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH)}, num_folds=2,
+                            global_parameters=TORCH_GLOBAL)
+    result = xval("run", path, "--cpu", "--quiet", "--config", config)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    xvd = tmp_path / "fresh data" / "demo.xvd"
+    assert f"dataset 'demo': first use, synthesising the built-in demo data into {xvd}" in lines[0]
+    assert xvd.is_dir()
+    folder = exp_folder(path)
+    assert lines[-2:] == [f"results in {folder}", f"workbook: {folder / 'demo_exp1_results.xlsx'}"]
+    assert (folder / "demo_exp1_results.xlsx").is_file()
+    again = xval("run", path, "--cpu", "--quiet", "--config", config)
+    assert "synthesising" not in again.output and again.output.strip().endswith(f"workbook: {folder / 'demo_exp1_results.xlsx'}")
+
+
 def test_results_dict_layout(finished):
     _, folder, _ = finished
     r = load_results(folder, 1)

@@ -190,11 +190,12 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             ) from exc
 
 
-def prepare(exp: Experiment, options: RunOptions, warn=None):
+def prepare(exp: Experiment, options: RunOptions, warn=None, say=None):
     """Everything `xval run` and `xval plan` check before training: (dataset, instances, store).
 
-    `warn(line)` receives warnings (fold planning); default: printed to stderr."""
-    dataset = load_dataset(exp.config.data_folder, exp.dataset)
+    `warn(line)` receives warnings (fold planning; default: printed to stderr), `say(line)` what
+    the user should know (a built-in dataset synthesised, and where)."""
+    dataset = load_dataset(exp.config.data_folder, exp.dataset, say=say)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     instances = plan_instances(exp, options, dataset, store, warn)
     if not options.overwrite:
@@ -368,7 +369,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         from .executors.ray_address import check_cluster, cluster_address
 
         check_cluster(options.address)  # a wrong address or a missing token: said in a second, before validating
-    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
+                                        say=lambda line: console.print(escape(line), soft_wrap=True))
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":  # --address, else RAY_ADDRESS
         where = f"Ray ({cluster_address(options.address) or 'local cluster'})"
@@ -426,7 +428,7 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         for key in listener.running:  # their workers are gone: not running any more
             store.unmark_running(*key)
         report.refresh(store)
-        _print_summary(console, summary, interrupted=True)
+        _print_summary(console, summary, store, interrupted=True)
         raise
     except BaseException:  # an environment fault (or a bug): the CLI prints its one line
         refresher.close(final=False)
@@ -434,11 +436,12 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         raise
     view.stop()
     refresher.close(final=True, plots=True)  # the complete report, plots included
-    _print_summary(console, summary)
+    _print_summary(console, summary, store)
     return summary
 
 
-def _print_summary(console: Console, summary: RunSummary, interrupted: bool = False) -> None:
+def _print_summary(console: Console, summary: RunSummary, store: ExperimentStore, interrupted: bool = False) -> None:
+    """The run's last lines: what became of each instance, and where the results are."""
     def ids(values) -> str:
         return ", ".join(map(str, values)) or "none"
 
@@ -448,3 +451,5 @@ def _print_summary(console: Console, summary: RunSummary, interrupted: bool = Fa
     if interrupted:
         text += f"; abandoned (will be redone) {ids(summary.abandoned)}"
     console.print(text, soft_wrap=True)
+    console.print(f"results in {escape(str(store.folder))}\nworkbook: {escape(str(store.spreadsheet_path))}",
+                  soft_wrap=True)

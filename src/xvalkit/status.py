@@ -24,7 +24,8 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
 
     options = RunOptions(first=first, last=last, num_folds=num_folds, gpus=gpus, jobs_per_gpu=jobs_per_gpu,
                          cpu_workers=cpu_workers)
-    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
+                                        say=lambda line: console.print(escape(line)))
     slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
     differ = differing_parameters([inst.params for inst in instances])
     table = Table(title=Text(f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
