@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -366,6 +367,31 @@ def test_cli_errors_are_one_line(tmp_path, config_file, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()  # nothing trained, nothing written
+
+
+def test_a_relative_data_folder_is_relative_to_the_config_that_sets_it(tmp_path, data_folder):
+    """`xval plan` from another folder wrote ./data/demo.xvd there: the project's config.ini (above
+    experiments/) is read, and its `data_folder = data` means <project>/data wherever xval runs."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = write_experiment(project / "experiments", {1: instance("a")}, num_folds=2)
+    (project / "config.ini").write_text("[paths]\ndata_folder = data\n")
+    from xvalkit.data import load_dataset
+
+    load_dataset(data_folder, "demo")  # synthesised once per session
+    shutil.copytree(data_folder / "demo.xvd", project / "data" / "demo.xvd")
+    proc = subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path)], capture_output=True, text=True,
+                          timeout=300, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert list(elsewhere.iterdir()) == [] and "synthesising" not in proc.stdout
+    other = tmp_path / "other" / "c.ini"  # --config: relative to its own folder
+    other.parent.mkdir()
+    other.write_text("[paths]\ndata_folder = my data\n")
+    from xvalkit.config import load_config
+
+    assert load_config(other, cwd=elsewhere).data_folder == other.parent / "my data"
+    assert load_config(cwd=elsewhere, experiment=path).data_folder == project / "data"
+    assert load_config(cwd=elsewhere).data_folder == Path("data")  # the packaged default: the current folder
 
 
 def test_injection_in_an_instance_runs_nothing(tmp_path, config_file):

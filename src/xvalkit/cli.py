@@ -185,11 +185,11 @@ def run(
         fail("--address is for --backend ray")
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)  # imports no framework
     show_notes(exp.notes)
+    device_note = ""
     if gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
         gpus = [exp.gpu_ID]
         if not _gpus_exist(gpus, f"gpu_ID = {exp.gpu_ID} in {experiment}", backend, address):
-            console.print(f"gpu_ID = {exp.gpu_ID} in {escape(str(experiment))}: no GPU on this machine, "
-                          "training on the CPU", soft_wrap=True)
+            device_note = f"gpu_ID = {exp.gpu_ID} in {exp.path}: no GPU on this machine, training on the CPU"
             gpus, cpu = None, True
     elif gpus is not None:
         _gpus_exist(gpus, f"--gpu {','.join(map(str, gpus))}", backend, address)
@@ -199,6 +199,7 @@ def run(
         debug=exp.debug_mode if debug is None else debug,
         num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
+        device_note=device_note,
     )
     workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)

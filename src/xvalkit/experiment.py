@@ -356,7 +356,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
             notes.append(f"{path}: framework 'torch' by default (the file imported a torch variant of xval_instance)")
     base = path.resolve().parent
     models = values.get("models")
-    config = load_config(config_file)
+    config = load_config(config_file, experiment=path)
     return Experiment(
         path=path,
         short_description=values["short_description"],

@@ -51,6 +51,7 @@ class RunOptions:
     backend: str = "local"  # or "ray"
     address: str | None = None
     quiet: bool = False
+    device_note: str = ""  # how the CLI chose the device (gpu_ID without a GPU), said once the input is valid
 
 
 @dataclass
@@ -388,6 +389,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         f"{len(instances[0].folds)} fold(s) on "
         f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"
     )
+    if options.device_note:
+        console.print(escape(options.device_note), soft_wrap=True)
     if dataset.has_augmented:
         from .status import augmented_line
 
