@@ -89,7 +89,7 @@ def test_first_run_says_where_it_synthesised_the_demo_and_where_the_results_are(
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     xvd = tmp_path / "fresh data" / "demo.xvd"
-    assert f"dataset 'demo': first use, synthesising the built-in demo data into {xvd}" in lines[0]
+    assert f"dataset 'demo': first use, synthesising the built-in demo data into {xvd}" in lines
     assert xvd.is_dir()
     folder = exp_folder(path)
     assert lines[-2:] == [f"results in {folder}", f"workbook: {folder / 'demo_exp1_results.xlsx'}"]
