@@ -376,9 +376,6 @@ def test_a_relative_data_folder_is_relative_to_the_config_that_sets_it(tmp_path,
     elsewhere.mkdir()
     path = write_experiment(project / "experiments", {1: instance("a")}, num_folds=2)
     (project / "config.ini").write_text("[paths]\ndata_folder = data\n")
-    from xvalkit.data import load_dataset
-
-    load_dataset(data_folder, "demo")  # synthesised once per session
     shutil.copytree(data_folder / "demo.xvd", project / "data" / "demo.xvd")
     proc = subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path)], capture_output=True, text=True,
                           timeout=300, cwd=elsewhere)
