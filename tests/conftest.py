@@ -66,8 +66,14 @@ def instance(comment: str = "c", architecture: str = "EXAMPLE_model", reshaping:
 
 @pytest.fixture(scope="session")
 def data_folder(tmp_path_factory) -> Path:
-    """One data folder for the session: the demo datasets are synthesised there once."""
-    return tmp_path_factory.mktemp("data")
+    """One data folder for the session: the demo datasets are synthesised there once, up front, so
+    that no test's output depends on being the first to use them ('first use, synthesising ...')."""
+    from xvalkit.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("data")
+    for name in ("demo", "demo_pitch"):
+        load_dataset(folder, name)
+    return folder
 
 
 @pytest.fixture

@@ -190,6 +190,20 @@ def sweep_experiment(tmp_path, values: list[float], **settings):
                             global_parameters=SWEEP_SETTINGS, extra=extra, **settings)
 
 
+def test_status_of_a_sweep_names_each_combination_by_its_values(tmp_path, config_file):
+    path = sweep_experiment(tmp_path, [0.01, 0.001])
+    result = xval("status", path, "--config", config_file)
+    assert result.exit_code == 0, result.output
+    comments = {cells[0]: cells[1] for line in result.output.splitlines()
+                if len(cells := [c.strip() for c in line.split("│")[1:-1]]) > 2 and cells[0].isdigit()}
+    assert comments == {  # not 'sweep of instance 1' four times
+        "10101": "sweep of instance 1: learning_rate=0.01, hidden_sizes=(8,)",
+        "10102": "sweep of instance 1: learning_rate=0.01, hidden_sizes=(4,)",
+        "10201": "sweep of instance 1: learning_rate=0.001, hidden_sizes=(8,)",
+        "10202": "sweep of instance 1: learning_rate=0.001, hidden_sizes=(4,)",
+    }
+
+
 def test_sweep_run_then_a_value_appended_keeps_the_old_combinations(tmp_path, config_file):
     path = sweep_experiment(tmp_path, [0.01, 0.001])
     result = xval("run", path, "--cpu", "--quiet", "--config", config_file)

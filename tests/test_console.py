@@ -31,7 +31,8 @@ def Chatty_model(input_shape, num_outputs, task_type, *, hidden_size=8):
 CHATTER = ("chatter: a python warning", "chatter: the tensorflow logger", "chatter: C-level stderr",
            "chatter: stdout")
 # Every line xval run prints on this run: the header, one per fold, per instance, the summary.
-XVAL_LINE = re.compile(r"^(exp_chatty\.py: 1 instance|instance 1 (fold \d/2: test accuracy|done: )|summary: )")
+XVAL_LINE = re.compile(r"^(exp_chatty\.py: 1 instance|instance 1 (fold \d/2: test accuracy|done: )|summary: "
+                       r"|results in |workbook: )")
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_framework_chatter_goes_to_the_fold_log_not_the_console(chatty, config_f
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert [line for line in lines if not XVAL_LINE.match(line)] == [], proc.stderr
-    assert len(lines) == 1 + 2 + 1 + 1  # header, 2 folds, instance done, summary
+    assert len(lines) == 1 + 2 + 1 + 1 + 2  # header, 2 folds, instance done, summary, where the results are
     logs = exp_folder(chatty) / "logs"
     for fold in (1, 2):
         text = (logs / f"run1_fold{fold}.log").read_text()
@@ -71,6 +72,39 @@ def test_debug_shows_everything(chatty, config_file):
     console = proc.stdout + proc.stderr
     for chatter in CHATTER:
         assert chatter in console, chatter
+
+
+# TensorFlow's start-up lines: 'I0000 00:00:... port.cc:153] oneDNN custom operations are on...',
+# cpu_feature_guard, 'WARNING: All log messages before absl::InitializeLog() is called...'
+TENSORFLOW_START_UP = re.compile(r"^[IWEF]\d{4} |oneDNN|cpu_feature_guard|absl::", re.MULTILINE)
+
+
+KERAS_AT_THE_TOP = '''
+import keras
+
+
+def Flat_model(input_shape, num_outputs, task_type):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(num_outputs, activation="softmax")])
+'''
+
+
+def test_a_models_module_importing_keras_keeps_tensorflows_start_up_off_the_console(tmp_path, config_file):
+    """`import keras` at the top of a models module, as the README shows: plan and run print
+    xvalkit's lines only, as with the built-in models."""
+    (tmp_path / "keras_models.py").write_text(KERAS_AT_THE_TOP)
+    path = write_experiment(tmp_path, {1: ['architecture="Flat_model"', 'reshaping_type="none"',
+                                           'comment_1="a"', 'comment_2="b"']},
+                            name="exp_keras", num_folds=2, models="keras_models.py",
+                            global_parameters=["num_epochs=1", "tensorboard=False"])
+    plan = subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path), "--config", str(config_file)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert not TENSORFLOW_START_UP.search(plan.stdout + plan.stderr), plan.stderr
+    proc = run(path, config_file)
+    assert proc.returncode == 0, proc.stderr
+    assert not TENSORFLOW_START_UP.search(proc.stdout + proc.stderr), proc.stderr
+    assert "instance 1 done" in proc.stderr
 
 
 def commands(group, path=()):

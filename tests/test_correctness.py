@@ -165,6 +165,20 @@ def test_diverged_fold_is_recorded_not_averaged(mixed_run):
     assert "inf" not in text.replace("info", "")
 
 
+def test_diverged_instance_is_named_as_diverged_on_the_console_and_in_status(mixed_run):
+    """Not 'instance 4 done: nan over 0 folds' nor 'done 1, 2, 3, 4': counted and named as diverged."""
+    path, _, _, output = mixed_run
+    assert "instance 4 diverged in all 2 folds: non-finite predictions" in output
+    assert "instance 4 done" not in output and "over 0 folds" not in output
+    assert "done 1, 2, 3;" in output and "failed none; diverged 4" in output
+    result = xval("status", path, "--config", path.parent / "c.ini")
+    assert result.exit_code == 0, result.output
+    rows = {cells[0]: cells for line in result.output.splitlines()
+            if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 7 and cells[0].isdigit()}
+    assert rows["4"][2:4] == ["-", "1, 2"]  # done: none; diverged: both folds
+    assert rows["1"][2:4] == ["1, 2", "-"]
+
+
 # --- 4. non-finite data ---------------------------------------------------------------------------
 
 def test_nan_in_the_dataset_is_refused_naming_item_and_datapoint(tmp_path):

@@ -111,6 +111,11 @@ def test_gpu_id_in_the_file_falls_back_to_the_cpu_with_one_line_where_there_is_n
     notes = [line for line in proc.stderr.splitlines() if "GPU" in line]
     assert notes == [f"gpu_ID = 0 in {path}: no GPU on this machine, training on the CPU"], proc.stderr
     assert [f["device"] for f in folds_of(path)] == ["CPU", "CPU"]
+    # an error that has nothing to do with the GPU comes alone
+    bad = write_experiment(tmp_path / "bad", {1: [*MLP[1:], 'architecture="Nope_model"']},
+                           num_folds=2, global_parameters=QUICK, gpu_ID=0)
+    proc = xval_run(bad, "--quiet", "--config", config_file, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "Nope_model" in proc.stderr and "GPU" not in proc.stderr, proc.stderr
     # and --gpu 0 there is an error, not a silent fallback
     proc = xval_run(path, "--gpu", "0", "--config", config_file, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "the visible GPUs are: none" in proc.stderr

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xvalkit.cli import app
+from xvalkit.errors import XvalError
 from xvalkit.experiment import load_experiment
 
 from .conftest import instance, write_experiment
@@ -248,6 +249,34 @@ def test_instance_lists(tmp_path, config_file, text, expected):
     exp = load_experiment(path, config_file=config_file)
     assert exp.select(text) == expected
     assert exp.select("3", 7) == exp.select(3, 7) == [3, 4, 5, 6, 7]
+
+
+def test_one_selection_rule_for_every_form(tmp_path, config_file):
+    """FIRST LAST is the range FIRST-LAST: `2 9` and `2-9` both take the instances in it (2 and 3),
+    where `2 9` silently ran 2-3 and `2-9` was an error; a number alone must be an instance."""
+    exp = load_experiment(write_experiment(tmp_path, {i: instance(str(i)) for i in (1, 2, 3)}), config_file=config_file)
+    assert exp.select(2, 9) == exp.select("2", 9) == exp.select("2-9") == [2, 3]
+    assert exp.select("1,3-9") == [1, 3]
+    for text in ("2,9", "9"):
+        with pytest.raises(XvalError, match="no instance 9; the instances are 1-3"):
+            exp.select(text)
+    with pytest.raises(XvalError, match="no instance between 5 and 9"):
+        exp.select(5, 9)
+
+
+def test_every_command_takes_the_same_experiment_forms(tmp_path, config_file, monkeypatch):
+    """`xval run exp7` said 'no such experiment file' while `xval report exp7` found experiments/exp7.py."""
+    write_experiment(tmp_path / "experiments", {1: instance("a", "MLP_model", "none", 'framework="torch"',
+                                                            "hidden_sizes=(4,)")},
+                     name="exp7", num_folds=2, global_parameters=["num_epochs=1", "tensorboard=False"])
+    monkeypatch.chdir(tmp_path)
+    result = xval("run", "exp7", "--cpu", "--quiet", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    for command in ("run", "plan", "status", "report"):
+        for target in ("exp7", "exp7.py", "experiments/exp7", "experiments/exp7.py"):
+            args = [command, target] + (["--cpu", "--quiet"] if command == "run" else [])
+            result = xval(*args, "--config", config_file)
+            assert result.exit_code == 0, (command, target, result.output)
 
 
 @pytest.mark.parametrize("args, words", [(["1,x"], "expected numbers and ranges"), (["7-3"], "comes before"),

@@ -763,8 +763,9 @@ def test_report_resolves_module_name_and_folder(tmp_path, monkeypatch):
         result = xval("report", target, "--no-plots")
         assert result.exit_code == 0, (target, result.output)
         assert store.spreadsheet_path.is_file()
-    for target, message in (("nope", "experiment name (experiments/nope.py)"), (str(tmp_path), "no results/ in it"),
-                            ("experiments/nope.py", "experiment name (experiments/<name>.py)")):  # not .../experiments/nope.py.py
+    for target, message in (("nope", "(looked for nope, nope.py, experiments/nope.py); nor an experiment folder"),
+                            (str(tmp_path), "no results/ in it"),
+                            ("experiments/nope.py", "experiments/nope.py: no such experiment file; nor")):  # not .../nope.py.py
         result = xval("report", target)
         assert result.exit_code == 2 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) <= 2

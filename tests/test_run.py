@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,26 @@ def test_run_writes_every_artifact(finished):
     assert not list(folder.rglob(".*.tmp*")), "temporary files left behind"
     assert "done 1, 2" in output and "failed none" in output
     assert_plain_modes(folder)  # workbook, csv, models, fold files, plots, logs: readable by the lab
+
+
+def test_first_run_says_where_it_synthesised_the_demo_and_where_the_results_are(tmp_path):
+    """The run's last lines name the experiment folder and the workbook; the first use of the demo
+    dataset says that it is synthesised, and where."""
+    config = tmp_path / "c.ini"
+    config.write_text(f"[paths]\ndata_folder = {tmp_path / 'fresh data'}\n")
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH)}, num_folds=2,
+                            global_parameters=TORCH_GLOBAL)
+    result = xval("run", path, "--cpu", "--quiet", "--config", config)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    xvd = tmp_path / "fresh data" / "demo.xvd"
+    assert f"dataset 'demo': first use, synthesising the built-in demo data into {xvd}" in lines
+    assert xvd.is_dir()
+    folder = exp_folder(path)
+    assert lines[-2:] == [f"results in {folder}", f"workbook: {folder / 'demo_exp1_results.xlsx'}"]
+    assert (folder / "demo_exp1_results.xlsx").is_file()
+    again = xval("run", path, "--cpu", "--quiet", "--config", config)
+    assert "synthesising" not in again.output and again.output.strip().endswith(f"workbook: {folder / 'demo_exp1_results.xlsx'}")
 
 
 def test_results_dict_layout(finished):
@@ -273,6 +294,46 @@ def test_failing_instance_is_recorded_and_the_run_goes_on(tmp_path, config_file)
     assert statuses == {1: "failed", 2: "done"}
 
 
+BOOM_MODELS = '''
+import keras
+
+
+class BoomError(Exception):
+    def __init__(self, what, where):  # not Exception's signature: Keras re-raises it as a RuntimeError
+        super().__init__(f"{what} exploded at {where} [training only]")
+
+
+class Boom(keras.layers.Layer):
+    def call(self, x, training=None):
+        if training:
+            raise BoomError("the boom layer", "its first step")
+        return x
+
+
+def Boom_model(input_shape, num_outputs, task_type):
+    inputs = keras.Input(shape=input_shape)
+    x = Boom()(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_outputs, activation="softmax")(x))
+'''
+
+
+def test_a_keras_error_shows_the_users_message_and_its_file_is_plain_text(tmp_path, config_file):
+    """Not Keras' wrapper 'RuntimeError: Exception encountered when calling Boom.call().' nor its
+    terminal escape codes: the line says what the user's layer raised, in the run and in `xval status`."""
+    (tmp_path / "boom.py").write_text(BOOM_MODELS)
+    path = write_experiment(tmp_path, {1: instance("boom", "Boom_model", "none")}, models="boom.py",
+                            global_parameters=["num_epochs=1"], num_folds=2)
+    result = xval("run", path, "--cpu", "--config", config_file)
+    assert result.exit_code == 1
+    message = "BoomError: the boom layer exploded at its first step [training only]"
+    assert f"instance 1 fold 1/2 failed: {message}" in result.output, result.output
+    text = (exp_folder(path) / "results" / "error_demo_exp1_run1.txt").read_text()
+    assert "\x1b" not in text and "Exception encountered when calling" in text  # the whole story, as plain text
+    assert f"{message}\n" in text
+    status = xval("status", path, "--config", config_file)
+    assert message in status.output, status.output
+
+
 def test_debug_mode_stops_at_the_first_error_with_traceback(tmp_path, config_file):
     (tmp_path / "flaky.py").write_text(FLAKY_MODELS)
     path = write_experiment(tmp_path, {1: instance("flaky", "Flaky_model", "none"),
@@ -312,7 +373,9 @@ def test_kill_9_mid_run_then_resume(tmp_path, config_file):
 
 @pytest.mark.parametrize("args, message", [
     (["run", "nope.py"], "nope.py: no such experiment file"),
-    (["run", "{exp}", "5"], "no instance between 5 and 5; the instances are 1-2"),
+    (["run", "{exp}", "5"], "no instance 5; the instances are 1-2"),
+    (["run", "{exp}", "5", "9"], "no instance between 5 and 9; the instances are 1-2"),
+    (["run", "nope"], "nope: no such experiment file (looked for nope, nope.py, experiments/nope.py)"),
     (["run", "{exp}", "2", "1"], "the last instance comes before the first"),
     (["run", "{exp}", "--folds", "20"], "num_folds = 20 but the dataset has only 8 foldable items"),
     (["run", "{exp}", "--gpu", "-1"], "a GPU ID is a number >= 0"),
@@ -327,6 +390,28 @@ def test_cli_errors_are_one_line(tmp_path, config_file, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()  # nothing trained, nothing written
+
+
+def test_a_relative_data_folder_is_relative_to_the_config_that_sets_it(tmp_path, data_folder):
+    """`xval plan` from another folder wrote ./data/demo.xvd there: the project's config.ini (above
+    experiments/) is read, and its `data_folder = data` means <project>/data wherever xval runs."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = write_experiment(project / "experiments", {1: instance("a")}, num_folds=2)
+    (project / "config.ini").write_text("[paths]\ndata_folder = data\n")
+    shutil.copytree(data_folder / "demo.xvd", project / "data" / "demo.xvd")
+    proc = subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path)], capture_output=True, text=True,
+                          timeout=300, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert list(elsewhere.iterdir()) == [] and "synthesising" not in proc.stdout
+    other = tmp_path / "other" / "c.ini"  # --config: relative to its own folder
+    other.parent.mkdir()
+    other.write_text("[paths]\ndata_folder = my data\n")
+    from xvalkit.config import load_config
+
+    assert load_config(other, cwd=elsewhere).data_folder == other.parent / "my data"
+    assert load_config(cwd=elsewhere, experiment=path).data_folder == project / "data"
+    assert load_config(cwd=elsewhere).data_folder == Path("data")  # the packaged default: the current folder
 
 
 def test_injection_in_an_instance_runs_nothing(tmp_path, config_file):

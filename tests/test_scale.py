@@ -247,8 +247,8 @@ def test_status_shows_done_failed_and_pending(tmp_path, config_file):
     rows = {}
     for line in result.stdout.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 6 and cells[0].isdigit():
+        if len(cells) == 7 and cells[0].isdigit():
             rows[int(cells[0])] = cells
-    assert rows[1][2:5] == ["1, 2", "-", "-"] and rows[1][5] == "-"  # done
-    assert rows[2][2] == "-" and rows[2][4] == "1, 2" and "flaky model exploded" in rows[2][5]  # failed
-    assert rows[3][2:5] == ["-", "-", "1, 2"]  # never run: pending
+    assert rows[1][2:6] == ["1, 2", "-", "-", "-"] and rows[1][6] == "-"  # done
+    assert rows[2][2] == "-" and rows[2][5] == "1, 2" and "flaky model exploded" in rows[2][6]  # failed
+    assert rows[3][2:6] == ["-", "-", "-", "1, 2"]  # never run: pending

@@ -121,8 +121,11 @@ def parse_gpus(text: str) -> list[int]:
 
 
 FirstArg = Annotated[Optional[str], typer.Argument(
-    help="First instance, or a list of instances: 1,5,9 or 3-7 or 1,4-6,9 (default: all).")]
-LastArg = Annotated[Optional[int], typer.Argument(help="Last instance (default: FIRST).")]
+    help="First instance, or a list of instances: 1,5,9 or 3-7 or 1,4-6,9 (default: all). A number must be "
+         "an instance; a range takes the instances in it.")]
+LastArg = Annotated[Optional[int], typer.Argument(help="Last instance: FIRST LAST is the range FIRST-LAST.")]
+ExperimentArg = Annotated[Path, typer.Argument(
+    metavar="EXP", help="The experiment module: experiments/exp1.py, or a name found in experiments/ (exp1).")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", "-p", metavar="NAME=VALUE",
     help="Set a parameter for every selected instance, above the instance itself (repeatable): -p num_epochs=1.")]
@@ -137,7 +140,7 @@ def show_notes(notes: list[str]) -> None:
 @app.command()
 @user_errors
 def run(
-    experiment: Annotated[Path, typer.Argument(help="The experiment module, e.g. experiments/exp1.py")],
+    experiment: ExperimentArg,
     first: FirstArg = None,
     last: LastArg = None,
     gpu_positional: Annotated[
@@ -187,11 +190,11 @@ def run(
         fail("--address is for --backend ray")
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)  # imports no framework
     show_notes(exp.notes)
+    device_note = ""
     if gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
         gpus = [exp.gpu_ID]
         if not _gpus_exist(gpus, f"gpu_ID = {exp.gpu_ID} in {experiment}", backend, address):
-            console.print(f"gpu_ID = {exp.gpu_ID} in {escape(str(experiment))}: no GPU on this machine, "
-                          "training on the CPU", soft_wrap=True)
+            device_note = f"gpu_ID = {exp.gpu_ID} in {exp.path}: no GPU on this machine, training on the CPU"
             gpus, cpu = None, True
     elif gpus is not None:
         _gpus_exist(gpus, f"--gpu {','.join(map(str, gpus))}", backend, address)
@@ -201,6 +204,7 @@ def run(
         debug=exp.debug_mode if debug is None else debug,
         num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
+        device_note=device_note,
     )
     workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)
@@ -544,7 +548,7 @@ def report(
 @app.command()
 @user_errors
 def plan(
-    experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    experiment: ExperimentArg,
     first: FirstArg = None,
     last: LastArg = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU(s) the run would use, e.g. 0,1.")] = None,
@@ -574,7 +578,7 @@ def plan(
 @app.command()
 @user_errors
 def status(
-    experiment: Annotated[Path, typer.Argument(help="The experiment module.")],
+    experiment: ExperimentArg,
     first: FirstArg = None,
     last: LastArg = None,
     config: ConfigOption = None,

@@ -1,8 +1,13 @@
 """config.ini: the defaults of xvalkit, layered key by key.
 
-The packaged copy (always present) < ./config.ini (if any) < --config FILE (if given).
+The packaged copy (always present) < the experiment's project config.ini (beside the experiment
+file, else in the folder above it) < ./config.ini (if any) < --config FILE (if given).
 Values are Python literals (`0.001`, `"adam"`, `True`, `(3, 3)`); a bare word is kept as a string,
 so `data_folder = data` and `data_folder = "data"` mean the same.
+
+A relative data_folder is relative to the folder of the config file that set it, so that a command
+run from another folder finds the same data; the packaged default, `data`, set by no file of the
+user's, is relative to the current folder.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Config:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one line per key of an old config.ini without a counterpart
+    data_base: Path | None = None  # the folder of the config file that set data_folder (None: the packaged one)
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.sections.get(name, {}))
@@ -48,7 +54,8 @@ class Config:
 
     @property
     def data_folder(self) -> Path:
-        return Path(str(self.sections["paths"]["data_folder"])).expanduser()
+        folder = Path(str(self.sections["paths"]["data_folder"])).expanduser()
+        return folder if self.data_base is None else self.data_base / folder
 
     def to_ini(self) -> str:
         """The merged configuration as ini text (saved with each experiment's code snapshot)."""
@@ -73,12 +80,20 @@ def _read_ini(path: Path) -> dict[str, dict[str, Any]]:
     return {name: {k: parse_value(v) for k, v in parser[name].items()} for name in parser.sections()}
 
 
-def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Config:
-    """Load the packaged defaults, then ./config.ini, then `extra`; later files win key by key."""
+def project_config(experiment: Path) -> Path | None:
+    """The config.ini of an experiment's project: beside the experiment file, else in the folder
+    above it (the project of experiments/exp1.py)."""
+    folder = experiment.resolve().parent
+    return next((f / "config.ini" for f in (folder, folder.parent) if (f / "config.ini").is_file()), None)
+
+
+def load_config(extra: str | Path | None = None, cwd: Path | None = None, experiment: Path | None = None) -> Config:
+    """Load the packaged defaults, then the project's config.ini of `experiment`, then ./config.ini,
+    then `extra`; later files win key by key."""
     files = [PACKAGED_CONFIG]
-    local = (cwd or Path.cwd()) / "config.ini"
-    if local.is_file() and local.resolve() != PACKAGED_CONFIG.resolve():
-        files.append(local)
+    for found in (project_config(experiment) if experiment is not None else None, (cwd or Path.cwd()) / "config.ini"):
+        if found is not None and found.is_file() and found.resolve() not in {f.resolve() for f in files}:
+            files.append(found)
     if extra is not None:
         extra = Path(extra)
         if not extra.is_file():
@@ -88,6 +103,7 @@ def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Con
 
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     notes: list[str] = []
+    data_base = None
     for path in files:
         sections = _read_ini(path)
         if old_config.is_old(sections):  # an original-scripts config.ini: mapped onto today's keys
@@ -100,7 +116,9 @@ def load_config(extra: str | Path | None = None, cwd: Path | None = None) -> Con
                     f"{path}: unknown section [{name}]; the sections are {', '.join(SECTIONS)}"
                 )
             merged[name].update(values)
-    return Config(sections=merged, files=files, notes=notes + selection_notes(merged["report"]))
+        if "data_folder" in sections.get("paths", {}):
+            data_base = None if path == PACKAGED_CONFIG else path.resolve().parent
+    return Config(sections=merged, files=files, notes=notes + selection_notes(merged["report"]), data_base=data_base)
 
 
 def selection_notes(report: dict[str, Any]) -> list[str]:

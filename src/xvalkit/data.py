@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,8 +205,10 @@ def check_dataset(name: str, predictors: dict, targets: dict, items_only: bool =
         mapped.check_finite(np.asarray(targets[item]), f"dataset '{name}', item '{item}'", "targets")
 
 
-def load_dataset(folder: str | Path, name: str, check_values: bool = True) -> Dataset:
-    """Load `name` from `folder`, synthesising a built-in dataset there the first time.
+def load_dataset(folder: str | Path, name: str, check_values: bool = True,
+                 say: Callable[[str], None] | None = None) -> Dataset:
+    """Load `name` from `folder`, synthesising a built-in dataset there the first time (said to
+    `say`, with where).
 
     A <name>.xvd/ folder is mapped read-only (its values checked chunk by chunk unless
     `check_values` is False: workers skip what `xval run` checked already); else the .npz files
@@ -217,6 +220,8 @@ def load_dataset(folder: str | Path, name: str, check_values: bool = True) -> Da
     if name in BUILTIN_DATASETS and not paths["target"].is_file() and not xvd.is_dir():
         from .demo import demo_dataset
 
+        if say is not None:
+            say(f"dataset '{name}': first use, synthesising the built-in demo data into {xvd.resolve()}")
         save_dataset(folder, name, *demo_dataset(name))
     if xvd.is_dir():
         table, manifest = mapped.open_table(xvd, name)

@@ -20,6 +20,7 @@ from . import params as P
 from .config import Config, load_config
 from .errors import ParameterError, XvalError
 from .porting.source import ExperimentSource, read_source
+from .quiet import imports_tensorflow
 
 TASK_TYPES = ("classification", "regression")
 # name: (type, required)
@@ -54,6 +55,10 @@ def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
     name = f"_xval_{label}_{abs(hash(str(path.resolve())))}"
     if not fresh and name in sys.modules:
         return sys.modules[name]
+    if imports_tensorflow(path):  # a models module written the documented way: `import keras`
+        from .devices import import_keras
+
+        import_keras()  # first, on xvalkit's terms: quietly, on the chosen device
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise XvalError(f"{path}: cannot be imported as a Python module (is it a .py file?)")
@@ -66,6 +71,21 @@ def import_file(path: Path, label: str, fresh: bool = False) -> ModuleType:
     except Exception as exc:  # the user's module raised while loading
         raise XvalError(f"{path}: raised {type(exc).__name__} while loading: {exc}") from exc
     return module
+
+
+def find_experiment(target: str | Path) -> Path:
+    """The experiment module that `target` names, the same forms for every command: a path
+    (experiments/exp1.py), the same without .py, or a bare name also looked for in ./experiments/
+    (exp1, exp1.py -> experiments/exp1.py)."""
+    path = Path(target)
+    candidates = [path] if path.suffix == ".py" else [path, Path(f"{path}.py")]
+    if len(path.parts) == 1:
+        candidates.append(Path("experiments") / candidates[-1].name)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = f" (looked for {', '.join(map(str, candidates))})" if len(candidates) > 1 else ""
+        raise XvalError(f"{target}: no such experiment file{looked}")
+    return found
 
 
 def exec_experiment(path: Path) -> tuple[ModuleType, ExperimentSource]:
@@ -231,33 +251,15 @@ class Experiment:
                                      self.overrides)
 
     def select(self, first: int | str | None, last: int | None = None) -> list[int]:
-        """Instance IDs: all (first None), first to last, only first, or a list such as '1,4-6,9'."""
+        """Instance IDs: all (first None), or those `first` and `last` name (select_instances)."""
         ids = sorted(self.instances)
         if first is None:
             return ids
-        if isinstance(first, str):
-            if not first.strip().isdigit():
-                return self._select_list(first, last, ids)
-            first = int(first)
-        last = first if last is None else last
-        if last < first:
-            raise XvalError(f"instances {first} to {last}: the last instance comes before the first")
-        chosen = [i for i in ids if first <= i <= last]
-        if not chosen:
-            raise XvalError(
-                f"{self.path}: no instance between {first} and {last}; the instances are {_ranges(ids)}"
-            )
-        return chosen
-
-
-    def _select_list(self, text: str, last: int | None, ids: list[int]) -> list[int]:
-        if last is not None:
-            raise XvalError(f"instances {text} {last}: give a list ('1,4-6,9') or FIRST LAST ('3 7'), not both")
-        wanted = parse_instance_list(text)
-        missing = [i for i in wanted if i not in self.instances]
-        if missing:
-            raise XvalError(f"{self.path}: no instance {', '.join(map(str, missing))}; the instances are {_ranges(ids)}")
-        return wanted
+        if last is not None:  # FIRST LAST is the range FIRST-LAST
+            if not str(first).strip().isdigit():
+                raise XvalError(f"instances {first} {last}: give a list ('1,4-6,9') or FIRST LAST ('3 7'), not both")
+            first = f"{int(first)}-{last}"
+        return select_instances(str(first), ids, str(self.path))
 
 
 OLD_MODELS_FILES = {"keras": "define_models.py", "torch": "define_models_torch.py"}
@@ -278,17 +280,34 @@ def find_old_models(path: Path) -> dict[str, Path]:
 INSTANCE_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
-def parse_instance_list(text: str) -> list[int]:
-    """'1,5,9' -> [1, 5, 9]; '3-7' -> [3, ..., 7]; '1,4-6,9' -> [1, 4, 5, 6, 9] (sorted, once each)."""
+def select_instances(text: str, ids: list[int], where: str) -> list[int]:
+    """The instances of `ids` that '1,5,9', '3-7' or '1,4-6,9' names (sorted, once each).
+
+    One rule, whatever the form (`xval run exp 3 7` is '3-7'): a number names one instance, which
+    must exist; a range takes the instances whose IDs lie in it (sweep IDs are sparse), at least one.
+    """
     chosen: set[int] = set()
+    missing: list[int] = []
+    known = set(ids)
     for part in str(text).split(","):
         match = INSTANCE_PART.match(part)
         if match is None:
             raise XvalError(f"instances {text!r}: expected numbers and ranges like 1,5,9 or 3-7 or 1,4-6,9")
         low, high = int(match[1]), int(match[2] or match[1])
         if high < low:
-            raise XvalError(f"instances {text!r}: in {part.strip()!r} the last instance comes before the first")
-        chosen.update(range(low, high + 1))
+            raise XvalError(f"instances {part.strip()}: the last instance comes before the first")
+        if match[2] is None:
+            if low in known:
+                chosen.add(low)
+            else:
+                missing.append(low)
+            continue
+        within = [i for i in ids if low <= i <= high]
+        if not within:
+            raise XvalError(f"{where}: no instance between {low} and {high}; the instances are {id_ranges(ids)}")
+        chosen.update(within)
+    if missing:
+        raise XvalError(f"{where}: no instance {', '.join(map(str, missing))}; the instances are {id_ranges(ids)}")
     return sorted(chosen)
 
 
@@ -303,7 +322,7 @@ def parse_overrides(statements: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _ranges(ids: list[int]) -> str:
+def id_ranges(ids: list[int]) -> str:
     if not ids:
         return "none"
     parts, start, prev = [], ids[0], ids[0]
@@ -323,9 +342,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
 
     `overrides` are -p/--set 'NAME=VALUE' statements applied above every instance.
     """
-    path = Path(path)
-    if path.suffix != ".py" and not path.exists() and path.with_suffix(".py").is_file():
-        path = path.with_suffix(".py")
+    path = find_experiment(path)
     command_line = parse_overrides(overrides)
     module, source = exec_experiment(path)  # run afresh every time: the file may have changed since
     typos = misspelt_settings(module)
@@ -386,7 +403,7 @@ def load_experiment(path: str | Path, config_file: str | Path | None = None,
             notes.append(f"{path}: framework 'torch' by default (the file imported a torch variant of xval_instance)")
     base = path.resolve().parent
     models = values.get("models")
-    config = load_config(config_file)
+    config = load_config(config_file, experiment=path)
     return Experiment(
         path=path,
         short_description=values["short_description"],

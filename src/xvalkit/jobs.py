@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -211,7 +210,9 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
         log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}"
                   + (f"; diverged: {record['diverged']}" if record["diverged"] else ""))
         return record
-    except BaseException:
+    except BaseException as exc:
+        from .store import failure_text
+
         with contextlib.suppress(OSError):  # the log may be on the disk that just filled up
-            log.close(traceback.format_exc())
+            log.close(failure_text(exc))
         raise

@@ -17,6 +17,9 @@ cross-validation studies", SIGKDD Explorations 12), and out-of-fold RMSE, MAE an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 # 'acc' is WA (accuracy); the key keeps its name so that configs, scripts and old results still read.
@@ -106,6 +109,12 @@ def compute(task_type: str, y_true, y_pred, num_outputs: int) -> dict:
     if task_type == "classification":
         return classification_metrics(y_true, y_pred, num_outputs)
     return regression_metrics(y_true, y_pred)
+
+
+def diverged_folds(folds: Mapping[int, Mapping[str, Any]]) -> list[int]:
+    """The folds whose model diverged (non-finite predictions: recorded, never averaged). An instance
+    with any is 'diverged' everywhere: the console, `xval status`, the csv files and the workbook."""
+    return [index for index, fold in folds.items() if fold.get("diverged")]
 
 
 def valid_folds(folds: dict[int, dict]) -> dict[int, dict]:

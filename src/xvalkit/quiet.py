@@ -12,6 +12,7 @@ descriptor 2, it is pointed at a copy of the original descriptor while descripto
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -19,7 +20,26 @@ import os
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 from typing import IO, Iterator
+
+
+TENSORFLOW_MODULES = ("keras", "tensorflow", "tf_keras")
+
+
+def imports_tensorflow(path: Path) -> bool:
+    """Whether a Python file imports Keras or TensorFlow anywhere (read, not run): xvalkit then
+    imports them first, without TensorFlow's start-up lines (devices.import_keras)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return False  # the import itself says what is wrong
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        if any(name.split(".")[0] in TENSORFLOW_MODULES for name in names):
+            return True
+    return False
 
 
 def debugging() -> bool:

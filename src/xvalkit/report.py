@@ -159,20 +159,18 @@ _PICKLE = re.compile(r"^(?:results|error)_(.+)_exp(\d+)_run-?\d+\.(?:pkl|txt)$")
 def open_store(target: str | Path, config_file: str | Path | None = None) -> tuple[ExperimentStore, Config | None]:
     """The store of `target` and the experiment's config (None for a folder).
 
-    `target` is an experiment folder (it holds results/), a module path (`experiments/exp1.py`) or a
-    bare name (`exp1` finds `experiments/exp1.py` under the current folder).
+    `target` is an experiment folder (it holds results/), or a module as every command takes it
+    (experiment.find_experiment: `experiments/exp1.py`, `exp1` ...).
     """
-    from .experiment import load_experiment
+    from .experiment import find_experiment, load_experiment
 
     path = Path(target)
     if path.is_dir():
         return _folder_store(path), None
-    candidates = [path, path.with_suffix(".py"), Path("experiments") / f"{target}.py"]
-    module = next((p for p in candidates if p.suffix == ".py" and p.is_file()), None)
-    if module is None:
-        name = f"experiments/{target}.py" if len(path.parts) == 1 and not path.suffix else "experiments/<name>.py"
-        raise XvalError(f"{target}: not an experiment module, experiment name ({name}) or "
-                        "experiment folder (one holding results/)")
+    try:
+        module = find_experiment(path)
+    except XvalError as exc:
+        raise XvalError(f"{exc}; nor an experiment folder (one holding results/)") from None
     exp = load_experiment(module, config_file=config_file)
     if not (exp.folder / "results").is_dir():
         raise XvalError(f"{module}: no results yet in {exp.folder}; run `xval run {module}` first")

@@ -24,16 +24,17 @@ from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
 from .faults import faults_stop
-from .experiment import Experiment
+from .experiment import Experiment, id_ranges
 from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
 from .folds import Fold, untrained_test_classes
+from .metrics import diverged_folds
 from .jobs import FoldJob
 from .progress import ProgressView
 from .quiet import framework_output_to
 from .reporting.background import ReportRefresher
 from .reporting.drawer import EAGER_FROM, PlotDrawer
 from .snapshot import code_files, digests, new_run_id, provenance, record_run, write_snapshot
-from .store import ExperimentStore, error_line
+from .store import ExperimentStore, error_line, innermost, plain
 from .trainers import trainer_for
 
 
@@ -50,11 +51,13 @@ class RunOptions:
     backend: str = "local"  # or "ray"
     address: str | None = None
     quiet: bool = False
+    device_note: str = ""  # how the CLI chose the device (gpu_ID without a GPU), said once the input is valid
 
 
 @dataclass
 class RunSummary:
     done: list[int] = field(default_factory=list)
+    diverged: dict[int, list[int]] = field(default_factory=dict)  # finished, some folds diverged: their numbers
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     abandoned: list[str] = field(default_factory=list)
@@ -204,18 +207,20 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             trainer_for(p["framework"]).check_model(fn, shape, num_outputs(dataset, exp.task_type),
                                                     exp.task_type, p)
         except Exception as exc:  # the user's model function or the framework refused
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            cause = innermost(exc)  # the user's message, not Keras' 'Exception encountered when calling'
+            message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise XvalError(
                 f"{inst.where}: architecture {p['architecture']!r} cannot be built for input shape {shape} "
                 f"(reshaping_type={p['reshaping_type']!r}): {message}"
             ) from exc
 
 
-def prepare(exp: Experiment, options: RunOptions, warn=None):
+def prepare(exp: Experiment, options: RunOptions, warn=None, say=None):
     """Everything `xval run` and `xval plan` check before training: (dataset, instances, store).
 
-    `warn(line)` receives warnings (fold planning); default: printed to stderr."""
-    dataset = load_dataset(exp.config.data_folder, exp.dataset)
+    `warn(line)` receives warnings (fold planning; default: printed to stderr), `say(line)` what
+    the user should know (a built-in dataset synthesised, and where)."""
+    dataset = load_dataset(exp.config.data_folder, exp.dataset, say=say)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     instances = plan_instances(exp, options, dataset, store, warn)
     if not options.overwrite:
@@ -355,22 +360,32 @@ class RunListener:
                                                   {i: path for i, path in files.items() if path.is_file()})
         if complete and inst.id not in self.summary.failed:
             self.store.clear_error(inst.id)
-            self.summary.done.append(inst.id)
-            s = results["summary"]["test"]
-            diverged = [i for i, f in results["folds"].items() if f.get("diverged")]
-            note = f" over {len(results['folds']) - len(diverged)} folds; diverged in fold(s) " \
-                   f"{', '.join(map(str, diverged))}" if diverged else ""
-            std = s[f"std_{self.key}"]  # NaN from a single fold: no spread to show
-            spread = f" ± {std:.4f}" if std == std else ""
-            self.view.print(f"[green]instance {inst.id} done[/]: test {self.label} "
-                            f"{s[f'mean_{self.key}']:.4f}{spread}{note}")
+            self.view.print(self._instance_line(inst.id, results))
             self.refresher.instance_done(inst.id, results)
         self.refresher.request()
+
+    def _instance_line(self, run: int, results: dict) -> str:
+        """The line of a finished instance, counted as done or diverged (metrics.diverged_folds)."""
+        folds = results["folds"]
+        diverged = diverged_folds(folds)
+        s = results["summary"]["test"]
+        std = s[f"std_{self.key}"]  # NaN from a single fold: no spread to show
+        score = f"test {self.label} {s[f'mean_{self.key}']:.4f}" + (f" ± {std:.4f}" if std == std else "")
+        if not diverged:
+            self.summary.done.append(run)
+            return f"[green]instance {run} done[/]: {score}"
+        self.summary.diverged[run] = diverged
+        where = f"all {len(folds)} folds" if len(diverged) == len(folds) else \
+            f"fold(s) {', '.join(map(str, diverged))} of {len(folds)}"
+        rest = "" if len(diverged) == len(folds) else f"; {score} over the other {len(folds) - len(diverged)}"
+        return (f"[yellow]instance {run} diverged[/] in {where}: {escape(folds[diverged[0]]['diverged'])}{rest}; "
+                "not a candidate for the best")
 
     def failed(self, job: FoldJob, error: str) -> None:
         self.store.check_present()
         self.running.pop(job.key, None)
         self.view.ended(job)
+        error = plain(error)  # a Ray task's error text may hold terminal escape codes (Keras' bold)
         line = error_line(error)
         first = job.instance not in self.summary.failed
         self.summary.failed.setdefault(job.instance, line)
@@ -396,7 +411,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         from .executors.ray_address import check_cluster, cluster_address
 
         check_cluster(options.address)  # a wrong address or a missing token: said in a second, before validating
-    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
+                                        say=lambda line: console.print(escape(line), soft_wrap=True))
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":  # --address, else RAY_ADDRESS
         where = f"Ray ({cluster_address(options.address) or 'local cluster'})"
@@ -410,9 +426,12 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     if in_worker:
         where = f"{plan_slots(options.gpus, 1, 1)[0].name}, in a worker process (Keras: replaced as it grows)"
     console.print(
-        f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) x {len(instances[0].folds)} fold(s) on "
+        f"[bold]{exp.path.name}[/]: {len(instances)} instance(s) ({id_ranges([i.id for i in instances])}) x "
+        f"{len(instances[0].folds)} fold(s) on "
         f"'{exp.dataset}' ({len(dataset.items)} foldable items), device: {where}"
     )
+    if options.device_note:
+        console.print(escape(options.device_note), soft_wrap=True)
     if dataset.has_augmented:
         from .status import augmented_line
 
@@ -453,7 +472,7 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         for key in listener.running:  # their workers are gone: not running any more
             store.unmark_running(*key)
         report.refresh(store)
-        _print_summary(console, summary, interrupted=True)
+        _print_summary(console, summary, store, interrupted=True)
         raise
     except BaseException:  # an environment fault (or a bug): the CLI prints its one line
         refresher.close(final=False)
@@ -461,17 +480,20 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         raise
     view.stop()
     refresher.close(final=True, plots=True)  # the complete report, plots included
-    _print_summary(console, summary)
+    _print_summary(console, summary, store)
     return summary
 
 
-def _print_summary(console: Console, summary: RunSummary, interrupted: bool = False) -> None:
+def _print_summary(console: Console, summary: RunSummary, store: ExperimentStore, interrupted: bool = False) -> None:
+    """The run's last lines: what became of each instance, and where the results are."""
     def ids(values) -> str:
         return ", ".join(map(str, values)) or "none"
 
     head = "[yellow]interrupted[/]" if interrupted else "[bold]summary[/]"
     text = (f"{head}: done {ids(summary.done)}; skipped (already done) {ids(summary.skipped)}; "
-            f"failed {ids(summary.failed)}")
+            f"failed {ids(summary.failed)}; diverged {ids(summary.diverged)}")
     if interrupted:
         text += f"; abandoned (will be redone) {ids(summary.abandoned)}"
     console.print(text, soft_wrap=True)
+    console.print(f"results in {escape(str(store.folder))}\nworkbook: {escape(str(store.spreadsheet_path))}",
+                  soft_wrap=True)

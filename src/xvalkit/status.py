@@ -9,8 +9,10 @@ from rich.text import Text
 
 from .executors import plan_slots
 from .experiment import Experiment
+from .metrics import diverged_folds
 from .params import differing_parameters
 from .store import ExperimentStore, error_line
+from .sweeps import swept_values
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping of the tables
@@ -22,7 +24,8 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
 
     options = RunOptions(first=first, last=last, num_folds=num_folds, gpus=gpus, jobs_per_gpu=jobs_per_gpu,
                          cpu_workers=cpu_workers)
-    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
+    dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
+                                        say=lambda line: console.print(escape(line)))
     slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
     differ = differing_parameters([inst.params for inst in instances])
     table = Table(title=Text(f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
@@ -77,20 +80,24 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     running = store.running()
     table = Table(title=Text(f"{exp.path.name}: {store.folder}"))
-    for column in ("ID", "comment_1", "done", "running", "pending", "failed"):
+    for column in ("ID", "comment_1", "done", "diverged", "running", "pending", "failed"):
         table.add_column(column)
     ids = sorted(set(exp.instances) | set(store.instance_ids())) if selected is None else selected
-    files = store.fold_files()  # one listing; one fold file read per instance, for its fold count
+    files = store.fold_files()  # one listing; every finished fold's record read, for divergence
     for run in ids:
-        folds = dict(sorted(files.get(run, {}).items()))
-        num = store.read(next(iter(folds.values())))["num_folds"] if folds else exp.fold_count * exp.num_repeats
+        saved = store.load_folds(run, files.get(run, {}))
+        num = next(iter(saved.values()))["num_folds"] if saved else exp.fold_count * exp.num_repeats
+        diverged = diverged_folds({f: fold["record"] for f, fold in saved.items()})
+        folds = [f for f in saved if f not in diverged]
         now = sorted(f for (r, f) in running if r == run)
-        pending = [f for f in range(1, num + 1) if f not in folds and f not in now]
+        pending = [f for f in range(1, num + 1) if f not in saved and f not in now]
         error = store.error_text(run)
         last_line = error_line(error, 120) if error else ""
         comment = ""
         if run in exp.instances:
             comment = str(exp.instances[run].get("comment_1", exp.global_parameters.get("comment_1", "")))
-        table.add_row(*_plain(str(run), comment, ", ".join(map(str, folds)) or "-", ", ".join(map(str, now)) or "-",
-                              ", ".join(map(str, pending)) or "-"), Text(last_line, style="red") if error else "-")
+            if exp.swept.get(run):  # else every combination reads 'sweep of instance 1'
+                comment += f": {swept_values(exp.instances[run], exp.swept[run])}"
+        table.add_row(*_plain(str(run), comment, *(", ".join(map(str, f)) or "-" for f in (folds, diverged, now, pending))),
+                      Text(last_line, style="red") if error else "-")
     console.print(table)

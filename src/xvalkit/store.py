@@ -27,6 +27,7 @@ import pickle
 import re
 import socket
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,38 @@ class ExperimentStore:
                 for path in folder.glob(pattern):
                     path.unlink(missing_ok=True)
         shutil.rmtree(self.folder / "tensorboard" / f"run{run}", ignore_errors=True)
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The exception a wrapper only restates: Keras re-raises a layer's error as 'Exception
+    encountered when calling Boom.call(). <the message> Arguments received by ...' (from None), so
+    the chain is followed while the inner exception's message is part of the outer one's."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen or not str(inner) or str(inner) not in str(exc):
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a failed fold's error file holds: its traceback as plain text (no terminal escape codes,
+    which Keras puts in its messages), ending with the innermost cause when a wrapper restated it,
+    so that error_line shows the user's message."""
+    text = "".join(traceback.format_exception(exc))
+    cause = innermost(exc)
+    if cause is not exc:
+        text += "\nThe cause, as raised (restated above):\n" + "".join(traceback.format_exception(cause, chain=False))
+    # A class of the user's models module by its own name: BoomError, not _xval_models_1234.BoomError
+    return re.sub(r"\b_xval_[a-z]+_\d+\.", "", plain(text))
+
+
+def plain(text: str) -> str:
+    """`text` less terminal escape codes (colours, bold)."""
+    from rich.text import Text
+
+    return Text.from_ansi(text).plain
 
 
 def error_line(traceback_text: str, width: int | None = None) -> str:

@@ -99,11 +99,16 @@ def expand(instances: dict[int, dict[str, Any]], sweep: Any, where: str) -> tupl
             values = {n: grid[n][i] for n, i in zip(names, positions)}
             combo = {**params, **values}
             combo.setdefault("comment_1", f"sweep of instance {base}")
-            combo.setdefault("comment_2", ", ".join(f"{n}={v!r}" for n, v in values.items()))
+            combo.setdefault("comment_2", swept_values(combo, names))
             new_id = combination_id(base, positions)
             _add(out, origin, new_id, base, combo, where)
             swept[new_id] = names
     return dict(sorted(out.items())), swept
+
+
+def swept_values(params: dict[str, Any], names: list[str]) -> str:
+    """What sets a combination apart: "learning_rate=0.01, layer_type='conv'"."""
+    return ", ".join(f"{name}={params[name]!r}" for name in names)
 
 
 def _add(out: dict, origin: dict, new_id: int, base: int, params: dict, where: str) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import traceback
-
 from ..faults import EnvironmentFault
 from ..interrupts import StopRequest
 from ..jobs import FoldJob, execute
+from ..store import failure_text
 from . import Listener
 
 
@@ -30,9 +29,9 @@ class InProcessExecutor:
                     record = execute(job, on_epoch=on_epoch)
                 except (KeyboardInterrupt, EnvironmentFault):  # the run stops; the fold did not fail
                     raise
-                except Exception:
+                except Exception as exc:
                     if debug:
                         raise
-                    listener.failed(job, traceback.format_exc())
+                    listener.failed(job, failure_text(exc))
                     continue
                 listener.finished(job, record)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import traceback
 from collections import deque
 from multiprocessing.connection import wait
 
@@ -41,6 +40,7 @@ def worker_main(conn, slot: Slot) -> None:
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None, share=slot.share)
     from ..jobs import execute
+    from ..store import failure_text
 
     while True:
         job = conn.recv()
@@ -52,8 +52,8 @@ def worker_main(conn, slot: Slot) -> None:
             conn.send(("done", record, resident_mb()))
         except EnvironmentFault as fault:  # the machine's fault, not the job's: the parent stops the run
             conn.send(("fault", str(fault)))
-        except BaseException:
-            conn.send(("error", traceback.format_exc()))
+        except BaseException as exc:
+            conn.send(("error", failure_text(exc)))
 
 
 def resident_mb() -> float:

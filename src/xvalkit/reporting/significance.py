@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..metrics import diverged_folds
+
 # Verdicts. A p-value >= level does not show two instances equivalent, only that the folds could
 # not tell them apart: hence "not distinguishable", never "equivalent".
 BEST, SAME, DIFFERENT, BETTER, UNTESTED = (
@@ -196,11 +198,6 @@ def fold_values(folds: Mapping[int, Mapping[str, Any]], column: str) -> dict[int
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[fold] = float(value)
     return out
-
-
-def diverged_folds(folds: Mapping[int, Mapping[str, Any]]) -> list[int]:
-    """The folds of one instance whose model diverged (non-finite predictions)."""
-    return [f for f, record in folds.items() if record.get("diverged")]
 
 
 def choose_best(folds: Mapping[int, Mapping[int, Mapping[str, Any]]], column: str, higher_is_better: bool,

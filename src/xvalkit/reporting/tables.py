@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import (HIGHER_IS_BETTER, POOLED_METRICS, SETS, backfill, metric_names, pooled_test_metrics, summarize,
-                       valid_folds)
+from ..metrics import (HIGHER_IS_BETTER, POOLED_METRICS, SETS, backfill, diverged_folds, metric_names,
+                       pooled_test_metrics, summarize, valid_folds)
 from ..params import differing_parameters
 from ..store import ExperimentStore, error_line
 from . import significance as sig
@@ -44,7 +44,7 @@ class InstanceInfo:
     @property
     def diverged(self) -> list[int]:
         """Folds whose model diverged (non-finite predictions): recorded, never averaged."""
-        return [index for index, fold in self.folds.items() if fold.get("diverged")]
+        return diverged_folds(self.folds)
 
     @property
     def two_folds_within(self) -> bool:
