@@ -130,7 +130,7 @@ def main() -> None:
         t_fresh = fresh_processes(fresh_jobs(), folder)
     n = args.folds
     print(f"{n} folds x {args.epochs} epochs of EXAMPLE_model ({args.framework}) on the demo data, {cores} cores; "
-          f"threads per worker: {', '.join(f'{name} {slots[0].threads}' for name, slots in pools.items())}")
+          f"threads per worker: {', '.join(f'{slots[0].threads} ({name})' for name, slots in pools.items())}")
     for state in ("cold", "warm"):
         t1, t2, t1t = (figures[name, state] for name in pools)
         print(f"  {state}: 1 CPU worker {t1:6.2f} s, 2 CPU workers {t2:6.2f} s: speed-up {t1 / t2:.2f}x "
