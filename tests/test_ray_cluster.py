@@ -332,7 +332,10 @@ def Broken_model(input_shape, num_outputs, task_type, *, width: int = 4):
             if self.training:
                 with open(ATTEMPTS, "a") as handle:
                     handle.write(f"{os.getpid()}\\n")
-                raise ValueError("broken model refuses to train")
+                try:  # restated by a wrapper, as Keras does: the line must show the user's message
+                    raise ValueError("broken model refuses to train")
+                except ValueError as inner:
+                    raise RuntimeError(f"Exception encountered when calling Broken.forward(). {inner}") from None
             return self.out(x.flatten(1))
 
     return Broken()
@@ -346,7 +349,7 @@ def test_a_python_error_in_a_fold_is_recorded_not_retried(cluster, tmp_path, con
                             models="broken.py", num_folds=2, global_parameters=["num_epochs=2"])
     result = xval_run(cluster, path, config_file, "--address", cluster.address)
     assert result.returncode == 1, result.stderr
-    assert "instance 1 fold 1/2 failed" in result.stderr and "broken model refuses to train" in result.stderr
+    assert "instance 1 fold 1/2 failed: ValueError: broken model refuses to train" in result.stderr, result.stderr
     assert "done 2" in result.stderr and "failed 1" in result.stderr
     assert len((tmp_path / "attempts.txt").read_text().split()) == 2  # one attempt per fold: no retry
     folder = exp_folder(path)

@@ -24,12 +24,23 @@ from .ray_address import cluster_address, prepare_authentication
 MAX_RETRIES = 3
 
 
+class FoldFailed(Exception):
+    """A job's Python error as failure_text wrote it in the task: Ray pickles the exception, and a
+    pickled exception loses its chain (__cause__, __context__), where the user's message may be."""
+
+
 def _execute(job: FoldJob, gpu_share: float = 0.0) -> dict:
     from ..devices import prepare_gpu_sharing
     from ..jobs import execute
+    from ..store import failure_text
 
     prepare_gpu_sharing(gpu_share)  # Ray set CUDA_VISIBLE_DEVICES; memory growth and torch's cap are ours
-    return execute(job)
+    try:
+        return execute(job)
+    except EnvironmentFault:
+        raise
+    except Exception as exc:
+        raise FoldFailed(failure_text(exc)) from None
 
 
 class RayExecutor:
@@ -80,7 +91,7 @@ class RayExecutor:
                     except ray.exceptions.RayTaskError as exc:
                         if isinstance(exc.cause, EnvironmentFault):  # a full disk: stop, not a failed fold
                             raise EnvironmentFault(str(exc.cause)) from None
-                        text = str(exc)
+                        text = str(exc.cause) if isinstance(exc.cause, FoldFailed) else str(exc)
                         if debug:
                             raise JobError(f"{job.label} failed:\n{text}") from None
                         listener.failed(job, text)
