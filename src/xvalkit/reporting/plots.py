@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import atomic
 from . import significance as sig
-from .tables import InstanceInfo, Pivot, ReportData, pivot, test_confusion
+from .tables import InstanceInfo, Pivot, ReportData, metric_text, pivot, test_confusion
 
 
 def _pyplot():
@@ -285,9 +285,9 @@ def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
                   fontsize=8 if len(rows) <= 30 else 6)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("instance ID")  # an unfinished one's tick says how many folds it has, e.g. "4 (2/3 folds)"
-    ax.set_ylabel(f"{set_name} {metric}")
-    ax.set_title(f"{set_name} {metric} per instance (mean ± std over folds; green: best, {SAME_COLOUR_NAME}: "
-                 "not distinguishable from it)", fontsize=8)
+    ax.set_ylabel(metric_text(data.main_metric))
+    ax.set_title(f"{metric_text(data.main_metric)} per instance (mean ± std over folds)\ngreen: the best, chosen on "
+                 f"{metric_text(data.chooser)}; {SAME_COLOUR_NAME}: not distinguishable from it", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -29,8 +29,8 @@ from openpyxl.worksheet.pagebreak import Break
 
 from . import significance as sig
 from .page_layout import print_setup, text_reach, wrap_row, wrapped_note
-from .tables import (Pivot, ReportData, cell, evaluation_note, highlighted_rows, metric_columns, pivot,
-                     pooled_columns, test_confusion)
+from .tables import (METRIC_TITLES, SET_SHORT, Pivot, ReportData, cell, evaluation_note, highlighted_rows,
+                     metric_columns, metric_text, pivot, pooled_columns, test_confusion)
 
 BEST_FILL = "C6EFCE"  # Excel's "good" green
 SAME_FILL = "FFEB9C"  # Excel's "neutral" yellow: not significantly different from the best
@@ -38,9 +38,6 @@ HEADER_FILL = "DDEBF7"
 VARYING_FILL = "FCE4D6"
 # One light colour per metric group (cycled).
 GROUP_FILLS = ("E2EFDA", "FFF2CC", "DDEBF7", "EDE1F5", "FBE2D5", "D9F2F2")
-METRIC_TITLES = {"loss": "loss", "acc": "WA (accuracy)", "ua": "UA (unweighted accuracy)", "f1": "F1", "precision": "precision", "recall": "recall",
-                 "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
-SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
 NUMBER_FORMAT = "0.0000"
 PROBABILITY_COLUMNS = ("p_value", "p_holm", "prob_best_better", "prob_equivalent", "prob_other_better")
 HEADER_ROWS = 2
@@ -211,7 +208,7 @@ def _optimistic_comment(data: ReportData) -> Comment:
     """The note on the best instance's test values: optimistic, and what to quote instead."""
     quote = "the selection row below, the estimate to quote" if data.selection is not None else \
         "a selection metric other than the main metric gives the selection row, the estimate to quote"
-    return Comment(f"Optimistic: this instance was chosen on the mean {_metric_text(data.chooser)} over all "
+    return Comment(f"Optimistic: this instance was chosen on the mean {metric_text(data.chooser)} over all "
                    "folds, and each fold's test items are validation items of other folds, so its test "
                    f"values took part in the choice. See {quote}.", "xvalkit", width=300, height=110)
 
@@ -225,7 +222,7 @@ def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> No
     ws.cell(row=r, column=1, value="selection").font = _font(bold=True, italic=True)
     picked = ", ".join(f"{f}:{i}" for f, i in est.picks.items())
     ws.cell(row=r, column=columns["comment_1"],
-            value=f"headline estimate: selection procedure (best {_metric_text(data.selection_metric)} per fold)")
+            value=f"headline estimate: selection procedure (best {metric_text(data.selection_metric)} per fold)")
     ws.cell(row=r, column=columns["comment_2"], value=f"fold:instance {picked}")
     ws.cell(row=r, column=columns["folds_done"], value=len(est.values))
     for key, value in ((main_column, est.mean), (f"{set_name}_std_{metric}", est.std)):
@@ -233,15 +230,10 @@ def _selection_row(ws, data: ReportData, layout, r: int, main_column: str) -> No
         c.number_format, c.font = NUMBER_FORMAT, _font(bold=True, italic=True)
 
 
-def _metric_text(column: str) -> str:
-    set_name, _, metric = column.partition("_")
-    return f"{SET_SHORT.get(set_name, set_name)} {METRIC_TITLES.get(metric, metric)}"
-
-
 def _notes(data: ReportData, ratio_note: str) -> list[str]:
     level = data.level
     best_id = "none" if data.best is None else f"ID {data.best}"
-    main, chooser = _metric_text(data.main_metric), _metric_text(data.chooser)
+    main, chooser = metric_text(data.main_metric), metric_text(data.chooser)
     notes = []
     if data.selection is not None:
         est = data.selection
@@ -300,7 +292,7 @@ def _metrics_note(task_type: str) -> str:
 def _pivot_sheet(ws, data: ReportData, grid: Pivot) -> None:
     """The main metric over two swept parameters: 'mean ± std' per cell, the best cell green; cells and
     the best one chosen on the selection metric (Pivot)."""
-    title, chooser = _metric_text(data.main_metric), _metric_text(grid.chooser)
+    title, chooser = metric_text(data.main_metric), metric_text(grid.chooser)
     ws.cell(row=1, column=1, value=f"{title}: mean ± std over folds, by {grid.row_parameter} (rows) and "
                                    f"{grid.column_parameter} (columns)").font = _font(bold=True)
     _header(ws.cell(row=2, column=1), f"{grid.row_parameter} \\ {grid.column_parameter}", VARYING_FILL)

@@ -174,6 +174,18 @@ def varying_parameters(instances: list[InstanceInfo]) -> list[str]:
     return differing_parameters(i.params for i in instances if i.results is not None)
 
 
+# How the workbook and the plots name the metrics and sets ('test WA (accuracy)')
+METRIC_TITLES = {"loss": "loss", "acc": "WA (accuracy)", "ua": "UA (unweighted accuracy)", "f1": "F1",
+                 "precision": "precision", "recall": "recall", "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
+SET_SHORT = {"train": "train", "val": "validation", "test": "test"}
+
+
+def metric_text(column: str) -> str:
+    """'test_acc' -> 'test WA (accuracy)'."""
+    set_name, _, metric = column.partition("_")
+    return f"{SET_SHORT.get(set_name, set_name)} {METRIC_TITLES.get(metric, metric)}"
+
+
 def cell(value: Any) -> Any:
     """A value a spreadsheet or csv cell can hold: numbers, text, booleans; repr for the rest."""
     if value is None or isinstance(value, (bool, int, float, str)):
