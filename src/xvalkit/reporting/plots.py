@@ -269,7 +269,7 @@ def metric_bar_figure(plt, data: ReportData, summary: list[dict[str, Any]]):
     set_name, _, metric = data.main_metric.partition("_")
     rows = [r for r in summary if r.get(f"{set_name}_mean_{metric}") is not None]
     # Up to 60 labelled bars grow the figure; beyond, it stays 32 inches wide and labels every n-th bar.
-    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.5 * len(rows) + 2), 32.0), 3.2))
+    fig, ax = plt.subplots(figsize=(min(max(5.0, 0.5 * len(rows) + 2), 32.0), 3.2))  # 5: room for the title
     means = np.array([r[f"{set_name}_mean_{metric}"] for r in rows], dtype=float)
     stds = np.array([r[f"{set_name}_std_{metric}"] or 0.0 for r in rows], dtype=float)
     low, high = clipped_band(metric, means, stds)
