@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xvalkit.errors import XvalError
-from xvalkit.folds import (Fold, GivenFolds, LeaveOneGroupOut, ValidationWithinItems, plan_folds,
+from xvalkit.folds import (Fold, GivenFolds, GroupedKFold, LeaveOneGroupOut, ValidationWithinItems, _hold_out,
+                           plan_folds,
                            untrained_test_classes)
 
 
@@ -214,3 +215,104 @@ def test_untrained_test_classes():
     labels = {"a": np.array([0, 1]), "b": np.array([0]), "c": np.array([1, 2]), "d": np.array([0, 1])}
     assert untrained_test_classes(Fold(1, ("a", "b"), ("d",), ("c",)), labels) == [2]
     assert untrained_test_classes(Fold(2, ("a", "c"), ("d",), ("b",)), labels) == []
+
+
+# --- held-out sets chosen class by class (mutation testing, issue 34) -------------------------------
+
+def _classes_in(items, labels) -> set:
+    return {int(c) for i in items for c in np.unique(labels[i])}
+
+
+def _coverable(pool, labels) -> set:
+    """The classes that two or more items of `pool` hold: a held-out set can take one, the rest keep one."""
+    counts = {}
+    for item in pool:
+        for c in _classes_in([item], labels):
+            counts[c] = counts.get(c, 0) + 1
+    return {c for c, count in counts.items() if count > 1}
+
+
+def _can_hold_every_class(pool, n, labels) -> bool:
+    """One class per item: n items can hold one of each coverable class and leave one of every class."""
+    return len(_coverable(pool, labels)) <= n <= len(pool) - len(_classes_in(pool, labels))
+
+
+def _holds_and_leaves(held, pool, labels) -> bool:
+    rest = [i for i in pool if i not in set(held)]
+    return _classes_in(held, labels) >= _coverable(pool, labels) and _classes_in(rest, labels) == _classes_in(pool, labels)
+
+
+@st.composite
+def one_class_items(draw):
+    """Items of one class each (several datapoints), with a fold count (1: the single split) that fits."""
+    n = draw(st.integers(min_value=4, max_value=24))
+    items = [f"spk{i:02d}" for i in range(n)]
+    classes = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+    labels = {item: np.full(draw(st.integers(1, 3)), c) for item, c in zip(items, classes)}
+    k = draw(st.sampled_from([1] + list(range(2, n // 2 + 1))))
+    n_val = draw(st.integers(min_value=1, max_value=max(1, n // 4)))
+    return items, labels, k, n_val, draw(st.integers(0, 2**31))
+
+
+@settings(max_examples=120, deadline=None)
+@given(one_class_items())
+def test_held_out_sets_hold_every_class_they_can_and_training_keeps_every_class(case):
+    """Each held-out set (validation; the single split's test set too) holds a class held by two or
+    more of the items it is drawn from, and leaves every class to the rest, whenever its size allows
+    (module docstring); when the plain random draw already does, it is that draw."""
+    items, labels, k, n_val, seed = case
+    n = len(items)
+    try:
+        folds = plan_folds(items, k, validation_split=n_val / n, test_split=n_val / n, seed=seed, labels=labels)
+    except XvalError:
+        return  # too few items for the sizes (the partition test covers when)
+    plain = plan_folds(items, k, validation_split=n_val / n, test_split=n_val / n, seed=seed, labels=labels,
+                       stratify_held_out=False)
+    assert [f.index for f in folds] == list(range(1, k + 1))
+    for fold, random in zip(folds, plain):
+        if k > 1:
+            assert fold.test == random.test  # the test partition does not depend on the held-out choice
+        same_pool = k > 1 or fold.test == random.test  # the single split's validation comes from the rest
+        draws = [(list(items), fold.test, random.test)] if k == 1 else []
+        draws.append((sorted(fold.train + fold.val), fold.val, random.val if same_pool else None))
+        for pool, held, drawn in draws:
+            if drawn is not None and _holds_and_leaves(drawn, pool, labels):
+                assert held == drawn  # the random draw kept
+            elif _can_hold_every_class(pool, len(held), labels):
+                assert _holds_and_leaves(held, pool, labels), (pool, held)
+        assert set(fold.train) | set(fold.val) | set(fold.test) == set(items)
+
+
+def test_class_by_class_choice_in_hand_worked_cases():
+    """_hold_out by hand: first the items adding the most classes not yet held (earliest in the
+    order on ties), never the last item of a class, then further items that leave their classes to
+    the rest, then any."""
+    classes = {"a": {0}, "b": {0}, "c": {0}, "d": {1}, "e": {1}, "f": {2}}
+    classes = {item: frozenset(c) for item, c in classes.items()}
+    pool = list("abcdef")
+    # first two of the order hold class 0 only; class 1 has two items: a, then d (f is class 2's only item)
+    assert _hold_out(pool, 2, list("abcdef"), classes) == ["a", "d"]
+    assert _hold_out(pool, 3, list("abcdef"), classes) == ["a", "d", "b"]  # then b: class 0 keeps c
+    # five of six: the safe ones run out (a, d, b), then the next in the order anyway (c, e); f stays
+    assert _hold_out(pool, 5, list("abcdef"), classes) == ["a", "d", "b", "c", "e"]
+    assert _hold_out(pool, 2, list("edcbaf"), classes) == ["e", "c"]  # drawn e, d hold class 1 only
+    assert _hold_out(pool, 3, list("dcbaef"), classes) == ["d", "c", "b"]  # a good draw is kept as drawn
+    assert _hold_out(pool, 2, list("fabcde"), classes) == ["a", "d"]  # f is class 2's only item: not held
+    assert _hold_out(pool, 2, list("fabcde"), None) == ["f", "a"]  # without classes: the draw itself
+    four = {item: classes[item] for item in "abcf"}
+    assert _hold_out(list("abcf"), 2, list("fabc"), four) == ["a", "b"]  # drawn f is class 2's last item
+    # an item holding two classes outgains those holding one, wherever it is in the order
+    multi = {"g": frozenset({0, 1}), "h": frozenset({0}), "i": frozenset({1}), "j": frozenset({0}), "k": frozenset({1})}
+    assert _hold_out(list("ghijk"), 1, list("hijgk"), multi) == ["g"]
+    assert _hold_out(list("ghijk"), 2, list("hijgk"), multi) == ["h", "i"]  # drawn h, i hold both: kept
+
+
+def test_validation_of_an_item_with_every_class_is_held_only_if_another_keeps_them():
+    # x holds classes 0 and 1, y only 0 and z only 1: holding x leaves both to training; y or z
+    # would not hold both, so the choice for one validation item is x whatever the seed
+    labels = {"t1": np.array([0]), "t2": np.array([1]), "x": np.array([0, 1, 1]), "y": np.array([0, 0]),
+              "z": np.array([1])}
+    for seed in range(10):
+        plan = GivenFolds({"t1": 1, "t2": 2, "x": 3, "y": 3, "z": 3}).plan(list(labels), 0.2, seed=seed, labels=labels)
+        # folds 1 and 2: four items outside the test set, one validation item (round(0.2 x 5) = 1)
+        assert [fold.val for fold in plan[:2]] == [("x",), ("x",)], seed
