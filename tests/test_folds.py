@@ -316,3 +316,102 @@ def test_validation_of_an_item_with_every_class_is_held_only_if_another_keeps_th
         plan = GivenFolds({"t1": 1, "t2": 2, "x": 3, "y": 3, "z": 3}).plan(list(labels), 0.2, seed=seed, labels=labels)
         # folds 1 and 2: four items outside the test set, one validation item (round(0.2 x 5) = 1)
         assert [fold.val for fold in plan[:2]] == [("x",), ("x",)], seed
+
+
+# --- sparse classes, numbering, seeds and defaults ---------------------------------------------------
+
+def test_sparse_classes_warn_once_and_give_the_unstratified_test_sets():
+    # ten items of one datapoint each, five classes, k = 3: no class has 3 datapoints to stratify
+    items = [f"item{i}" for i in range(10)]
+    labels = {item: np.array([i % 5]) for i, item in enumerate(items)}
+    for seed in (0, 5):
+        lines = []
+        folds = plan_folds(items, 3, validation_split=0.1, seed=seed, labels=labels, warn=lines.append)
+        assert len(lines) == 1 and lines[0].startswith("folds: cannot stratify 10 items into 3 folds by class (")
+        assert lines[0].endswith("); using unstratified grouped folds")
+        # the test sets are those of the same items without labels (GroupKFold, the same seed)
+        unlabelled = plan_folds(items, 3, validation_split=0.1, seed=seed)
+        assert [f.test for f in folds] == [f.test for f in unlabelled]
+    with pytest.warns(UserWarning, match=r"^folds: cannot stratify 10 items into 3 folds by class \(.*\); using"):
+        plan_folds(items, 3, validation_split=0.1, labels=labels)  # warnings.warn without a `warn`
+
+
+def test_folds_are_numbered_from_one_in_every_plan():
+    items = [f"spk{i}" for i in range(6)]
+    sources = {item: [f"{item}/f{j}.wav" for j in range(5)] for item in items}
+    plans = {"k = 3": plan_folds(items, 3, seed=4), "k = 1": plan_folds(items, 1, 0.2, 0.2, seed=4),
+             "given": GivenFolds({item: i % 2 for i, item in enumerate(items)}).plan(items),
+             "leave one out": LeaveOneGroupOut().plan(items),
+             "within items": ValidationWithinItems(LeaveOneGroupOut(), sources).plan(items)}
+    assert {name: [f.index for f in folds] for name, folds in plans.items()} == {
+        "k = 3": [1, 2, 3], "k = 1": [1], "given": [1, 2], "leave one out": [1, 2, 3, 4, 5, 6],
+        "within items": [1, 2, 3, 4, 5, 6]}
+
+
+def test_the_single_split_is_seeded_and_leaves_at_least_one_item_to_train():
+    items = [f"spk{i:02d}" for i in range(10)]
+    assert plan_folds(items, 1, 0.2, 0.2, seed=3) == plan_folds(list(reversed(items)), 1, 0.2, 0.2, seed=3)
+    # 10 items: 3 test + 6 validation leave one to train; 3 + 7 leave none
+    (fold,) = plan_folds(items, 1, validation_split=0.6, test_split=0.3)
+    assert (len(fold.test), len(fold.val), len(fold.train)) == (3, 6, 1)
+    with pytest.raises(XvalError, match=re.escape("num_folds = 1 with 10 foldable items: 3 test + 7 validation items "
+                                                  "leave none to train on; lower test_split / validation_split or add")):
+        plan_folds(items, 1, validation_split=0.7, test_split=0.3)
+    with pytest.raises(XvalError, match=re.escape("7 test + 3 validation items leave none to train on")):
+        plan_folds(items, 1, validation_split=0.3, test_split=0.7)
+
+
+def test_the_documented_defaults():
+    """validation_split = test_split = 0.2, seed 0, classes stratified: a plan without them is the plan with them."""
+    items = [f"spk{i:02d}" for i in range(10)]
+    labels = {item: np.array([i % 2]) for i, item in enumerate(items)}
+    assert plan_folds(items, 1) == plan_folds(items, 1, 0.2, 0.2, 0, stratify_held_out=True)
+    assert plan_folds(items, 3, labels=labels) == plan_folds(items, 3, 0.2, 0.2, 0, labels, stratify_held_out=True)
+    assert LeaveOneGroupOut().plan(items) == LeaveOneGroupOut().plan(items, 0.2, seed=0)
+    sources = {item: [f"{item}/f{j}.wav" for j in range(5)] for item in items}
+    within = ValidationWithinItems(LeaveOneGroupOut(), sources)
+    assert within.plan(items, labels=labels) == within.plan(items, 0.2, seed=0, labels=labels, stratify_held_out=True)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: plan_folds(["a", "b", "a"], 2), "foldable items must be unique"),
+    (lambda: plan_folds(list("abcd"), 0), "num_folds = 0 must be at least 1"),
+    (lambda: GivenFolds({}), "folds in the experiment file: no item is given a fold; give {item: fold} for every item"),
+    (lambda: GivenFolds({"a": 1, "b": " "}), "folds in the experiment file: item 'b' has fold ' '; give each item a "
+                                             "fold number or name"),
+    (lambda: GivenFolds({"a": 1, "b": True}), "item 'b' has fold True"),
+    (lambda: GivenFolds({"a": 1}).plan(list("abc")), "folds in the experiment file: item b, c of the dataset has no "
+                                                     "fold; give every item a fold"),
+    (lambda: GivenFolds({f"x{i}": 1 for i in range(7)}).plan(["a"]),
+     "folds in the experiment file: x0, x1, x2, x3, x4 and 2 more not an item of the dataset (its items: a)"),
+    (lambda: GivenFolds({f"x{i}": 1 for i in range(5)}).plan(["a"]), "x0, x1, x2, x3, x4 not an item"),
+])
+def test_bad_plans_are_clear_errors(call, words):
+    with pytest.raises(XvalError, match=re.escape(words)):
+        call()
+
+
+def test_k_may_be_the_number_of_items():
+    items = [f"spk{i}" for i in range(5)]
+    assert sorted(f.test for f in plan_folds(items, 5, validation_split=0.2)) == [(item,) for item in items]
+
+
+def test_too_few_items_outside_a_test_set_name_the_fold_and_the_way_out():
+    # fold 2 leaves one item: no room for validation and training; validating within items is the way out
+    with pytest.raises(XvalError) as one:
+        GivenFolds({"a": 1, "b": 2, "c": 2}).plan(list("abc"), validation_split=0.2)
+    assert str(one.value) == (
+        "given folds (the experiment file) with 3 foldable items: fold 2 has 1 items outside its test set, too few "
+        "for 1 validation item(s) and at least one to train on; use fewer folds or a smaller validation_split; or "
+        "validate within the training items (validation = 'within_training_items', as for TESS's two speakers)")
+    # two items outside but both needed for validation: fewer folds or a smaller split, no hint
+    with pytest.raises(XvalError) as two:
+        GivenFolds({"a": 1, "b": 1, "c": 2, "d": 2}).plan(list("abcd"), validation_split=0.5)
+    assert str(two.value).endswith("fold 1 has 2 items outside its test set, too few for 2 validation item(s) and "
+                                   "at least one to train on; use fewer folds or a smaller validation_split")
+
+
+def test_untrained_test_classes_of_a_fold_without_training_items():
+    labels = {"a": np.array([0, 1]), "c": np.array([1, 2])}
+    assert untrained_test_classes(Fold(1, (), (), ("a", "c")), labels) == [0, 1, 2]
+    assert untrained_test_classes(Fold(1, ("a",), (), ()), labels) == []
