@@ -263,11 +263,12 @@ def test_held_out_sets_hold_every_class_they_can_and_training_keeps_every_class(
     items, labels, k, n_val, seed = case
     n = len(items)
     try:
-        folds = plan_folds(items, k, validation_split=n_val / n, test_split=n_val / n, seed=seed, labels=labels)
+        folds = plan_folds(items, k, validation_split=n_val / n, test_split=n_val / n, seed=seed, labels=labels,
+                           warn=[].append)
     except XvalError:
         return  # too few items for the sizes (the partition test covers when)
     plain = plan_folds(items, k, validation_split=n_val / n, test_split=n_val / n, seed=seed, labels=labels,
-                       stratify_held_out=False)
+                       warn=[].append, stratify_held_out=False)
     assert [f.index for f in folds] == list(range(1, k + 1))
     for fold, random in zip(folds, plain):
         if k > 1:
@@ -415,3 +416,101 @@ def test_untrained_test_classes_of_a_fold_without_training_items():
     labels = {"a": np.array([0, 1]), "c": np.array([1, 2])}
     assert untrained_test_classes(Fold(1, (), (), ("a", "c")), labels) == [0, 1, 2]
     assert untrained_test_classes(Fold(1, ("a",), (), ()), labels) == []
+
+
+# --- given folds from a csv, validation within the training items -----------------------------------
+
+def test_a_fold_csv_as_spreadsheets_write_it(tmp_path):
+    path = tmp_path / "folds.csv"
+    # a byte-order mark, an extra column, a blank line, numbered folds 9 and 10 (numbers, not text)
+    path.write_text("\ufeffitem,fold,comment\r\nA,10,x\r\n\r\nB,9,y\r\nC,10,\r\nD,9\r\n", encoding="utf-8")
+    plan = GivenFolds.from_csv(path)
+    assert plan.assignment == {"A": 10, "B": 9, "C": 10, "D": 9}
+    assert [f.test for f in plan.plan(list("ABCD"), validation_split=0.2)] == [("B", "D"), ("A", "C")]
+    path.write_text("item,fold\nA,f2\nB,f1\nC,3\n")  # names and numbers: numbers first
+    assert [f.test for f in GivenFolds.from_csv(path).plan(list("ABC"), 0.2)] == [("C",), ("B",), ("A",)]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("item,fold\nA,1\n,2\n", "ravdess.csv:3: expected item,fold, got ',2'"),
+    ("item,fold\nA,1\nC,\n", "ravdess.csv:3: expected item,fold, got 'C,'"),
+])
+def test_a_fold_csv_row_without_item_or_fold(tmp_path, text, words):
+    path = tmp_path / "ravdess.csv"
+    path.write_text(text)
+    with pytest.raises(XvalError, match=re.escape(words)):
+        GivenFolds.from_csv(path)
+
+
+def test_an_unreadable_fold_csv(tmp_path):
+    with pytest.raises(XvalError, match=re.escape(f"folds = '{tmp_path / 'none.csv'}': cannot read it (")):
+        GivenFolds.from_csv(tmp_path / "none.csv")
+
+
+def test_two_given_folds_are_enough():
+    assert [f.test for f in GivenFolds({"a": 1, "b": 2, "c": 2, "d": 1}).plan(list("abcd"), 0.2)] == [
+        ("a", "d"), ("b", "c")]
+
+
+def tess_like(speakers, files=5):
+    """Speakers with `files` source files of each of two emotions, each file _orig + _aug1."""
+    sources, labels = {}, {}
+    for speaker in speakers:
+        sources[speaker] = [f"{speaker}_{emotion}/{speaker}_w{word}_{emotion}{suffix}.wav"
+                            for emotion in ("angry", "sad") for word in range(files) for suffix in ("_aug1", "_orig")]
+        labels[speaker] = np.repeat([0, 1], 2 * files)
+    return sources, labels
+
+
+def test_validation_within_items_holds_files_of_every_training_item_and_class_for_any_seed():
+    sources, labels = tess_like(["s1", "s2", "s3"])
+    plan = ValidationWithinItems(LeaveOneGroupOut(), sources)
+    assert plan.name == "leave-one-group-out, validation within the training items"
+    for seed in range(8):
+        folds = plan.plan(["s1", "s2", "s3"], validation_split=0.2, labels=labels, seed=seed)
+        assert folds == plan.plan(["s3", "s2", "s1"], validation_split=0.2, labels=labels, seed=seed)
+        for fold in folds:
+            # round(0.2 x 10 files) = 2 of each training speaker's, one of each emotion
+            for speaker in fold.train:
+                held = [s for s in fold.val_sources if s.startswith(f"{speaker}_")]
+                assert sorted(s.split("/")[0] for s in held) == [f"{speaker}_angry", f"{speaker}_sad"], (seed, fold)
+            assert len(fold.val_sources) == 4
+
+
+def test_validation_within_items_tests_what_its_inner_plan_tests():
+    sources, labels = tess_like([f"s{i}" for i in range(6)])
+    items = sorted(sources)
+    labels = {item: np.full(len(y), i % 2) for i, (item, y) in enumerate(labels.items())}  # one class a speaker
+    within = ValidationWithinItems(GroupedKFold(2), sources)
+    for seed in (1, 2):
+        assert [f.test for f in within.plan(items, labels=labels, seed=seed)] == [
+            f.test for f in plan_folds(items, 2, labels=labels, seed=seed)]
+    lines = []  # sparse classes (one datapoint each, k = 3): the inner plan's warning reaches `warn`
+    sparse = {item: np.array([i]) for i, item in enumerate(items)}
+    ValidationWithinItems(GroupedKFold(3), sources).plan(items, labels=sparse, warn=lines.append)
+    assert len(lines) == 1 and "cannot stratify 6 items into 3 folds" in lines[0]
+
+
+def test_validation_within_items_refuses_what_it_cannot_do():
+    sources, _ = tess_like(["s1", "s2"])
+    with pytest.raises(XvalError, match=re.escape("validation = 'within_training_items' needs folds that test every "
+                                                  "item (num_folds 2 or more, or folds = ...), not num_folds = 1")):
+        ValidationWithinItems(GroupedKFold(1), sources)
+    with pytest.raises(XvalError, match=re.escape("needs the source file of each datapoint (the manifest's sources, "
+                                                  "written by `xval preprocess`); preprocess the dataset again")):
+        ValidationWithinItems(LeaveOneGroupOut(), {})
+    one_file = {"s1": ["s1/a_aug1.wav", "s1/a_orig.wav"], "s2": sources["s2"]}
+    with pytest.raises(XvalError, match=re.escape("validation within the training items: item s1 has 1 source file(s), "
+                                                  "too few for 1 validation file(s) and one to train on")):
+        ValidationWithinItems(LeaveOneGroupOut(), one_file).plan(["s1", "s2"])
+
+
+def test_validation_within_items_describes_its_two_fold_caveat_only_with_two_folds():
+    sources, _ = tess_like(["s1", "s2", "s3"])
+    plan = ValidationWithinItems(LeaveOneGroupOut(), sources)
+    three = plan.describe(plan.plan(["s1", "s2", "s3"]))
+    assert three == ("leave-one-group-out, 3 folds; validation within the training items (held-out source files), "
+                     "so early stopping was speaker-dependent")
+    two = plan.describe(plan.plan(["s1", "s2"]))
+    assert two.endswith("speaker-dependent; with 2 folds, quote the two fold results (folds sheet): a std or p over "
+                        "two numbers rests on 1 degree of freedom")
