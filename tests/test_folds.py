@@ -293,7 +293,9 @@ def test_class_by_class_choice_in_hand_worked_cases():
     pool = list("abcdef")
     # first two of the order hold class 0 only; class 1 has two items: a, then d (f is class 2's only item)
     assert _hold_out(pool, 2, list("abcdef"), classes) == ["a", "d"]
+    assert _hold_out(pool, 1, list("abcdef"), classes) == ["a"]  # n reached: d not added
     assert _hold_out(pool, 3, list("abcdef"), classes) == ["a", "d", "b"]  # then b: class 0 keeps c
+    assert _hold_out(pool, 3, list("abdcef"), classes) == ["a", "b", "d"]  # a good draw kept, in its order
     # five of six: the safe ones run out (a, d, b), then the next in the order anyway (c, e); f stays
     assert _hold_out(pool, 5, list("abcdef"), classes) == ["a", "d", "b", "c", "e"]
     assert _hold_out(pool, 2, list("edcbaf"), classes) == ["e", "c"]  # drawn e, d hold class 1 only
@@ -302,6 +304,9 @@ def test_class_by_class_choice_in_hand_worked_cases():
     assert _hold_out(pool, 2, list("fabcde"), None) == ["f", "a"]  # without classes: the draw itself
     four = {item: classes[item] for item in "abcf"}
     assert _hold_out(list("abcf"), 2, list("fabc"), four) == ["a", "b"]  # drawn f is class 2's last item
+    # class 0 has four items (three can go), class 1 two (one can go): e must stay, b and c can go
+    seven = {**classes, "g": frozenset({0})}
+    assert _hold_out(list("abcdefg"), 4, list("adebcgf"), seven) == ["a", "d", "b", "c"]
     # an item holding two classes outgains those holding one, wherever it is in the order
     multi = {"g": frozenset({0, 1}), "h": frozenset({0}), "i": frozenset({1}), "j": frozenset({0}), "k": frozenset({1})}
     assert _hold_out(list("ghijk"), 1, list("hijgk"), multi) == ["g"]
@@ -365,11 +370,11 @@ def test_the_single_split_is_seeded_and_leaves_at_least_one_item_to_train():
 def test_the_documented_defaults():
     """validation_split = test_split = 0.2, seed 0, classes stratified: a plan without them is the plan with them."""
     items = [f"spk{i:02d}" for i in range(10)]
-    labels = {item: np.array([i % 2]) for i, item in enumerate(items)}
+    labels = {item: np.array([i % 2, i % 2]) for i, item in enumerate(items)}
     assert plan_folds(items, 1) == plan_folds(items, 1, 0.2, 0.2, 0, stratify_held_out=True)
     assert plan_folds(items, 3, labels=labels) == plan_folds(items, 3, 0.2, 0.2, 0, labels, stratify_held_out=True)
     assert LeaveOneGroupOut().plan(items) == LeaveOneGroupOut().plan(items, 0.2, seed=0)
-    sources = {item: [f"{item}/f{j}.wav" for j in range(5)] for item in items}
+    sources, labels = tess_like(items)
     within = ValidationWithinItems(LeaveOneGroupOut(), sources)
     assert within.plan(items, labels=labels) == within.plan(items, 0.2, seed=0, labels=labels, stratify_held_out=True)
 
@@ -514,3 +519,20 @@ def test_validation_within_items_describes_its_two_fold_caveat_only_with_two_fol
     two = plan.describe(plan.plan(["s1", "s2"]))
     assert two.endswith("speaker-dependent; with 2 folds, quote the two fold results (folds sheet): a std or p over "
                         "two numbers rests on 1 degree of freedom")
+
+
+def test_unstratified_held_out_sets_are_the_plain_draw_of_the_unlabelled_plan():
+    """stratify_held_out=False draws validation (and the single split's test set) as without labels;
+    here the classes change the choice for some seeds, so the flag is what keeps the plain draw."""
+    items = [f"spk{i:02d}" for i in range(10)]
+    labels = {item: np.array([i % 2]) for i, item in enumerate(items)}  # one of two classes each
+    given = GivenFolds({item: 1 + i // 5 for i, item in enumerate(items)})
+    differs = set()
+    for seed in range(10):
+        plans = {"k = 1": lambda **kw: plan_folds(items, 1, 0.3, 0.3, seed, **kw),
+                 "given": lambda **kw: given.plan(items, 0.3, seed=seed, **kw)}
+        for name, plan in plans.items():
+            assert plan(labels=labels, stratify_held_out=False) == plan(), (name, seed)
+            if plan(labels=labels) != plan():
+                differs.add(name)
+    assert differs == {"k = 1", "given"}
