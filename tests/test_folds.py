@@ -536,3 +536,38 @@ def test_unstratified_held_out_sets_are_the_plain_draw_of_the_unlabelled_plan():
             if plan(labels=labels) != plan():
                 differs.add(name)
     assert differs == {"k = 1", "given"}
+
+
+# --- grouped k-fold repeated (also through test_compare.py) -----------------------------------------
+
+def test_grouped_k_fold_repeats_number_on_and_describe_themselves():
+    items = [f"spk{i:02d}" for i in range(9)]
+    plan = GroupedKFold(3)
+    once = plan.plan(items, 0.2, seed=4)
+    # repeat 1 is the plain plan of the seed itself
+    assert [(f.train, f.val, f.test) for f in once] == [(f.train, f.val, f.test) for f in plan_folds(items, 3, 0.2, seed=4)]
+    assert plan.describe(once) == "grouped 3-fold, 3 folds"
+    twice = plan.plan(items, 0.2, seed=4, num_repeats=2)
+    assert plan.describe(twice) == "grouped 3-fold, 2 repeats, 6 folds"
+    assert [(f.index, f.repeat, f.number) for f in twice] == [(1, 1, 1), (2, 1, 2), (3, 1, 3),
+                                                            (4, 2, 1), (5, 2, 2), (6, 2, 3)]
+    assert [(f.train, f.val, f.test) for f in twice[:3]] == [(f.train, f.val, f.test) for f in once]
+    for repeat in (1, 2):
+        assert sorted(i for f in twice if f.repeat == repeat for i in f.test) == items
+    assert {frozenset(f.test) for f in twice[:3]} != {frozenset(f.test) for f in twice[3:]}
+    with pytest.raises(XvalError, match=re.escape("num_repeats = 0 must be at least 1")):
+        plan.plan(items, num_repeats=0)
+
+
+@pytest.mark.parametrize("num_folds", [0, 2.5, "3"])
+def test_grouped_k_fold_needs_a_whole_number_of_folds(num_folds):
+    with pytest.raises(XvalError, match=re.escape(f"num_folds = {num_folds!r}: give a whole number of folds, 1 or more")):
+        GroupedKFold(num_folds)
+
+
+def test_a_fold_as_its_record_names_it():
+    fold = Fold(4, ("a",), ("b",), ("c",), repeat=2, in_repeat=1)
+    assert fold.number == 1 and Fold(3, ("a",), ("b",), ("c",)).number == 3
+    assert fold.as_dict() == {"train_items": ["a"], "val_items": ["b"], "test_items": ["c"]}
+    within = Fold(1, ("a",), (), ("c",), val_sources=("a/x.wav",))
+    assert within.as_dict() == {"train_items": ["a"], "val_items": [], "test_items": ["c"], "val_sources": ["a/x.wav"]}
