@@ -397,6 +397,17 @@ def test_bad_plans_are_clear_errors(call, words):
         call()
 
 
+def test_too_few_items_for_k_folds_with_validation_is_a_clear_error():
+    with pytest.raises(XvalError) as error:
+        plan_folds(list("abcd"), 2, validation_split=0.5)
+    assert str(error.value) == ("num_folds = 2 with 4 foldable items: fold 1 has 2 items outside its test set, too few "
+                                "for 2 validation item(s) and at least one to train on; use fewer folds or a smaller "
+                                "validation_split")
+    with pytest.raises(XvalError) as error:
+        plan_folds(["a", "b", "a"], 2)
+    assert str(error.value) == "foldable items must be unique"
+
+
 def test_k_may_be_the_number_of_items():
     items = [f"spk{i}" for i in range(5)]
     assert sorted(f.test for f in plan_folds(items, 5, validation_split=0.2)) == [(item,) for item in items]
@@ -487,6 +498,7 @@ def test_validation_within_items_tests_what_its_inner_plan_tests():
     items = sorted(sources)
     labels = {item: np.full(len(y), i % 2) for i, (item, y) in enumerate(labels.items())}  # one class a speaker
     within = ValidationWithinItems(GroupedKFold(2), sources)
+    assert within.name == "num_folds = 2, validation within the training items"
     for seed in (1, 2):
         assert [f.test for f in within.plan(items, labels=labels, seed=seed)] == [
             f.test for f in plan_folds(items, 2, labels=labels, seed=seed)]
