@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from xvalkit.errors import XvalError
 from xvalkit.folds import (Fold, GivenFolds, GroupedKFold, LeaveOneGroupOut, ValidationWithinItems, _hold_out,
-                           plan_folds,
-                           untrained_test_classes)
+                           plan_folds, plan_repeated_folds, untrained_test_classes)
 
 
 @st.composite
@@ -569,6 +568,37 @@ def test_grouped_k_fold_repeats_number_on_and_describe_themselves():
     assert {frozenset(f.test) for f in twice[:3]} != {frozenset(f.test) for f in twice[3:]}
     with pytest.raises(XvalError, match=re.escape("num_repeats = 0 must be at least 1")):
         plan.plan(items, num_repeats=0)
+
+
+def test_grouped_k_fold_passes_every_setting_to_each_repeat():
+    """Each repeat is plan_folds with the repeat's seed: labels, fractions, warnings and the flag reach it."""
+    items = [f"spk{i:02d}" for i in range(12)]
+    labels = {item: np.array([i % 2] * (1 + i % 3)) for i, item in enumerate(items)}
+    plan, parts = GroupedKFold(3), lambda folds: [(f.train, f.val, f.test) for f in folds]
+    for seed in range(4):
+        for stratify in (True, False):
+            assert parts(plan.plan(items, 0.25, seed=seed, labels=labels, stratify_held_out=stratify)) == parts(
+                plan_folds(items, 3, 0.25, seed=seed, labels=labels, stratify_held_out=stratify))
+    assert parts(GroupedKFold(1).plan(items, 0.2, 0.3, seed=2)) == parts(plan_folds(items, 1, 0.2, 0.3, seed=2))
+    lines = []  # one datapoint a class: no stratification, a warning per repeat through `warn`
+    GroupedKFold(3).plan(items, 0.2, labels={item: np.array([i]) for i, item in enumerate(items)},
+                         warn=lines.append, num_repeats=2)
+    assert len(lines) == 2 and all("cannot stratify 12 items into 3 folds" in line for line in lines)
+
+
+def test_repeated_folds_are_seeded_per_repeat_and_default_to_one():
+    items = [f"spk{i:02d}" for i in range(12)]
+    labels = {item: np.array([i % 3]) for i, item in enumerate(items)}
+    assert plan_repeated_folds(items, 3) == plan_repeated_folds(items, 3, 1, 0.2, 0.2, 0, None)
+    assert plan_repeated_folds(items, 3, labels=labels) == plan_repeated_folds(items, 3, 1, 0.2, 0.2, 0, labels,
+                                                                               stratify_held_out=True)
+    assert plan_repeated_folds(items, 1) == plan_repeated_folds(items, 1, 1, 0.2, 0.2)
+    again = plan_repeated_folds(items, 3, 2, seed=5)
+    assert again == plan_repeated_folds(items, 3, 2, seed=5)  # deterministic, later repeats too
+    # the second repeat's partition depends on the seed (as the first's does)
+    second = {seed: frozenset(frozenset(f.test) for f in plan_repeated_folds(items, 3, 2, seed=seed)[3:])
+              for seed in range(6)}
+    assert len(set(second.values())) >= 5, second
 
 
 @pytest.mark.parametrize("num_folds", [0, 2.5, "3"])
