@@ -262,3 +262,96 @@ def test_the_preparation_key_names_what_prepare_does():
     assert keys[("none", "none", False)] == (None, "none", False)
     other = FoldData(ds, Fold(2, ("s2", "s1"), ("s3",), ("s0",)), "classification", "conv", "standard")
     assert other.preparation_key() != keys[("conv", "standard", False)]  # other training items, other statistics
+
+
+# --- found by mutation testing: the cases above did not tell these apart --------------------------
+
+def test_two_class_one_hot_targets_and_the_outputs_of_one_hot_datasets():
+    assert targets_for("classification", np.eye(2)[[1, 0, 1]], "x").tolist() == [1, 0, 1]
+    one_hot = Dataset("oh", {"a": np.zeros((3, 2, 2)), "b": np.zeros((2, 2, 2))},
+                      {"a": np.eye(3)[[0, 1, 1]], "b": np.eye(3)[[2, 1]]})
+    assert num_outputs(one_hot, "classification") == 3  # classes 0-2 (read as indices), not the largest value 1 + 1
+    bad = Dataset("bad", {"a": np.zeros((2, 2, 2))}, {"a": np.array([0.5, 1.0])})
+    with pytest.raises(DatasetError, match=r"^bad: classification targets must be class indices"):
+        num_outputs(bad, "classification")
+
+
+def test_statistics_of_values_far_from_zero_are_exact_and_of_the_values_the_model_sees():
+    rng = np.random.default_rng(2)
+    # mean 1000, std about 1: float32 squares would lose the variance; sums are float64
+    parts = [(1000 + rng.normal(size=(40, 3, 4))).astype(np.float32)]
+    whole = parts[0].reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(Normalizer.fit(parts).std, whole.std(0), rtol=1e-4)
+    # float64 data: the statistics are those of the float32 values the model is given
+    x = np.array([[[1e8 + 1.0]], [[1e8 + 3.0]]])
+    norm = Normalizer.fit([x])
+    assert norm.mean[0] == np.float32(1e8) and norm.std[0] == 1.0  # both round to 1e8: no spread
+
+
+def test_both_modes_prepare_identical_values_from_a_float64_dataset(tmp_path):
+    rng = np.random.default_rng(3)
+    predictors = {f"s{i}": rng.normal(50, 3, size=(4 + i, 5, 4)) for i in range(4)}  # float64
+    targets = {item: np.arange(len(x)) % 3 for item, x in predictors.items()}
+    data.save_dataset(tmp_path, "f64", predictors, targets)
+    ds = data.load_dataset(tmp_path, "f64")
+    fold = Fold(1, ("s3", "s1"), ("s2",), ("s0",))
+    fold_data.RECENT.clear()
+    modes = [FoldData(ds, fold, "classification", "conv", "standard", release_pages=r) for r in (False, True)]
+    for name in ("train", "val", "test"):
+        (a, _), (b, _) = (fd.sets()[name].arrays() for fd in modes)
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b), name
+        assert np.array_equal(modes[0].sets()[name].batch([2, 0])[0], modes[1].sets()[name].batch([2, 0])[0])
+
+
+def test_statistics_pass_releases_its_pages_in_generator_mode(tmp_path, monkeypatch):
+    predictors, targets, _ = toy()
+    data.save_dataset(tmp_path, "toy", predictors, targets)
+    ds = data.load_dataset(tmp_path, "toy")
+    released = []
+    release = ds.table.release
+    monkeypatch.setattr(ds.table, "release", lambda: (released.append(1), release()))
+    FoldData(ds, Fold(1, ("s3", "s2"), ("s1",), ("s0",)), "classification", "none", "standard", release_pages=True)
+    assert len(released) == 2  # one chunk (CHUNK_BYTES) of each of the two training items
+
+
+def test_another_dataset_with_the_same_rows_is_prepared_from_its_own_values():
+    fold = Fold(1, ("s3", "s1"), ("s2",), ("s0",))
+    fold_data.RECENT.clear()
+    for seed in (0, 1):  # the same items and row positions, other values
+        predictors, _, ds = toy(seed=seed)
+        fd = FoldData(ds, fold, "classification", "none", "standard")
+        train = np.concatenate([predictors["s3"], predictors["s1"]]).reshape(-1, 4)
+        np.testing.assert_allclose(fd.normalizer.mean, train.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(fd.val.arrays()[0], (predictors["s2"] - train.mean(0)) / train.std(0), rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_augmented_only_evaluation_items_are_named_together():
+    predictors, _, _ = toy()
+    flags = {"s0": [1, 1, 1], "s1": [1, 1, 1, 1], "s2": [0] * 5, "s3": [0] * 6}
+    ds = augmented(predictors, {k: np.array(v, bool) for k, v in flags.items()})
+    with pytest.raises(DatasetError, match=re.escape("the test items of fold 1 (s0, s1) hold augmented copies only")):
+        FoldData(ds, Fold(1, ("s3",), ("s2",), ("s0", "s1")), "classification", "none", "none")
+
+
+def test_a_training_item_without_sources_in_the_manifest():
+    predictors, _, _ = toy(items=3)
+    sources = {"s0": ["s0/a.wav"] * 3, "s1": ["s1/a.wav", "s1/b.wav"] * 2}  # none for s2
+    fold = Fold(1, ("s1", "s2"), (), ("s0",), val_sources=("s1/a.wav",))
+    with pytest.raises(DatasetError, match=re.escape("records 0 source files for item 's2', which has 5 datapoints")):
+        FoldData(within(predictors, sources), fold, "classification", "none", "none")
+
+
+def test_recently_prepared_byte_limit_and_entry_count():
+    table = Table.from_items(*toy()[:2])
+    recent = RecentlyPrepared(limit=1000)
+    norm = Normalizer(np.zeros(2, np.float32), np.ones(2, np.float32))
+    recent.get(table, ("n",), lambda: norm)  # not an array: no bytes
+    recent.get(table, ("a",), lambda: np.zeros(1000, np.uint8))
+    assert list(recent.entries) == [("n",), ("a",)]  # 0 + 1000 bytes: within the limit
+    recent.get(table, ("big",), lambda: np.zeros(1001, np.uint8))  # over the limit alone: not kept, nothing goes
+    assert list(recent.entries) == [("n",), ("a",)]
+    many = RecentlyPrepared(limit=10**6)
+    for i in range(65):
+        many.get(table, (i,), lambda: None)
+    assert list(many.entries) == [(i,) for i in range(1, 65)]  # 64 entries by default
