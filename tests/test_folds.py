@@ -375,6 +375,13 @@ def test_the_documented_defaults():
     assert plan_folds(items, 1) == plan_folds(items, 1, 0.2, 0.2, 0, stratify_held_out=True)
     assert plan_folds(items, 3, labels=labels) == plan_folds(items, 3, 0.2, 0.2, 0, labels, stratify_held_out=True)
     assert LeaveOneGroupOut().plan(items) == LeaveOneGroupOut().plan(items, 0.2, seed=0)
+    assert GroupedKFold(1).plan(items) == GroupedKFold(1).plan(items, 0.2, 0.2, 0)
+    stratified = {seed: GroupedKFold(3).plan(items, 0.2, seed=seed, labels=labels) for seed in range(6)}
+    assert stratified[0] == GroupedKFold(3).plan(items, labels=labels)
+    for seed, plan in stratified.items():
+        assert plan == GroupedKFold(3).plan(items, 0.2, seed=seed, labels=labels, stratify_held_out=True)
+    assert any(plan != GroupedKFold(3).plan(items, 0.2, seed=seed, labels=labels, stratify_held_out=False)
+               for seed, plan in stratified.items())  # the flag matters for these labels
     sources, labels = tess_like(items)
     within = ValidationWithinItems(LeaveOneGroupOut(), sources)
     assert within.plan(items, labels=labels) == within.plan(items, 0.2, seed=0, labels=labels, stratify_held_out=True)
