@@ -283,9 +283,8 @@ def test_statistics_of_values_far_from_zero_are_exact_and_of_the_values_the_mode
     whole = parts[0].reshape(-1, 4).astype(np.float64)
     np.testing.assert_allclose(Normalizer.fit(parts).std, whole.std(0), rtol=1e-4)
     # float64 data: the statistics are those of the float32 values the model is given
-    x = np.array([[[1e8 + 1.0]], [[1e8 + 3.0]]])
-    norm = Normalizer.fit([x])
-    assert norm.mean[0] == np.float32(1e8) and norm.std[0] == 1.0  # both round to 1e8: no spread
+    x = np.array([[[1e8 + 3.9]], [[1e8 + 4.1]]])  # float32 1e8 and 1e8 + 8 (8 apart there)
+    assert Normalizer.fit([x]).std[0] == 4.0  # not 0.1, the float64 values' spread
 
 
 def test_both_modes_prepare_identical_values_from_a_float64_dataset(tmp_path):
@@ -324,6 +323,8 @@ def test_another_dataset_with_the_same_rows_is_prepared_from_its_own_values():
         np.testing.assert_allclose(fd.normalizer.mean, train.mean(0), rtol=1e-5)
         np.testing.assert_allclose(fd.val.arrays()[0], (predictors["s2"] - train.mean(0)) / train.std(0), rtol=1e-4,
                                    atol=1e-5)
+        raw = FoldData(ds, fold, "classification", "none", "none")  # the same preparation key for both datasets
+        assert np.array_equal(raw.val.arrays()[0], predictors["s2"])
 
 
 def test_augmented_only_evaluation_items_are_named_together():
