@@ -503,6 +503,8 @@ def test_validation_within_items_tests_what_its_inner_plan_tests():
     sparse = {item: np.array([i]) for i, item in enumerate(items)}
     ValidationWithinItems(GroupedKFold(3), sources).plan(items, labels=sparse, warn=lines.append)
     assert len(lines) == 1 and "cannot stratify 6 items into 3 folds" in lines[0]
+    with pytest.warns(UserWarning, match=r"^folds: cannot stratify 6 items into 3 folds by class \(.*\); using"):
+        ValidationWithinItems(GroupedKFold(3), sources).plan(items, labels=sparse)  # warnings.warn without `warn`
 
 
 def test_validation_within_items_refuses_what_it_cannot_do():
