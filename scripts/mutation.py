@@ -33,7 +33,7 @@ MODULES = {
     "metrics": ("src/xvalkit/metrics.py", ["tests/test_metrics.py"]),
     "significance": ("src/xvalkit/reporting/significance.py", ["tests/test_compare.py"]),
     "tables": ("src/xvalkit/reporting/tables.py", ["tests/test_report.py"]),
-    "fold_data": ("src/xvalkit/fold_data.py", ["tests/test_mmap.py", "tests/test_promises.py"]),
+    "fold_data": ("src/xvalkit/fold_data.py", ["tests/test_fold_data.py", "tests/test_mmap.py", "tests/test_promises.py"]),
     "atomic": ("src/xvalkit/atomic.py", ["tests/test_atomic.py"]),
 }
 # mutmut's exit codes of a mutant's test run (mutmut/stats.py), by what they mean here

@@ -79,14 +79,15 @@ def _test_sets(items: list[str], num_folds: int, labels: dict[str, np.ndarray] |
     y = np.concatenate([np.asarray(labels[item]).reshape(-1) for item in items])
     groups = np.concatenate([np.full(len(np.asarray(labels[item]).reshape(-1)), i) for i, item in enumerate(items)])
     splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "The least populated class has only n members"
-        try:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "The least populated class has only n members"
             splits = list(splitter.split(np.zeros(len(y)), y, groups))
-        except ValueError as exc:  # every class has fewer datapoints than folds
-            warn(f"folds: cannot stratify {len(items)} items into {num_folds} folds by class ({exc}); "
-                 "using unstratified grouped folds")
-            return _unstratified(items, num_folds, seed)
+    except ValueError as exc:  # every class has fewer datapoints than folds
+        # outside catch_warnings: the default `warn` (warnings.warn) would be silenced there
+        warn(f"folds: cannot stratify {len(items)} items into {num_folds} folds by class ({exc}); "
+             "using unstratified grouped folds")
+        return _unstratified(items, num_folds, seed)
     return [sorted({items[g] for g in groups[test]}) for _, test in splits]
 
 
