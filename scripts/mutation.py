@@ -33,7 +33,11 @@ MODULES = {
     "metrics": ("src/xvalkit/metrics.py", ["tests/test_metrics.py"]),
     "significance": ("src/xvalkit/reporting/significance.py", ["tests/test_compare.py"]),
     "tables": ("src/xvalkit/reporting/tables.py", ["tests/test_report.py"]),
-    "fold_data": ("src/xvalkit/fold_data.py", ["tests/test_fold_data.py", "tests/test_mmap.py", "tests/test_promises.py"]),
+    # its own fast tests, and those of tests/test_mmap.py that train nothing (the others train for minutes)
+    "fold_data": ("src/xvalkit/fold_data.py", ["tests/test_fold_data.py", *(f"tests/test_mmap.py::{name}" for name in (
+        "test_a_job_cannot_modify_a_mapped_dataset", "test_streamed_statistics_and_batches",
+        "test_the_next_instance_of_a_fold_gets_a_copy_of_what_was_prepared_for_it",
+        "test_recently_prepared_keeps_no_more_than_its_limit"))]),
     "atomic": ("src/xvalkit/atomic.py", ["tests/test_atomic.py"]),
 }
 # mutmut's exit codes of a mutant's test run (mutmut/stats.py), by what they mean here
