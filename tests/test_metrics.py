@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from xvalkit.metrics import backfill, classification_metrics, pooled_test_metrics, regression_metrics, summarize
+from xvalkit.metrics import (backfill, classification_metrics, diverged_folds, pooled_test_metrics, regression_metrics,
+                             summarize)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -203,6 +204,7 @@ def test_backfill_recomputes_only_from_predictions_of_a_model_that_did_not_diver
                    for m in ("loss", "acc", "f1", "precision", "recall")}}
     backfill(diverged, "classification")
     assert math.isnan(diverged["test_ua"])
+    assert diverged_folds({1: old, 2: diverged, 3: {**old, "diverged": None}}) == [2]
 
 
 def test_backfill_of_a_single_output_regression_fold():
