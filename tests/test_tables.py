@@ -115,6 +115,8 @@ def test_best_rows_direction_ties_and_candidates():
     assert tables.best_rows(rows, "val_std_acc") == {3}  # 1e-17 ties with nothing but is the least
     assert tables.best_rows(rows, "val_mean_rmse") == {2}  # lower; NaN and text skipped
     assert tables.best_rows(rows, "val_mean_rmse", {2, 4}) == set()
+    stds = [{"ID": 1, "val_std_acc": 0.0}, {"ID": 2, "val_std_acc": 1e-16}, {"ID": 3, "val_std_acc": 1e-6}]
+    assert tables.best_rows(stds, "val_std_acc") == {0, 1}  # float noise ties with 0
 
 
 def test_regression_the_lowest_rmse_is_best(tmp_path):
@@ -143,6 +145,7 @@ def test_fold_rows_and_a_diverged_fold(tmp_path):
     folds[2].update({f"{s}_{m}": math.nan for s in ("train", "val", "test")
                      for m in ("loss", "acc", "f1", "precision", "recall")}, diverged="non-finite predictions")
     folds[3].update(excluded_augmented={"test": 7, "val": 3}, repeat=2, fold_in_repeat=1)
+    del folds[1]["test_true"], folds[1]["test_pred"], folds[1]["val_items"]  # an older, leaner record
     store.save_instance(2, {"instance": 2, "parameters": {"comment_1": "c", "learning_rate": 0.5}, "task_type": "classification",
                             "dataset": "demo", "num_folds": 3, "fold_plan": {}, "folds": folds,
                             "summary": summarize(folds, "classification")})
@@ -162,8 +165,13 @@ def test_fold_rows_and_a_diverged_fold(tmp_path):
     assert "test_augmented_excluded" not in first
     bad = fold_rows[(2, 2)]
     assert bad["diverged"] == "non-finite predictions" and bad["test_acc"] is None and bad["val_loss"] is None
-    assert (fold_rows[(2, 3)]["repeat"], fold_rows[(2, 3)]["test_augmented_excluded"]) == (2, 7)
-    assert "original datapoints only" in tables.evaluation_note(data) and "(7 test datapoints" in tables.evaluation_note(data)
+    assert (fold_rows[(2, 3)]["repeat"], fold_rows[(2, 3)]["fold_in_repeat"]) == (2, 1)
+    assert fold_rows[(2, 3)]["test_augmented_excluded"] == 7
+    assert (first["best_epoch"], first["duration_s"]) == (3, 1.5)
+    assert (fold_rows[(2, 1)]["test_datapoints"], fold_rows[(2, 1)]["val_items"]) == (None, "")
+    note = tables.evaluation_note(data)
+    assert note.startswith("Augmented data: training used every datapoint, but validation and test metrics are "
+                           "measured on the original datapoints only") and "(7 test datapoints" in note
     assert tables.parameter_rows(data)[1] == {"ID": 2, "comment_1": "c", "learning_rate": 0.5}
 
 
@@ -194,10 +202,15 @@ def test_two_folds_validated_within_training_items_show_no_std_and_no_test(tmp_p
         for record in results["folds"].values():
             record["val_sources"] = ["train items"]
         store.save_instance(run, results)
+    # Beside them, two instances run with 3 folds (the best, 4, on validation): their 3 common folds are tested.
+    save(store, 3, [0.7, 0.7, 0.7])
+    save(store, 4, [0.8, 0.9, 1.0])
     data, rows, by_id = report(store)
-    assert all(i.two_folds_within for i in data.instances)
+    assert [i.two_folds_within for i in data.instances] == [True, True, False, False] and data.best == 4
     assert by_id[1]["test_mean_acc"] == pytest.approx(0.85) and by_id[1]["test_std_acc"] is None
     assert by_id[2]["significance"] == f"{sig.UNTESTED}: {sig.TWO_FOLDS}"
+    assert by_id[3]["significance"] == sig.SAME and by_id[3]["p_value"] == pytest.approx(
+        t2_p(0.2 / math.sqrt((1 / 3 + 0.25) * 0.01)), abs=1e-9)
 
 
 def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
@@ -212,7 +225,15 @@ def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
     for run, (lr, dropout, seed, test, val) in cells.items():
         save_disagreeing(store, run, [test - 0.02, test, test + 0.02], [val] * 3, swept=swept,
                          learning_rate=lr, dropout=dropout, seed=seed)
-    save_disagreeing(store, 7, [0.99] * 3, [0.99] * 3, learning_rate=0.1, dropout=0.0)  # not swept: not in the pivot
+    save(store, 7, [0.99] * 3, learning_rate=0.1, dropout=0.0)  # not swept (no 'swept' recorded): not in the pivot
+    # Partial (2 of 3 folds) with the best validation: not in the pivot either.
+    save_disagreeing(store, 1010103, [0.99, 0.99], [0.99, 0.99], swept=swept, learning_rate=0.1, dropout=0.0, seed=3)
+    partial = store.load_instance(1010103)
+    store.save_instance(1010103, {**partial, "num_folds": 3})
+    # In the cell (0.1, 0.5): a tie on validation with 1010201 (the lower ID wins), and one without
+    # validation values (ranked last).
+    save_disagreeing(store, 1010202, [0.70] * 3, [0.60] * 3, swept=swept, learning_rate=0.1, dropout=0.5, seed=2)
+    save_disagreeing(store, 1010203, [0.80] * 3, [math.nan] * 3, swept=swept, learning_rate=0.1, dropout=0.5, seed=3)
     data, rows, _ = report(store)
     assert data.swept == list(swept)
     pv = tables.pivot(data, rows)
@@ -220,6 +241,7 @@ def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
         "learning_rate", "dropout", [0.1, 0.01], [0.0, 0.5], "val_acc")
     assert pv.cells[(0, 0)] == {"mean": pytest.approx(0.55), "std": pytest.approx(0.02), "ID": 1010102, "count": 2,
                                 "chosen_by": pytest.approx(0.70)}
+    assert pv.cells[(0, 1)]["count"] == 3
     assert {key: c["ID"] for key, c in pv.cells.items()} == {(0, 0): 1010102, (0, 1): 1010201, (1, 0): 1020101,
                                                               (1, 1): 1020201}
     assert pv.best == (1, 0)
@@ -229,3 +251,40 @@ def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
     assert pv.cells[(0, 0)]["ID"] == 1010101 and pv.best == (1, 1)
     data.swept = ["learning_rate"]
     assert tables.pivot(data, rows) is None
+    # Exactly two swept parameters, recorded by instances that swept different ones: the union.
+    other = ExperimentStore(tmp_path / "results" / "demo" / "experiment_2", "demo", 2)
+    save_disagreeing(other, 101, [0.5] * 3, [0.5] * 3, swept=("learning_rate",), learning_rate=0.1, dropout=0.0)
+    save_disagreeing(other, 201, [0.6] * 3, [0.6] * 3, swept=("learning_rate", "dropout"), learning_rate=0.1, dropout=0.5)
+    data, rows, _ = report(other)
+    assert data.swept == ["learning_rate", "dropout"]
+    pv = tables.pivot(data, rows)
+    assert (pv.rows, pv.columns, {key: c["ID"] for key, c in pv.cells.items()}) == ([0.1], [0.5], {(0, 0): 201})
+
+
+def test_collect_reads_folds_newer_than_the_pickle_and_folders_of_failures(crafted, tmp_path):  # noqa: F811
+    # Instance 4's third fold finished after its pickle was last written (a killed run): it counts.
+    crafted.save_fold(4, 3, {"comment_1": "instance 4"}, "classification", 3, fold_record(3, 0.5))
+    data, _, by_id = report(crafted)
+    assert by_id[4]["status"] == "done" and by_id[4]["test_mean_acc"] == pytest.approx((0.95 + 0.95 + 0.5) / 3)
+    assert data.best_candidates == [1, 2, 3, 4]
+    # Every instance failed before its first fold: classification, all untested.
+    store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_9", "demo", 9)
+    store.save_error(1, "Traceback (most recent call last):\nRuntimeError: boom\n")
+    data, rows, _ = report(store)
+    assert data.task_type == "classification" and data.best is None
+    assert [(r["ID"], r["status"], r["significance"]) for r in rows] == [(1, "failed", sig.UNTESTED)]
+
+
+def test_the_rope_defaults_to_zero_and_no_validation_falls_back_to_the_complete_instances(crafted):  # noqa: F811
+    settings = {k: v for k, v in SETTINGS.items() if not k.startswith("rope_")}
+    data = tables.collect(crafted, settings)
+    assert data.rope == 0.0 and data.marks[2].posterior.within == pytest.approx(0.0, abs=1e-12)
+    # No validation values at all: the best on test among the complete instances (1), not the partial
+    # or failed ones with a higher mean (4: 0.95, 6: 0.99).
+    for run in (1, 2, 3, 4, 6):
+        results = crafted.load_instance(run)
+        for record in results["folds"].values():
+            record["val_acc"] = math.nan
+        crafted.save_instance(run, results)
+    data = tables.collect(crafted, SETTINGS)
+    assert data.best == 1 and data.marks[1].verdict == sig.BEST
