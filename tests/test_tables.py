@@ -216,13 +216,12 @@ def test_two_folds_validated_within_training_items_show_no_std_and_no_test(tmp_p
 def test_the_pivot_chooses_its_cells_and_its_best_cell_on_validation(tmp_path):
     store = ExperimentStore(tmp_path / "results" / "demo" / "experiment_1", "demo", 1)
     swept = ("learning_rate", "dropout", "seed")
-    cells = {  # ID: (learning_rate, dropout, seed, test, val), as in test_report.py
-        1010101: (0.1, 0.0, 1, 0.95, 0.50), 1010102: (0.1, 0.0, 2, 0.55, 0.70),
-        1010201: (0.1, 0.5, 1, 0.60, 0.60),
-        1020101: (0.01, 0.0, 1, 0.58, 0.90),
-        1020201: (0.01, 0.5, 1, 0.99, 0.40),
-    }
-    for run, (lr, dropout, seed, test, val) in cells.items():
+    # The cells of test_report.py's pivot test: ID = 1, learning_rate index, dropout index, seed (2 digits
+    # each) -> (test, val). (0.1, 0.0): 1010101 the test-best, 1010102 the validation-best.
+    learning_rates, dropouts = (0.1, 0.01), (0.0, 0.5)
+    for run, (test, val) in {1010101: (0.95, 0.50), 1010102: (0.55, 0.70), 1010201: (0.60, 0.60),
+                             1020101: (0.58, 0.90), 1020201: (0.99, 0.40)}.items():
+        lr, dropout, seed = learning_rates[run // 10000 % 100 - 1], dropouts[run // 100 % 100 - 1], run % 100
         save_disagreeing(store, run, [test - 0.02, test, test + 0.02], [val] * 3, swept=swept,
                          learning_rate=lr, dropout=dropout, seed=seed)
     save(store, 7, [0.99] * 3, learning_rate=0.1, dropout=0.0)  # not swept (no 'swept' recorded): not in the pivot
