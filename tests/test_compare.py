@@ -37,6 +37,7 @@ def test_holm_by_hand_and_against_statsmodels():
     # By hand: sorted 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04, raised to 0.06).
     assert sig.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert sig.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert sig.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # 2 x 0.6 = 1.2, capped at 1
     assert sig.holm([]) == []
     from statsmodels.stats import multitest  # a dev dependency: a broken install fails, never skips
     rng = np.random.default_rng(3)
@@ -123,6 +124,198 @@ def test_selection_by_validation_differs_from_the_test_best():
     assert est.mean == pytest.approx(1.7 / 3) and est.std == pytest.approx(np.std([0.7, 0.6, 0.4], ddof=1))
     # Lower-is-better selection flips the choice.
     assert sig.selection_estimate(folds, "test_acc", "val_acc", False).picks == {1: 1, 2: 1, 3: 1}
+
+
+def t2_cdf(x: float) -> float:
+    """Student's t cdf with 2 degrees of freedom, in closed form."""
+    return 0.5 + x / (2 * math.sqrt(x * x + 2))
+
+
+def test_zero_variance_results_keep_their_folds_and_difference():
+    same = sig.corrected_t_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7], 0.5)
+    assert same == sig.TestResult(t=0.0, p=1.0, df=2, k=3, mean_difference=0.0)
+    shifted = sig.corrected_t_test([0.6, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7, 0.8], 0.5)  # constant difference 0.1
+    assert math.isnan(shifted.t) and math.isnan(shifted.p)
+    assert (shifted.df, shifted.k) == (3, 4) and shifted.mean_difference == pytest.approx(0.1)
+
+
+def test_rounding_noise_is_measured_against_the_size_of_the_metric():
+    # RMSEs near 1000 differing by a constant 0.1 reach the folds as 0.1 +- 1e-13 (float rounding): a
+    # variance of 4e-27 that is noise, not spread. Untested ('identical differences'), never t = 1e12,
+    # p = 0; the posterior is a point mass at 0.1, within a rope of 0.1 (the rope is closed).
+    a, b = [1000.1, 1000.2, 1000.3], [1000.0, 1000.1, 1000.2]
+    result = sig.corrected_t_test(a, b, 0.25)
+    assert math.isnan(result.t) and math.isnan(result.p) and result.mean_difference == pytest.approx(0.1)
+    assert sig.bayesian_correlated_t_test(a, b, 0.25, rope=0.1) == sig.Posterior(0.0, 1.0, 0.0)
+    # Equal up to the last bit (one ulp of 1000, 1.1e-13): identical results, t = 0 and p = 1.
+    nudged = [x + 1e-13 for x in a]
+    assert nudged != a and (sig.corrected_t_test(nudged, a, 0.25).t, sig.corrected_t_test(nudged, a, 0.25).p) == (0.0, 1.0)
+    # A real spread is tested however small: differences of 1e-6, 2e-6, 3e-6 give the t of 0.1, 0.2, 0.3
+    # (t does not depend on the unit): 0.2 / sqrt((1/3 + 1/4) 0.01) = 2.6186.
+    small = sig.corrected_t_test([0.500001, 0.500002, 0.500003], [0.5, 0.5, 0.5], 0.25)
+    assert small.t == pytest.approx(0.2 / math.sqrt((1 / 3 + 0.25) * 0.01), rel=1e-6)
+
+
+def test_a_point_mass_on_the_rope_boundary_is_within():
+    # Constant differences of exactly +-0.25 (binary fractions) with a rope of 0.25: practically equivalent.
+    assert sig.bayesian_correlated_t_test([0.75, 0.75], [0.5, 0.5], 0.5, rope=0.25) == sig.Posterior(0.0, 1.0, 0.0)
+    assert sig.bayesian_correlated_t_test([0.5, 0.5], [0.75, 0.75], 0.5, rope=0.25) == sig.Posterior(0.0, 1.0, 0.0)
+
+
+def test_bad_arguments_name_the_test_and_the_value():
+    with pytest.raises(ValueError, match="^the corrected t-test needs at least 2 paired folds, got 1$"):
+        sig.corrected_t_test([0.5], [0.4], 0.5)
+    with pytest.raises(ValueError, match="^the Bayesian correlated t-test needs at least 2 paired folds, got 1$"):
+        sig.bayesian_correlated_t_test([0.5], [0.4], 0.5, rope=0.0)
+    with pytest.raises(ValueError, match="^paired samples of different lengths: 2 and 1$"):
+        sig.bayesian_correlated_t_test([0.5, 0.6], [0.4], 0.5, rope=0.0)
+    for ratio in (-0.1, math.nan):
+        with pytest.raises(ValueError, match=f"^test_train_ratio must be >= 0, got {ratio}$"):
+            sig.corrected_t_test([0.5, 0.6], [0.4, 0.4], ratio)
+    with pytest.raises(ValueError, match="^rope must be >= 0, got -0.01$"):
+        sig.bayesian_correlated_t_test([0.5, 0.6], [0.4, 0.4], 0.5, rope=-0.01)
+
+
+def test_fold_values_keep_finite_numbers_only():
+    folds = {1: {"m": 0.5}, 2: {"m": math.nan}, 3: {"m": math.inf}, 4: {"m": None}, 5: {"m": True}, 6: {"m": "0.7"},
+             7: {}, 8: {"m": 2}, 9: {"m": np.float64(0.25)}}
+    assert sig.fold_values(folds, "m") == {1: 0.5, 8: 2.0, 9: 0.25}
+
+
+def test_fold_sizes_prefer_the_recorded_sizes():
+    # Augmented data: n_train counts the copies, n_train_original the datapoints they were made from.
+    assert sig.fold_sizes({"n_test": 20, "n_train": 400, "n_train_original": 80}, 10.0) == (20.0, 80.0)
+    assert sig.fold_sizes({"n_test": 20, "n_train": 80, "n_train_original": None}, 10.0) == (20.0, 80.0)
+    # Older records: len(test_true), and the training items x the mean datapoints per item.
+    assert sig.fold_sizes({"test_true": np.zeros(30), "train_items": ["a", "b", "c", "d"]}, 7.5) == (30.0, 30.0)
+    assert sig.fold_sizes({"n_test": 20, "test_true": np.zeros(30), "train_items": ["a", "b"]}, 7.5) == (20.0, 15.0)
+
+
+def test_datapoints_per_item_over_the_records_that_hold_both():
+    records = [{"test_items": ["a", "b"], "test_true": np.zeros(20)}, {"test_items": ["c", "d", "e"], "test_true": np.zeros(40)},
+               {"test_items": ["f"]}, {"test_true": np.zeros(1000)}]
+    assert sig.datapoints_per_item(records) == 12.0  # (20 + 40) / (2 + 3)
+    assert sig.datapoints_per_item(records[2:]) == 1.0  # none holds both
+
+
+def test_choose_best_on_the_mean_among_candidates_that_did_not_diverge():
+    folds = {1: {1: {"test_acc": 0.9}, 2: {"test_acc": 0.9}},  # mean 0.9 over 2 folds (sum 1.8)
+             2: {1: {"test_acc": 0.6}, 2: {"test_acc": 0.6}, 3: {"test_acc": 0.6}},  # mean 0.6 over 3 (sum 1.8)
+             3: {1: {"test_acc": 0.95}, 2: {"diverged": "loss NaN at epoch 2", "test_acc": math.nan}},
+             4: {1: {"test_acc": 0.9}, 2: {"test_acc": 0.9}}}  # ties with 1
+    assert sig.choose_best(folds, "test_acc", True) == 1  # the mean, not the sum; 3 diverged; a tie: the lowest ID
+    assert sig.choose_best(folds, "test_acc", True, candidates=[2, 4, 7]) == 4
+    assert sig.choose_best(folds, "test_acc", False) == 2  # lower is better
+    assert sig.choose_best(folds, "test_acc", True, candidates=[3]) is None
+
+
+def test_selection_estimate_ties_skipped_folds_candidates_and_std():
+    # Fold 1: validation ties (0.8) between 1 and 2: the lowest ID, 1 (test 0.9). Fold 2: no validation
+    # value at all: skipped. Fold 3: 2 wins validation (0.9), test 0.4. Mean 0.65, std |0.9 - 0.4| / sqrt(2).
+    val = {1: (0.8, math.nan, 0.6), 2: (0.8, math.nan, 0.9), 3: (0.5, math.nan, 0.4)}
+    test = {1: (0.9, 0.8, 0.7), 2: (0.6, 0.5, 0.4), 3: (0.3, 0.2, 0.1)}
+    folds = {run: {f: record(f, test[run][f - 1], val[run][f - 1]) for f in (1, 2, 3)} for run in (1, 2, 3)}
+    est = sig.selection_estimate(folds, "test_acc", "val_acc", True)
+    assert (est.picks, est.values) == ({1: 1, 3: 2}, {1: 0.9, 3: 0.4})
+    assert est.mean == pytest.approx(0.65) and est.std == pytest.approx(0.5 / math.sqrt(2))
+    assert sig.selection_estimate(folds, "test_acc", "val_acc", True, candidates=[2, 3]).picks == {1: 2, 3: 2}
+    one = sig.selection_estimate({1: {1: record(1, 0.9, 0.8)}}, "test_acc", "val_acc", True)
+    assert one.mean == 0.9 and math.isnan(one.std)  # one fold: no spread
+    assert sig.selection_estimate({1: {2: record(2, 0.9, math.nan)}}, "test_acc", "val_acc", True) is None
+
+
+def _instance(test: list[float], diverged: tuple[int, ...] = ()) -> dict[int, dict]:
+    folds = {f: record(f, v, v) for f, v in enumerate(test, 1)}
+    for f in diverged:
+        folds[f].update(diverged="non-finite predictions", test_acc=math.nan, val_acc=math.nan)
+    return folds
+
+
+def test_mark_instances_gives_each_instance_its_verdict_and_reason():
+    # n_test / n_train = 10 / 20 on every fold. The best, 1: [0.8, 0.9, 1.0] (mean 0.9).
+    # 2: d = [0.1, 0.2, 0.3]: t = 0.2 / sqrt((1/3 + 1/2) 0.01) = 2.19089, 2 df, p = 1 - t / sqrt(t^2 + 2) = 0.1598.
+    # 8: d = [0.7, 0.8, 0.8]: t = 0.76667 / sqrt((1/3 + 1/2) 0.003333) = 14.549, p = 0.00469; Holm over
+    #    the two tested: 8 gets 2 p8 (worse), 2 keeps max(2 p8, p2) = p2 (not distinguishable).
+    # 5: constant difference 0.1 (identical differences); 3 and 4 diverged (never candidates, even with a
+    # better mean); 6 has no finite value; 7 one fold only.
+    folds = {3: _instance([0.99, 0.99, 0.99], diverged=(1, 3)), 7: _instance([0.5]),
+             5: _instance([0.7, 0.8, 0.9]), 1: _instance([0.8, 0.9, 1.0]), 2: _instance([0.7, 0.7, 0.7]),
+             8: _instance([0.1, 0.1, 0.2]), 4: _instance([0.99, 0.99, 0.99], diverged=(2,)),
+             6: _instance([math.nan, math.nan, math.nan])}
+    best, marks = sig.mark_instances(folds, "test_acc", True, 0.05)
+    assert best == 1 and set(marks) == set(folds)
+    reasons = {run: (m.verdict, m.k, m.why) for run, m in marks.items()}
+    assert reasons == {1: (sig.BEST, 3, ""), 2: (sig.SAME, 3, ""), 8: (sig.DIFFERENT, 3, ""),
+                       5: (sig.UNTESTED, 3, sig.IDENTICAL_DIFFERENCES), 3: (sig.UNTESTED, 0, "diverged in folds 1, 3"),
+                       4: (sig.UNTESTED, 0, "diverged in fold 2"), 6: (sig.UNTESTED, 0, "no folds"),
+                       7: (sig.UNTESTED, 1, "1 common fold(s) with the best; 2 needed")}
+    t2 = 0.2 / math.sqrt((1 / 3 + 0.5) * 0.01)
+    d8 = [0.7, 0.8, 0.8]
+    t8 = (sum(d8) / 3) / math.sqrt((1 / 3 + 0.5) * np.var(d8, ddof=1))
+    assert (marks[2].t, marks[2].p, marks[2].ratio) == pytest.approx((t2, 1 - t2 / math.sqrt(t2 * t2 + 2), 0.5))
+    assert marks[2].p_adjusted == pytest.approx(marks[2].p)
+    assert marks[8].t == pytest.approx(t8) and marks[8].p_adjusted == pytest.approx(2 * (1 - t8 / math.sqrt(t8 * t8 + 2)))
+    assert marks[5].ratio == 0.5
+    # The posterior of 2 - 1 (rope 0 by default): t(2) at -0.2 with scale sqrt((1/3 + 1/2) 0.01).
+    scale = math.sqrt((1 / 3 + 0.5) * 0.01)
+    posterior = marks[2].posterior
+    assert (posterior.below, posterior.within, posterior.above) == pytest.approx(
+        (t2_cdf(0.2 / scale), 0.0, 1 - t2_cdf(0.2 / scale)), abs=1e-12)
+    # Candidates: the best among them (2 and 5: 5, mean 0.8).
+    assert sig.mark_instances(folds, "test_acc", True, 0.05, candidates=[2, 5])[0] == 5
+
+
+def test_the_posterior_points_in_the_metrics_better_direction_with_a_rope():
+    # Rope 0.05: P(2 - 1 < -0.05) = F(0.15 / scale), P(> 0.05) = 1 - F(0.25 / scale). The same for a loss
+    # (1 - accuracy, lower is better): "below" is always "the best is better".
+    scale = math.sqrt((1 / 3 + 0.5) * 0.01)
+    expected = (t2_cdf(0.15 / scale), t2_cdf(0.25 / scale) - t2_cdf(0.15 / scale), 1 - t2_cdf(0.25 / scale))
+    folds = {1: _instance([0.8, 0.9, 1.0]), 2: _instance([0.7, 0.7, 0.7])}
+    loss = {run: {f: {**rec, "test_loss": 1 - rec["test_acc"]} for f, rec in fs.items()} for run, fs in folds.items()}
+    for column, higher, data in (("test_acc", True, folds), ("test_loss", False, loss)):
+        best, marks = sig.mark_instances(data, column, higher, 0.05, rope=0.05)
+        posterior = marks[2].posterior
+        assert best == 1 and (posterior.below, posterior.within, posterior.above) == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_given_best_is_kept_unless_it_has_no_folds_or_diverged():
+    # The best chosen on validation may be worse on test: the other is then "better than the best".
+    # d = [-0.7, -0.8, -0.8]: p = 0.00469 (one test: Holm changes nothing).
+    folds = {1: _instance([0.8, 0.9, 1.0]), 2: _instance([0.1, 0.1, 0.2]),
+             3: _instance([0.99, 0.99, 0.99], diverged=(1,))}
+    best, marks = sig.mark_instances(folds, "test_acc", True, 0.05, best=2)
+    assert best == 2 and marks[1].verdict == sig.BETTER and marks[1].p < 0.01 and marks[2].verdict == sig.BEST
+    for unusable in (99, 3):  # no such instance, a diverged one: the best mean instead
+        assert sig.mark_instances(folds, "test_acc", True, 0.05, best=unusable)[0] == 1
+    nothing = {1: _instance([math.nan]), 2: {}}
+    assert sig.mark_instances(nothing, "test_acc", True, 0.05) == (
+        None, {1: sig.Mark(sig.UNTESTED, why="no folds"), 2: sig.Mark(sig.UNTESTED, why="no folds")})
+
+
+def test_two_folds_validated_within_training_items_are_not_tested():
+    # min_folds=3 (TESS's two folds): two common folds are quoted, not tested; one is too few.
+    folds = {1: _instance([0.9, 0.8]), 2: _instance([0.7, 0.6]), 3: _instance([0.5])}
+    _, marks = sig.mark_instances(folds, "test_acc", True, 0.05, min_folds=3)
+    assert (marks[2].k, marks[2].why) == (2, sig.TWO_FOLDS)
+    assert (marks[3].k, marks[3].why) == (1, "1 common fold(s) with the best; 3 needed")
+
+
+def test_the_test_train_ratio_of_records_without_recorded_sizes():
+    # Older records: n_test = len(test_true) = 20, n_train = 4 training items x 10 datapoints per test
+    # item (20 / 2): ratio 0.5, t = 0.2 / sqrt((1/3 + 1/2) 0.01) = 2.19089.
+    folds = {1: _instance([0.8, 0.9, 1.0]), 2: _instance([0.7, 0.7, 0.7])}
+    for run in folds.values():
+        for f, rec in run.items():
+            del rec["n_test"], rec["n_train"]
+            rec.update(test_items=[f"t{f}a", f"t{f}b"], train_items=["a", "b", "c", "d"], test_true=np.zeros(20))
+    _, marks = sig.mark_instances(folds, "test_acc", True, 0.05)
+    assert marks[2].ratio == 0.5 and marks[2].t == pytest.approx(0.2 / math.sqrt((1 / 3 + 0.5) * 0.01))
+    # Recorded sizes count however small: 1 test and 1 training datapoint, ratio 1: t = 0.2 / sqrt((4/3) 0.01).
+    for run in folds.values():
+        for rec in run.values():
+            rec.update(n_test=1, n_train=1)
+    _, marks = sig.mark_instances(folds, "test_acc", True, 0.05)
+    assert marks[2].ratio == 1.0 and marks[2].t == pytest.approx(0.2 / math.sqrt((1 / 3 + 1) * 0.01))
 
 
 # --- repeated grouped k-fold --------------------------------------------------------------------

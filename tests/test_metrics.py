@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from xvalkit.metrics import backfill, classification_metrics, pooled_test_metrics, regression_metrics, summarize
+from xvalkit.metrics import (backfill, classification_metrics, diverged_folds, pooled_test_metrics, regression_metrics,
+                             summarize)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -144,6 +145,97 @@ def test_a_fold_recorded_before_ua_gets_it_from_its_stored_predictions():
 def test_one_fold_has_no_std():
     fold = _fold(np.arange(4.0), np.arange(4.0) + 0.5, "regression")
     fold.update({f"{s}_{m}": 0.1 for s in ("train", "val") for m in ("loss", "mae", "rmse", "r2")})
-    summary = summarize({1: fold}, "regression")
+    with warnings.catch_warnings():  # nor numpy's "Degrees of freedom <= 0" on the console
+        warnings.simplefilter("error")
+        summary = summarize({1: fold}, "regression")
     assert summary["test"]["mean_rmse"] == pytest.approx(0.5)
     assert math.isnan(summary["test"]["std_rmse"])  # not 0.0: one fold has no spread to measure
+
+
+def test_float32_predictions_are_scored_in_float64():
+    # Keras and PyTorch predict in float32, whose softmax rows do not sum exactly to 1: the metrics are
+    # computed in float64 from those values, equal to scikit-learn's on the float64 copies to 1e-12
+    # (float32 arithmetic would be off by about 1e-7). Labels may come as a column.
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 200)
+    proba = rng.dirichlet(np.ones(4), 200).astype(np.float32)
+    assert not np.allclose(proba.astype(np.float64).sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    normalized = proba.astype(np.float64) / proba.astype(np.float64).sum(axis=1, keepdims=True)
+    got = classification_metrics(y.reshape(-1, 1), proba, 4)
+    assert got["loss"] == pytest.approx(skm.log_loss(y, normalized, labels=range(4)), rel=1e-12)
+    assert np.array_equal(got["confusion_matrix"], skm.confusion_matrix(y, normalized.argmax(axis=1), labels=range(4)))
+    target = rng.normal(50.0, 3.0, (300, 2)).astype(np.float32)
+    pred = (target + rng.normal(0, 1.0, target.shape)).astype(np.float32)
+    got = regression_metrics(target, pred)
+    target64, pred64 = target.astype(np.float64), pred.astype(np.float64)
+    assert got["loss"] == pytest.approx(skm.mean_squared_error(target64, pred64), rel=1e-12)
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(target64, pred64), rel=1e-12)
+    assert got["r2"] == pytest.approx(skm.r2_score(target64, pred64), rel=1e-12)
+
+
+def test_summary_std_is_the_sample_std_over_the_folds():
+    # ddof=1 over the folds, by hand: test RMSE 0.5, 2, 1 -> mean 7/6, sample std sqrt(((-2/3)^2 + (5/6)^2
+    # + (-1/6)^2) / 2) = sqrt(7/12); two folds 0.5, 2 -> |0.5 - 2| / sqrt(2).
+    folds = {f: {"test_rmse": value} for f, value in enumerate((0.5, 2.0, 1.0), start=1)}
+    summary = summarize(folds, "regression")["test"]
+    assert summary["mean_rmse"] == pytest.approx(7 / 6) and summary["std_rmse"] == pytest.approx(math.sqrt(7 / 12))
+    del folds[3]
+    assert summarize(folds, "regression")["test"]["std_rmse"] == pytest.approx(1.5 / math.sqrt(2))
+    with warnings.catch_warnings():  # no folds left: NaN, without numpy's "Mean of empty slice"
+        warnings.simplefilter("error")
+        empty = summarize({1: {"diverged": "loss NaN at epoch 1", "test_rmse": 0.5}}, "regression")
+    assert all(math.isnan(value) for block in empty.values() for value in block.values())
+
+
+def test_backfill_recomputes_only_from_predictions_of_a_model_that_did_not_diverge():
+    y = np.array([0, 0, 0, 1])
+    # Only the test UA is missing (train and validation complete): recomputed.
+    old = _fold(y, np.eye(2)[[0, 0, 1, 1]], "classification")
+    old.update({f"{s}_{m}": 0.5 for s in ("train", "val") for m in ("loss", "acc", "ua", "f1", "precision", "recall")})
+    del old["test_ua"]
+    assert backfill(old, "classification")["test_ua"] == pytest.approx(5 / 6)
+    # No stored predictions: missing (NaN), not an error.
+    bare = {f"{s}_{m}": 0.5 for s in ("train", "val", "test") for m in ("loss", "acc", "f1", "precision", "recall")}
+    backfill(bare, "classification")
+    assert all(math.isnan(bare[f"{s}_ua"]) for s in ("train", "val", "test"))
+    # A diverged model's predictions are NaN: its metrics stay NaN, never scores of argmax(NaN).
+    diverged = {"diverged": "predictions NaN", "test_true": y, "test_pred": np.full((4, 2), np.nan),
+                **{f"{s}_{m}": math.nan for s in ("train", "val", "test")
+                   for m in ("loss", "acc", "f1", "precision", "recall")}}
+    backfill(diverged, "classification")
+    assert math.isnan(diverged["test_ua"])
+    assert diverged_folds({1: old, 2: diverged, 3: {**old, "diverged": None}}) == [2]
+
+
+def test_backfill_of_a_single_output_regression_fold():
+    # One output: test_pred is 1-D; the missing test metrics are recomputed, as scikit-learn defines them.
+    true, pred = np.array([1.0, 2.0, 4.0, 7.0]), np.array([1.5, 2.0, 3.0, 7.5])
+    record = {"test_true": true, "test_pred": pred, "test_loss": 0.375}
+    backfill(record, "regression")
+    assert record["test_loss"] == 0.375  # kept as recorded
+    assert record["test_mae"] == pytest.approx(skm.mean_absolute_error(true, pred))
+    assert record["test_rmse"] == pytest.approx(skm.root_mean_squared_error(true, pred))
+    assert record["test_r2"] == pytest.approx(skm.r2_score(true, pred))
+    assert math.isnan(record["val_r2"])
+
+
+def test_pooled_metrics_of_folds_recorded_without_a_confusion_matrix_or_predictions():
+    # Older fold records hold the predictions without the confusion matrix: it is rebuilt from them.
+    rng = np.random.default_rng(5)
+    folds = {f: _fold(rng.integers(0, 3, 12), rng.dirichlet(np.ones(3), 12), "classification") for f in (1, 2, 3)}
+    del folds[1]["test_confusion_matrix"], folds[3]["test_confusion_matrix"]
+    true = np.concatenate([fold["test_true"] for fold in folds.values()])
+    pred = np.concatenate([fold["test_pred"].argmax(axis=1) for fold in folds.values()])
+    assert pooled_test_metrics(folds, "classification")["f1"] == pytest.approx(
+        skm.f1_score(true, pred, average="macro", zero_division=0), abs=1e-12)
+    # Two outputs: the pooled R² is scikit-learn's uniform average over the outputs (RMSE: the root of
+    # the averaged MSE, as in test_regression_metrics_match_scikit_learn); a fold that kept no
+    # predictions takes no part.
+    folds = {f: _fold(rng.normal(size=(5, 2)) * [1, 10], rng.normal(size=(5, 2)) * [1, 10], "regression")
+             for f in (1, 2)}
+    folds[3] = {"test_true": rng.normal(size=(5, 2)), "test_rmse": 1.0}
+    true = np.concatenate([folds[f]["test_true"] for f in (1, 2)])
+    pred = np.concatenate([folds[f]["test_pred"] for f in (1, 2)])
+    assert pooled_test_metrics(folds, "regression") == pytest.approx(
+        {"rmse": np.sqrt(skm.mean_squared_error(true, pred)), "mae": skm.mean_absolute_error(true, pred),
+         "r2": skm.r2_score(true, pred)}, rel=1e-12)
