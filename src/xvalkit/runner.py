@@ -128,6 +128,7 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
     seed = fold_seed(exp)
     files = store.fold_files() if store is not None and not options.overwrite else {}  # one listing
     instances = []
+    checked: set[int] = set()  # plans whose classes were checked: a sweep's instances share one
     for run in exp.select(options.first, options.last):
         params = exp.resolve(run)
         folds, seed_used = plan(params["validation_split"], params["test_split"], seed), seed
@@ -138,7 +139,8 @@ def plan_instances(exp: Experiment, options: RunOptions, dataset: Dataset, store
                 folds, seed_used = legacy, params["seed"]
                 warn(f"instance {run}: keeps the fold plan its saved folds were trained on (its own seed "
                      f"{params['seed']}, validation drawn at random); --overwrite replans it with fold seed {seed}")
-        if labels is not None:
+        if labels is not None and id(folds) not in checked:
+            checked.add(id(folds))
             warn_untrained_classes(folds, labels, dataset.manifest.get("classes"), warn)
         instances.append(Instance(run, params, folds, f"{exp.path}: instance {run}", seed_used,
                                   protocol.describe(folds)))
