@@ -271,6 +271,11 @@ def untrained_test_classes(fold: Fold, labels: dict[str, np.ndarray]) -> list[in
     return sorted(held(fold.test) - held(fold.train))
 
 
+def class_names(indices, names: list[str] | None) -> list:
+    """Class indices by their names where the manifest names them (else the indices)."""
+    return [names[c] if names and c < len(names) else c for c in indices]
+
+
 # --- fold plans: how the test sets are made (scikit-learn's splitters, one small class each) ---------
 
 class FoldPlan:

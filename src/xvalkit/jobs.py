@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .faults import faults_stop
-from .folds import Fold
+from .folds import Fold, class_names
 
 _DATASETS: dict[tuple[str, str], Any] = {}
 
@@ -153,8 +153,7 @@ def untrained_classes(task_type: str, data, manifest: dict) -> list | None:
     import numpy as np
 
     missing = sorted(set(np.unique(data.test.y).tolist()) - set(np.unique(data.train.y).tolist()))
-    names = manifest.get("classes")
-    return [names[c] if names and c < len(names) else c for c in missing]
+    return class_names(missing, manifest.get("classes"))
 
 
 def job_folders(job: FoldJob) -> list[str]:

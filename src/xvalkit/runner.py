@@ -26,7 +26,7 @@ from .executors import plan_slots
 from .faults import faults_stop
 from .experiment import Experiment, id_ranges
 from .fold_data import channels_first, model_input_shape, num_outputs, targets_for
-from .folds import Fold, untrained_test_classes
+from .folds import Fold, class_names, untrained_test_classes
 from .metrics import diverged_folds
 from .jobs import FoldJob
 from .progress import ProgressView
@@ -161,7 +161,7 @@ def warn_untrained_classes(folds: list[Fold], labels: dict, classes: list[str] |
     for fold in folds:
         missing = untrained_test_classes(fold, labels)
         if missing:
-            names = ", ".join(classes[c] if classes and c < len(classes) else str(c) for c in missing)
+            names = ", ".join(map(str, class_names(missing, classes)))
             warn(f"fold {fold.index}: test class(es) {names} absent from its {len(fold.train)} training items: "
                  "the model cannot learn them, and their recall in this fold is 0 (recorded in the fold record)")
 
