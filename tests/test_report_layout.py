@@ -176,6 +176,22 @@ def test_accuracy_bands_stay_within_0_and_1():
         plt.close(fig)
 
 
+def test_every_bounded_metric_has_its_range_for_bands_and_whiskers():
+    """A metric added to metrics.py (UA was) must not be drawn beyond its range: every metric but
+    the loss lies in [0, 1], except R² (at most 1) and the errors (at least 0)."""
+    import numpy as np
+
+    from xvalkit.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+    from xvalkit.reporting import plots
+
+    for metric in (*CLASSIFICATION_METRICS, *REGRESSION_METRICS):
+        if metric == "loss":
+            continue
+        low, high = plots.clipped_band(metric, np.array([0.95, 0.05]), np.array([0.2, 0.2]))
+        lowest, highest = {"r2": (-np.inf, 1.0), "mae": (0.0, np.inf), "rmse": (0.0, np.inf)}.get(metric, (0.0, 1.0))
+        assert low.min() >= lowest and high.max() <= highest, metric
+
+
 def test_the_bar_plot_names_its_colours_as_the_workbook_and_clips_its_whiskers(tmp_path):
     """The plot called 'olive' what the workbook calls yellow; whiskers went above 1.0; the x label
     read 'instance (folds done where not all)'."""

@@ -103,8 +103,9 @@ def stopped_early(curves: list[list[float]]) -> list[int]:
 
 # Where a metric's values can lie: mean ± std bands and whiskers are clipped to it (an accuracy
 # band above 1.0 shows values no fold can have). Loss is unbounded: a custom loss may be negative.
-METRIC_RANGES = {"accuracy": (0.0, 1.0), "acc": (0.0, 1.0), "f1": (0.0, 1.0), "precision": (0.0, 1.0),
-                 "recall": (0.0, 1.0), "mae": (0.0, np.inf), "rmse": (0.0, np.inf), "r2": (-np.inf, 1.0)}
+METRIC_RANGES = {"accuracy": (0.0, 1.0), "acc": (0.0, 1.0), "ua": (0.0, 1.0), "f1": (0.0, 1.0),
+                 "precision": (0.0, 1.0), "recall": (0.0, 1.0), "mae": (0.0, np.inf), "rmse": (0.0, np.inf),
+                 "r2": (-np.inf, 1.0)}
 
 
 def clipped_band(metric: str, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
