@@ -557,12 +557,14 @@ def plan(
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
+    build: Annotated[bool, typer.Option("--build", help="Also build each distinct model once (imports its "
+                                        "framework: seconds), as `xval run` does before training.")] = False,
 ) -> None:
-    """Validate an experiment fully and show what `xval run` would do, without training.
+    """Validate an experiment and show what `xval run` would do, without training.
 
-    Checks every parameter, architecture (each model is built once), the dataset and the folds;
-    prints the parameters that differ between instances, the folds to train and those already
-    done, and the devices the jobs would go to.
+    Checks every parameter, the dataset and the folds (with --build, every architecture too: each
+    model is built once); prints the parameters that differ between instances, the folds to train
+    and those already done, and the devices the jobs would go to.
     """
     from .devices import keep_this_process_off_gpus
     from .experiment import load_experiment
@@ -572,7 +574,7 @@ def plan(
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)
     show_notes(exp.notes)
     gpus = parse_gpus(gpu) if gpu else None
-    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers)
+    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers, build)
 
 
 @app.command()

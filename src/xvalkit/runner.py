@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from . import params as P
 from . import report
-from .data import Dataset, load_dataset
+from .data import Dataset, augmented_line, load_dataset
 from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
@@ -217,11 +217,12 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             ) from exc
 
 
-def prepare(exp: Experiment, options: RunOptions, warn=None, say=None):
+def prepare(exp: Experiment, options: RunOptions, warn=None, say=None, build_models: bool = True):
     """Everything `xval run` and `xval plan` check before training: (dataset, instances, store).
 
     `warn(line)` receives warnings (fold planning; default: printed to stderr), `say(line)` what
-    the user should know (a built-in dataset synthesised, and where)."""
+    the user should know (a built-in dataset synthesised, and where). `build_models=False` leaves
+    out the trial builds, the only step that imports a framework (`xval plan` without --build)."""
     dataset = load_dataset(exp.config.data_folder, exp.dataset, say=say)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     instances = plan_instances(exp, options, dataset, store, warn)
@@ -229,8 +230,9 @@ def prepare(exp: Experiment, options: RunOptions, warn=None, say=None):
         files = store.fold_files()
         for inst in instances:
             check_resumable(store, inst, files.get(inst.id, {}))
-    with framework_output_to(None):  # the builds' warnings show again in each fold's log
-        check_models(exp, instances, dataset)
+    if build_models:
+        with framework_output_to(None):  # the builds' warnings show again in each fold's log
+            check_models(exp, instances, dataset)
     return dataset, instances, store
 
 
@@ -435,8 +437,6 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     if options.device_note:
         console.print(escape(options.device_note), soft_wrap=True)
     if dataset.has_augmented:
-        from .status import augmented_line
-
         console.print(augmented_line(dataset))
     choice = current_choice()
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
