@@ -15,6 +15,7 @@ from .metrics import diverged_folds
 from .params import differing_parameters
 from .store import ExperimentStore, error_line
 from .sweeps import swept_values
+from .threads import TINY_MODEL_PARAMETERS, requested as requested_threads
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping of the tables
@@ -30,7 +31,8 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
                          cpu_workers=cpu_workers)
     dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
                                         say=lambda line: console.print(escape(line)), build_models=build)
-    slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
+    threads = requested_threads([inst.params for inst in instances])
+    slots = plan_slots(gpus, jobs_per_gpu, cpu_workers, threads)
     differ = differing_parameters([inst.params for inst in instances])
     table = Table(title=Text(f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
                              f"{dataset.datapoints(dataset.items)} datapoints, input {dataset.input_shape}"))
@@ -57,7 +59,10 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     on_cpu = not (gpus or visible_gpus())  # as the run decides, asking nvidia-smi instead of the framework
     worker = trains_in_worker(exp, options, on_cpu)
     worker = " (in a worker process, replaced as it grows: a long Keras run)" if worker else ""
-    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}; "
+    tiny = any(inst.params["framework"] == "torch" for inst in instances) and not threads
+    tiny = f" (one for a torch model under {TINY_MODEL_PARAMETERS:,} parameters)" if tiny else ""
+    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}, "
+                  f"{slots[0].threads} thread(s) each{tiny}; "
                   f"results in {escape(str(store.folder))}")
     if build:
         console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")

@@ -29,11 +29,13 @@ class FoldFailed(Exception):
     pickled exception loses its chain (__cause__, __context__), where the user's message may be."""
 
 
-def _execute(job: FoldJob, gpu_share: float = 0.0) -> dict:
+def _execute(job: FoldJob, gpu_share: float = 0.0, threads: int = 1) -> dict:
     from ..devices import prepare_gpu_sharing
     from ..jobs import execute
     from ..store import failure_text
+    from ..threads import use_threads
 
+    use_threads(threads)  # the task's CPUs; a reused worker may have run a task of another size
     prepare_gpu_sharing(gpu_share)  # Ray set CUDA_VISIBLE_DEVICES; memory growth and torch's cap are ours
     try:
         return execute(job)
@@ -44,7 +46,7 @@ def _execute(job: FoldJob, gpu_share: float = 0.0) -> dict:
 
 
 class RayExecutor:
-    def __init__(self, address: str | None, gpus_per_job: float, num_cpus: int | None = None):
+    def __init__(self, address: str | None, gpus_per_job: float, num_cpus: int | None = None, threads: int = 1):
         try:
             import ray
         except ImportError:
@@ -53,6 +55,7 @@ class RayExecutor:
         self.address = cluster_address(address)
         self.gpus_per_job = gpus_per_job
         self.num_cpus = num_cpus
+        self.threads = threads  # the CPUs each task asks Ray for, and trains with
 
     def where(self) -> str:
         return f"Ray ({self.address or 'local'}), {self.gpus_per_job:g} GPU per job"
@@ -74,12 +77,12 @@ class RayExecutor:
 
     def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
         ray = self._connect() or self.ray
-        task = ray.remote(_execute).options(num_cpus=1, num_gpus=self.gpus_per_job,
+        task = ray.remote(_execute).options(num_cpus=self.threads, num_gpus=self.gpus_per_job,
                                             max_retries=MAX_RETRIES, retry_exceptions=False)
         refs = {}
         for job in jobs:
             if not listener.should_skip(job):
-                refs[task.remote(job, self.gpus_per_job)] = job
+                refs[task.remote(job, self.gpus_per_job, self.threads)] = job
                 listener.started(job, "Ray")
         try:
             while refs:

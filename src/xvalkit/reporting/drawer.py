@@ -24,6 +24,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..threads import single_threaded_environment
+
 if TYPE_CHECKING:
     from ..store import ExperimentStore
 
@@ -44,6 +46,7 @@ class PlotDrawer:
             [sys.executable, "-m", "xvalkit.reporting.drawer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # if it fails, the final report draws those plots again and says why
             process_group=0,  # Ctrl-C is the runner's to handle (as for the report child)
+            env=single_threaded_environment(),  # one BLAS/OpenMP thread: the cores are training's
         )
         self._thread = threading.Thread(target=self._feed, name="plot-drawer", daemon=True)
         self._thread.start()
