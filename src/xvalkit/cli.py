@@ -514,7 +514,11 @@ def report(
     experiment: Annotated[
         str, typer.Argument(metavar="EXP", help="Experiment module (experiments/exp1.py), name (exp1) or folder.")
     ],
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots (default: yes).")] = True,
+    plots: Annotated[str, typer.Option("--plots", metavar="WHICH", help=(
+        "Which PNG plots to draw: best (the default: the summary plots and every instance's plot, or from 24 "
+        "instances on, those of the 24 best by the selection metric and of failed or diverged ones), all "
+        "(every instance's plot), none."))] = "best",
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no plots (--plots none).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if nothing changed since the last report.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -528,12 +532,15 @@ def report(
     """
     from .report import open_store, refresh
 
+    if plots not in ("best", "all", "none"):
+        fail(f"--plots {plots}: use best, all or none")
     store, exp_config = open_store(experiment, config_file=config)
     if exp_config is None and config is not None:
         from .config import load_config
 
         exp_config = load_config(config)
-    files = refresh(store, plots=plots, config=exp_config, force=force)
+    files = refresh(store, plots=plots != "none" and not no_plots, config=exp_config, force=force,
+                    every_plot=plots == "all")
     from .config import selection_notes
     from .report import report_settings
 

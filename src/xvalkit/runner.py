@@ -471,8 +471,9 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     _record_provenance(exp, store, where, run_id, instances, todo)
     view = ProgressView(console, len(jobs), options.quiet)
     eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
-    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30),
-                                PlotDrawer(store, exp.task_type) if eager else None)
+    settings = report.report_settings(store, exp.config)
+    refresher = ReportRefresher(store, settings.get("refresh_seconds", 30),
+                                PlotDrawer(store, exp.task_type, settings) if eager else None)
     listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
         make_executor(options, device, in_worker, threads).run(jobs, listener, options.debug)
