@@ -2,13 +2,15 @@
 
 For each N (default 10, 100, 1000) and framework (torch, keras), in one process after a warm-up:
 - bare: a hand-written loop over the same folds (standardise, build, fit 1 epoch with validation,
-  predict the three sets), saving nothing;
+  predict the three sets), saving nothing; torch on one thread, as xvalkit trains this tiny model
+  (threads.py), so the comparison is with the fastest plain loop;
 - xval: `run_experiment` on an experiment of N instances (a sweep over the seed), which also writes
   every model, fold record, log, the instance pickles, the report refreshes and the final report
   with every plot.
 It prints both wall times, xvalkit's own cost per fold ((xval - bare) / folds), the time of the
 final report alone (`xval report --force` of the finished folder: every table and sheet, the plots
-kept), that of `xval report` finding it up to date, the process's resident memory once a quarter
+kept), that of `xval report` finding it up to date, that of `xval plan` of the experiment (a fresh
+process, as a user runs it), the process's resident memory once a quarter
 of the folds are recorded and once all are (before the final report): what the runner keeps per
 finished fold, and the peak of a training worker's (from 100 folds, Keras trains in one, replaced
 as it grows: runner.KERAS_WORKER_FROM).
@@ -18,8 +20,8 @@ as it grows: runner.KERAS_WORKER_FROM).
     python benchmarks/many_instances.py --quick   # N = 2: checks that it runs
 `--stages N` times xvalkit's main steps in the run at N with plain clocks (cProfile slows pure
 Python 2-3x) and prints them in ms per fold: what is left of the own cost, and where.
-Goal (issue 14): under 25 ms per fold at every N, the N = 1000 figure within 1.3x of N = 10; the
-final report of 1000 instances under 60 s.
+Goals (issue 29, on the 2-core machine): under 25 ms per fold at N = 100 and 1000, under 60 at
+N = 10; the final report of 1000 instances under 20 s; `xval plan` of 1000 instances under 2 s.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ import numpy as np
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
 
 from xvalkit.data import load_dataset  # noqa: E402
 from xvalkit.experiment import load_experiment  # noqa: E402
@@ -81,6 +84,7 @@ def bare_torch(dataset, folds, n: int) -> float:
     import torch
     from torch import nn
 
+    torch.set_num_threads(1)
     start = time.perf_counter()
     for seed in range(n):
         for fold in folds:
@@ -253,6 +257,16 @@ def xval_run(path: Path, config: Path, profile: bool, n: int) -> tuple[float, tu
     return wall, (forced_s, up_to_date_s), stats, rss
 
 
+def plan_time(path: Path, config: Path) -> float:
+    """Wall seconds of `xval plan` of the experiment in a fresh process, start-up and imports included."""
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path), "--config", str(config)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(SRC)})
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000")
@@ -277,7 +291,7 @@ def main() -> None:
             bare(dataset, folds, 2)  # warm-up: imports, first traces
             xval_run(exp.path, config, False, 2)
             print(f"{framework}: MLP_model {MODEL['hidden_sizes']}, 1 epoch, {FOLDS} folds, demo data, CPU", flush=True)
-            print(f"  {'N':>5} {'folds':>6} {'bare s':>8} {'xval s':>8} {'own ms/fold':>12} {'report s':>9} {'up to date s':>13}"
+            print(f"  {'N':>5} {'folds':>6} {'bare s':>8} {'xval s':>8} {'own ms/fold':>12} {'report s':>9} {'up to date s':>13} {'plan s':>7}"
                   f" {'peak RSS MB':>12} {'RSS MB at 25% -> 100% of folds':>31} {'worker peak MB':>15}", flush=True)
             for n in sizes:
                 path = write_experiment(folder, framework, n)
@@ -286,7 +300,8 @@ def main() -> None:
                 xval_s, (report_s, fresh_s), stats, (quarter, end, worker) = xval_run(path, config, args.profile == n, n)
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 own = (xval_s - bare_s) / (n * FOLDS) * 1000
-                print(f"  {n:5d} {n * FOLDS:6d} {bare_s:8.2f} {xval_s:8.2f} {own:12.1f} {report_s:9.2f} {fresh_s:13.3f}"
+                plan_s = plan_time(path, config)
+                print(f"  {n:5d} {n * FOLDS:6d} {bare_s:8.2f} {xval_s:8.2f} {own:12.1f} {report_s:9.2f} {fresh_s:13.3f} {plan_s:7.2f}"
                       f" {peak:12.0f} {quarter:20.0f} -> {end:<8.0f} {worker or float('nan'):15.0f}", flush=True)
                 if clocks is not None:
                     clocks.close(n * FOLDS)

@@ -103,11 +103,11 @@ def test_many_instances(tmp_path):
     out = run_benchmark(tmp_path, "many_instances.py", "--frameworks", "torch")
     assert "torch: MLP_model (8,), 1 epoch, 3 folds" in out
     figure = r"([-+]?\d+(?:\.\d+)?|nan)"  # a memory sample may be missing on a fast run
-    row = r"\n +" + " +".join([figure] * 9) + f" +-> +{figure} +{figure}\n"  # N, folds, ... RSS at 25% -> 100%
-    ((n, folds, bare, xval, own_ms, report_s, *_),) = figures(row, out)
+    row = r"\n +" + " +".join([figure] * 10) + f" +-> +{figure} +{figure}\n"  # N, folds, ... RSS at 25% -> 100%
+    ((n, folds, bare, xval, own_ms, report_s, _, plan_s, *_),) = figures(row, out)
     assert (n, folds) == (2, 6)
     assert own_ms == pytest.approx((xval - bare) / folds * 1000, abs=2)  # bare and xval are printed to 0.01 s
-    assert report_s > 0
+    assert report_s > 0 and plan_s > 0
 
 
 def test_augment(tmp_path):

@@ -97,7 +97,7 @@ def test_a_models_module_importing_keras_keeps_tensorflows_start_up_off_the_cons
                                            'comment_1="a"', 'comment_2="b"']},
                             name="exp_keras", num_folds=2, models="keras_models.py",
                             global_parameters=["num_epochs=1", "tensorboard=False"])
-    plan = subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path), "--config", str(config_file)],
+    plan = subprocess.run([sys.executable, "-m", "xvalkit.cli", "plan", str(path), "--build", "--config", str(config_file)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     assert not TENSORFLOW_START_UP.search(plan.stdout + plan.stderr), plan.stderr

@@ -208,7 +208,7 @@ def test_old_file_works_with_plan_status_and_report(ported, monkeypatch):
     # the outputs come from the dataset: a model made for another number of classes is refused in one line
     copy = ported["project"] / "experiments" / "ID9_copy.py"  # no results yet, so no resume check
     copy.write_text((OLD_PROJECT / KERAS_EXP).read_text().replace("num_experiment = 1", "num_experiment = 9"))
-    wrong = xval("plan", copy, "1", "-p", "output_classes=8", "--config", ported["paths_config"])
+    wrong = xval("plan", copy, "1", "--build", "-p", "output_classes=8", "--config", ported["paths_config"])
     assert wrong.exit_code == 2 and "outputs shape (8,), expected (4,)" in wrong.output
     assert "Traceback" not in wrong.output
 

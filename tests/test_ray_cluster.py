@@ -297,6 +297,32 @@ def test_a_missing_or_wrong_token_is_one_line(cluster, tmp_path, config_file):
     assert not list((exp_folder(path) / "results").rglob("*.pkl"))
 
 
+def test_ray_workers_are_recycled_like_the_local_pools(tmp_path, config_file, monkeypatch):
+    """A Ray worker process trains at most MAX_CALLS folds (Ray's max_calls, the local pool's
+    period), then a fresh one takes over, so Keras' memory kept per model cannot grow one without
+    bound; each task trains with the one CPU it asks Ray for. Here MAX_CALLS = 2, 6 folds, 1 CPU."""
+    from collections import Counter
+
+    import ray
+
+    from xvalkit.executors import ray as ray_executor
+
+    monkeypatch.setattr(ray_executor, "MAX_CALLS", 2)
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP),
+                                       2: instance("b", "MLP_model", "none", *MLP)},
+                            num_folds=3, global_parameters=["num_epochs=1", "tensorboard=False"])
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        result = xval("run", path, "--backend", "ray", "--quiet", "--config", config_file)
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    folds = [f for run in (1, 2) for f in load_results(exp_folder(path), run)["folds"].values()]
+    pids = Counter(f["pid"] for f in folds)
+    assert len(folds) == 6 and max(pids.values()) <= 2 and len(pids) >= 3, pids
+    assert {f["threads"] for f in folds} == {1}
+
+
 def test_auto_gives_the_results_of_a_local_run(cluster, tmp_path, config_file):
     spec = {1: instance("a", "MLP_model", "none", *MLP)}
     settings = dict(num_folds=2, global_parameters=["num_epochs=3", "patience=3"])

@@ -347,9 +347,10 @@ def test_debug_mode_stops_at_the_first_error_with_traceback(tmp_path, config_fil
 
 
 def test_kill_9_mid_run_then_resume(tmp_path, config_file):
-    # 30 epochs: about a second a fold, so the kill after the first fold leaves folds to do
-    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH, "num_epochs=30",
-                                                   "patience=30")}, num_folds=4,
+    # 150 epochs: about a second a fold (a tiny torch model trains on one thread: threads.py), so the
+    # kill after the first fold leaves folds to do
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH, "num_epochs=150",
+                                                   "patience=150")}, num_folds=4,
                             global_parameters=TORCH_GLOBAL)
     results = exp_folder(path) / "results" / "results_demo_exp1_run1.pkl"
     proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--config", str(config_file)],

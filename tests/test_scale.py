@@ -212,8 +212,37 @@ def test_plan_validates_without_training(tmp_path, config_file):
     assert not (tmp_path / "results").exists()
     bad = write_experiment(tmp_path, {1: instance("a", "EXAMPLE_model", "none")}, name="bad", num_folds=2)
     result = run_cli("plan", bad, "--config", config_file)
+    assert result.returncode == 0 and "`xval plan --build` builds each one now" in result.stdout  # not built
+    result = run_cli("plan", bad, "--build", "--config", config_file)
     assert result.returncode == 2
     assert "instance 1: architecture 'EXAMPLE_model' cannot be built" in result.stderr
+
+
+HEAVY = ("torch", "tensorflow", "keras", "sklearn", "scipy", "matplotlib", "openpyxl")
+
+
+def modules_after(*args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `xval ARGS` in a fresh interpreter; its output and the HEAVY modules it imported."""
+    code = ("import json, sys\nfrom xvalkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    code = e.code\nelse:\n    code = 0\n"
+            f"print('IMPORTED', json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})), "
+            "file=sys.stderr)\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600)
+    line = next(line for line in result.stderr.splitlines() if line.startswith("IMPORTED "))
+    return result, json.loads(line[len("IMPORTED "):])
+
+
+def test_plan_and_status_import_no_framework_nor_scikit_learn(tmp_path, config_file):
+    """`xval plan` and `xval status` list what would run and where things stand without importing
+    torch, TensorFlow, Keras, scikit-learn (or matplotlib, openpyxl): seconds saved at every call."""
+    keras_and_torch = {1: instance("k", "MLP_model", "none"), 2: instance("t", "MLP_model", "none", *TORCH)}
+    path = write_experiment(tmp_path, keras_and_torch, num_folds=2, global_parameters=TORCH_GLOBAL)
+    assert run_cli("run", path, "2", "--config", config_file).returncode == 0  # a fold record for status to read
+    for args in (("plan", path), ("plan", path, "--cpu-workers", "2"), ("status", path)):
+        result, imported = modules_after(*args, "--config", config_file)
+        assert result.returncode == 0, result.stderr
+        assert imported == [], f"xval {args[0]} imported {imported}"
+    assert "2 job(s) over 1 slot(s)" in modules_after("plan", path, "--config", config_file)[0].stdout
 
 
 def test_plan_and_status_show_comments_and_errors_as_written(tmp_path, config_file):

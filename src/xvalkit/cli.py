@@ -514,7 +514,11 @@ def report(
     experiment: Annotated[
         str, typer.Argument(metavar="EXP", help="Experiment module (experiments/exp1.py), name (exp1) or folder.")
     ],
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots (default: yes).")] = True,
+    plots: Annotated[str, typer.Option("--plots", metavar="WHICH", help=(
+        "Which PNG plots to draw: best (the default: the summary plots and every instance's plot, or from 24 "
+        "instances on, those of the 24 best by the selection metric and of failed or diverged ones), all "
+        "(every instance's plot), none."))] = "best",
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no plots (--plots none).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if nothing changed since the last report.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -528,12 +532,15 @@ def report(
     """
     from .report import open_store, refresh
 
+    if plots not in ("best", "all", "none"):
+        fail(f"--plots {plots}: use best, all or none")
     store, exp_config = open_store(experiment, config_file=config)
     if exp_config is None and config is not None:
         from .config import load_config
 
         exp_config = load_config(config)
-    files = refresh(store, plots=plots, config=exp_config, force=force)
+    files = refresh(store, plots=plots != "none" and not no_plots, config=exp_config, force=force,
+                    every_plot=plots == "all")
     from .config import selection_notes
     from .report import report_settings
 
@@ -557,12 +564,14 @@ def plan(
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
+    build: Annotated[bool, typer.Option("--build", help="Also build each distinct model once (imports its "
+                                        "framework: seconds), as `xval run` does before training.")] = False,
 ) -> None:
-    """Validate an experiment fully and show what `xval run` would do, without training.
+    """Validate an experiment and show what `xval run` would do, without training.
 
-    Checks every parameter, architecture (each model is built once), the dataset and the folds;
-    prints the parameters that differ between instances, the folds to train and those already
-    done, and the devices the jobs would go to.
+    Checks every parameter, the dataset and the folds (with --build, every architecture too: each
+    model is built once); prints the parameters that differ between instances, the folds to train
+    and those already done, and the devices the jobs would go to.
     """
     from .devices import keep_this_process_off_gpus
     from .experiment import load_experiment
@@ -572,7 +581,7 @@ def plan(
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)
     show_notes(exp.notes)
     gpus = parse_gpus(gpu) if gpu else None
-    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers)
+    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers, build)
 
 
 @app.command()

@@ -254,3 +254,11 @@ def check_values(name: str, predictors: dict, targets: dict) -> None:
             if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
                 bad = int(np.size(x) - np.isfinite(x).sum())
                 raise DatasetError(f"dataset '{name}': item '{item}': {bad} {what} value(s) are NaN or infinite")
+
+
+def augmented_line(dataset: Dataset) -> str:
+    """How a dataset with augmented copies is evaluated (said by `xval plan` and `xval run`)."""
+    copies = sum(int((~dataset.originals(item)).sum()) for item in dataset.items)
+    total = dataset.datapoints(dataset.items)
+    return (f"augmented data: training uses all {total} datapoints; validation and test use the "
+            f"{total - copies} original ones only (the {copies} augmented copies, files <stem>_aug<N>, are left out)")

@@ -223,6 +223,10 @@ def import_keras():
             import keras  # noqa: F401
     import keras
 
+    from .threads import PLANNED_VARIABLE, set_tensorflow_threads
+
+    if os.environ.get(PLANNED_VARIABLE):  # the process's share (threads.use_threads), before TensorFlow runs an op
+        set_tensorflow_threads()
     _grow_tensorflow_memory()
     if _parent_off_gpus:
         import tensorflow as tf

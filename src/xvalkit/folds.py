@@ -2,7 +2,7 @@
 
 With k >= 2 folds the test sets partition the items (every item is tested exactly once), built
 with scikit-learn's StratifiedGroupKFold for classification (class balance kept where possible)
-and GroupKFold for regression; validation items are drawn from the rest, train is what remains.
+and GroupKFold for regression (their algorithms, in splitters.py: no scikit-learn import); validation items are drawn from the rest, train is what remains.
 With k = 1 there is one split by the validation / test fractions. The same items, labels, k,
 fractions and seed always give the same plan.
 
@@ -61,34 +61,27 @@ def _count(fraction: float, total: int) -> int:
 
 
 def _unstratified(items: list[str], num_folds: int, seed: int) -> list[list[str]]:
-    from sklearn.model_selection import GroupKFold
+    from .splitters import group_kfold_test_sets
 
-    groups = np.arange(len(items))
-    splitter = GroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    splits = splitter.split(groups, groups=groups)
-    return [[items[i] for i in test] for _, test in splits]
+    return [[items[i] for i in test] for test in group_kfold_test_sets(np.arange(len(items)), num_folds, seed)]
 
 
 def _test_sets(items: list[str], num_folds: int, labels: dict[str, np.ndarray] | None,
                seed: int, warn: Callable[[str], None]) -> list[list[str]]:
-    from sklearn.model_selection import StratifiedGroupKFold
+    from .splitters import stratified_group_kfold_test_sets
 
     if labels is None:
         return _unstratified(items, num_folds, seed)
     # Stratify on the datapoints' labels, grouped by item.
     y = np.concatenate([np.asarray(labels[item]).reshape(-1) for item in items])
     groups = np.concatenate([np.full(len(np.asarray(labels[item]).reshape(-1)), i) for i, item in enumerate(items)])
-    splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "The least populated class has only n members"
-            splits = list(splitter.split(np.zeros(len(y)), y, groups))
+        splits = stratified_group_kfold_test_sets(y, groups, num_folds, seed)
     except ValueError as exc:  # every class has fewer datapoints than folds
-        # outside catch_warnings: the default `warn` (warnings.warn) would be silenced there
         warn(f"folds: cannot stratify {len(items)} items into {num_folds} folds by class ({exc}); "
              "using unstratified grouped folds")
         return _unstratified(items, num_folds, seed)
-    return [sorted({items[g] for g in groups[test]}) for _, test in splits]
+    return [sorted({items[g] for g in groups[test]}) for test in splits]
 
 
 def _classes_of(items: Sequence[str], labels: dict[str, np.ndarray] | None) -> dict[str, frozenset] | None:

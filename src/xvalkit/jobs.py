@@ -165,6 +165,7 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
     from .fold_data import FoldData, channels_first
     from .metrics import compute, metric_names
     from .quiet import framework_output_to
+    from .threads import in_use
     from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
 
     p = job.params
@@ -185,6 +186,7 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
         )
         with framework_output_to(log.handle):  # the frameworks' chatter goes to the fold's log
             out = trainer_for(p["framework"]).fit_predict(train_job)
+        threads = in_use(p["framework"])
         record: dict[str, Any] = {"diverged": divergence(out.predictions, out.history)}
         for set_name, set_data in data.sets().items():
             if record["diverged"]:  # no metric of a model that outputs NaN / inf: recorded, never averaged
@@ -203,6 +205,7 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
             gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
             protocol=job.protocol, test_classes_not_trained=untrained_classes(job.task_type, data, dataset.manifest),
+            threads=threads,
         )
         store.check_present()  # not a fold record in a folder that a vanished one left behind
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)

@@ -37,6 +37,8 @@ ALIASES = {"save_model_metric": "save_best_model_metric"}
 # Training switches of the original scripts that are resolved only when set (so that results saved
 # before they existed still resume): name -> default.
 OPTIONAL_TRAINING = {"early_stopping": True, "shuffle_training_data": True}
+# Parameters that say how to run, not what to train: changing them does not stop a resume.
+HOW_TO_RUN = ("threads",)
 LITERAL_TYPES = (str, int, float, bool, type(None), tuple, list, dict, set, bytes, complex)
 
 
@@ -174,6 +176,8 @@ def validate_training(params: dict[str, Any], task_type: str, where: str) -> Non
     for name in positive:
         if name in params and params[name] < 1:
             raise ParameterError(f"{where}: {name}={params[name]!r} must be at least 1")
+    if params.get("threads", 0) < 0:
+        raise ParameterError(f"{where}: threads={params['threads']!r} must be 0 (xvalkit decides) or a number of threads")
     if params.get("patience", 0) < 0:
         raise ParameterError(f"{where}: patience={params['patience']!r} must be 0 or more")
     if params.get("learning_rate", 1) <= 0:

@@ -93,9 +93,11 @@ def _ratio_note(data) -> str:
 
 
 def refresh(store: ExperimentStore, plots: bool = False, config: Config | None = None,
-            instance_plots: bool = True, force: bool = False) -> ReportFiles:
+            instance_plots: bool = True, force: bool = False, every_plot: bool = False) -> ReportFiles:
     """Rebuild the spreadsheet, results.csv and summary.csv (and, with `plots`, the PNGs; without
-    `instance_plots`, only the summary plots, showing the instance plots already drawn).
+    `instance_plots`, only the summary plots, showing the instance plots already drawn). From 24
+    instances, instance plots of the best and of failed or diverged ones only, unless `every_plot`
+    (reporting.plots.plotted_instances).
 
     A report whose inputs and files have not changed since it was written is kept as it is (see
     reporting.freshness; the result says `rebuilt=False`), unless `force`.
@@ -106,7 +108,7 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     # A refresh beside a run's drawer shows the instance plots drawn so far: not a function of the
     # results alone, and never kept (the run's last report draws them all).
     complete = not plots or instance_plots
-    inputs = freshness.inputs_digest(store, settings, plots=plots)
+    inputs = freshness.inputs_digest(store, settings, plots=plots, every_plot=every_plot)
     kept = freshness.check(store, inputs) if complete and not force else None
     if kept is not None and len(kept) >= 3:
         return ReportFiles(kept[0], kept[1], kept[2], tuple(kept[3:]), rebuilt=False)
@@ -124,16 +126,18 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
         built.append(spreadsheet.build_workbook(data, summary, folds, parameters, _ratio_note(data)))
 
     drawn: list[Path] = []
+    note = None
     if plots:
         from .reporting import plots as plotting
 
         drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix, meanwhile=tables_and_sheets,
-                              instance_plots=instance_plots)
+                              instance_plots=instance_plots, every=every_plot)
+        note = plotting.plots_note(data, every_plot)
         # Plots now carry their signature inside; the list that older versions kept is obsolete.
         (store.results_dir / "plot_signatures.json").unlink(missing_ok=True)
     else:
         tables_and_sheets()
-    atomic.write_bytes(store.spreadsheet_path, spreadsheet.finish_workbook(built[0], drawn))
+    atomic.write_bytes(store.spreadsheet_path, spreadsheet.finish_workbook(built[0], drawn, note))
     files = ReportFiles(store.spreadsheet_path, results_csv, summary_csv, tuple(drawn))
     if complete:
         freshness.record(store, inputs, [files.spreadsheet, files.results_csv, files.summary_csv, *files.plots])

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from . import params as P
 from . import report
-from .data import Dataset, load_dataset
+from .data import Dataset, augmented_line, load_dataset
 from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
@@ -35,6 +35,7 @@ from .reporting.background import ReportRefresher
 from .reporting.drawer import EAGER_FROM, PlotDrawer
 from .snapshot import code_files, digests, new_run_id, provenance, record_run, write_snapshot
 from .store import ExperimentStore, error_line, innermost, plain
+from .threads import requested as requested_threads, use_threads
 from .trainers import trainer_for
 
 
@@ -170,7 +171,8 @@ def check_resumable(store: ExperimentStore, instance: Instance, fold_files: dict
     """Refuse to mix folds trained under different parameters or fold plans."""
     for index, saved in store.load_folds(instance.id, fold_files).items():
         old, new = saved["parameters"], instance.params
-        changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+        changed = [k for k in sorted(set(old) | set(new))
+                   if old.get(k, "<unset>") != new.get(k, "<unset>") and k not in P.HOW_TO_RUN]
         if changed:
             first = changed[0]
             raise XvalError(
@@ -217,11 +219,13 @@ def check_models(exp: Experiment, instances: list[Instance], dataset: Dataset) -
             ) from exc
 
 
-def prepare(exp: Experiment, options: RunOptions, warn=None, say=None):
+def prepare(exp: Experiment, options: RunOptions, warn=None, say=None, build_models: bool = True):
     """Everything `xval run` and `xval plan` check before training: (dataset, instances, store).
 
     `warn(line)` receives warnings (fold planning; default: printed to stderr), `say(line)` what
-    the user should know (a built-in dataset synthesised, and where)."""
+    the user should know (a built-in dataset synthesised, and where). `build_models=False` leaves
+    out the trial builds, the only step that imports a framework: `xval plan` without --build, and
+    `xval run`, which sets its threads first."""
     dataset = load_dataset(exp.config.data_folder, exp.dataset, say=say)
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     instances = plan_instances(exp, options, dataset, store, warn)
@@ -229,8 +233,9 @@ def prepare(exp: Experiment, options: RunOptions, warn=None, say=None):
         files = store.fold_files()
         for inst in instances:
             check_resumable(store, inst, files.get(inst.id, {}))
-    with framework_output_to(None):  # the builds' warnings show again in each fold's log
-        check_models(exp, instances, dataset)
+    if build_models:
+        with framework_output_to(None):  # the builds' warnings show again in each fold's log
+            check_models(exp, instances, dataset)
     return dataset, instances, store
 
 
@@ -294,13 +299,14 @@ def trains_in_worker(exp: Experiment, options: RunOptions, on_cpu: bool) -> bool
     return folds >= KERAS_WORKER_FROM and any(exp.framework_of(run) == "keras" for run in ids)
 
 
-def make_executor(options: RunOptions, device: str, in_worker: bool = False):
+def make_executor(options: RunOptions, device: str, in_worker: bool = False, threads: int = 0):
+    """`threads`: what the instances ask for (threads.requested), else 0: each job's share of the cores."""
     if options.backend == "ray":
         from .executors.ray import RayExecutor
 
         gpus_per_job = (1.0 / options.jobs_per_gpu) if options.gpus else 0.0
-        return RayExecutor(options.address, gpus_per_job)
-    slots = plan_slots(options.gpus, options.jobs_per_gpu, options.cpu_workers)
+        return RayExecutor(options.address, gpus_per_job, threads=threads or 1)
+    slots = plan_slots(options.gpus, options.jobs_per_gpu, options.cpu_workers, threads)
     if len(slots) == 1 and (not options.gpus or len(options.gpus) == 1) and not in_worker:
         from .executors.inprocess import InProcessExecutor
 
@@ -414,7 +420,12 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
 
         check_cluster(options.address)  # a wrong address or a missing token: said in a second, before validating
     dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
-                                        say=lambda line: console.print(escape(line), soft_wrap=True))
+                                        say=lambda line: console.print(escape(line), soft_wrap=True), build_models=False)
+    threads = requested_threads([inst.params for inst in instances])
+    slots = plan_slots(options.gpus, options.jobs_per_gpu, options.cpu_workers, threads)
+    use_threads(slots[0].threads if len(slots) == 1 and options.backend == "local" else 1)  # before a framework starts
+    with framework_output_to(None):  # the builds' warnings show again in each fold's log
+        check_models(exp, instances, dataset)
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":  # --address, else RAY_ADDRESS
         where = f"Ray ({cluster_address(options.address) or 'local cluster'})"
@@ -435,8 +446,6 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     if options.device_note:
         console.print(escape(options.device_note), soft_wrap=True)
     if dataset.has_augmented:
-        from .status import augmented_line
-
         console.print(augmented_line(dataset))
     choice = current_choice()
     if device == "CPU" and not choice.cpu and choice.gpu is not None and options.backend == "local":
@@ -462,11 +471,12 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     _record_provenance(exp, store, where, run_id, instances, todo)
     view = ProgressView(console, len(jobs), options.quiet)
     eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
-    refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30),
-                                PlotDrawer(store, exp.task_type) if eager else None)
+    settings = report.report_settings(store, exp.config)
+    refresher = ReportRefresher(store, settings.get("refresh_seconds", 30),
+                                PlotDrawer(store, exp.task_type, settings) if eager else None)
     listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
-        make_executor(options, device, in_worker).run(jobs, listener, options.debug)
+        make_executor(options, device, in_worker, threads).run(jobs, listener, options.debug)
     except KeyboardInterrupt:
         refresher.close(final=False)
         view.stop()

@@ -7,26 +7,32 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .data import augmented_line
+from .devices import visible_gpus
 from .executors import plan_slots
 from .experiment import Experiment
 from .metrics import diverged_folds
 from .params import differing_parameters
 from .store import ExperimentStore, error_line
 from .sweeps import swept_values
+from .threads import TINY_MODEL_PARAMETERS, requested as requested_threads
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping of the tables
     console = Console(highlight=False, width=200)
 
 
-def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int) -> None:
+def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int,
+               build: bool = False) -> None:
+    """What `xval run` would do; `build`: build each model once too (imports its framework)."""
     from .runner import RunOptions, prepare, trains_in_worker
 
     options = RunOptions(first=first, last=last, num_folds=num_folds, gpus=gpus, jobs_per_gpu=jobs_per_gpu,
                          cpu_workers=cpu_workers)
     dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
-                                        say=lambda line: console.print(escape(line)))
-    slots = plan_slots(gpus, jobs_per_gpu, cpu_workers)
+                                        say=lambda line: console.print(escape(line)), build_models=build)
+    threads = requested_threads([inst.params for inst in instances])
+    slots = plan_slots(gpus, jobs_per_gpu, cpu_workers, threads)
     differ = differing_parameters([inst.params for inst in instances])
     table = Table(title=Text(f"{exp.path.name}: '{exp.dataset}', {len(dataset.items)} foldable items, "
                              f"{dataset.datapoints(dataset.items)} datapoints, input {dataset.input_shape}"))
@@ -50,14 +56,19 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
                  else f"{len(fold.val)}")
     console.print(f"folds: {escape(instances[0].protocol)}; e.g. fold 1 trains on {len(fold.train)} items, "
                   f"validates on {validates}, tests on {len(fold.test)} ({escape(', '.join(fold.test))})")
-    from .trainers import trainer_for
-
-    on_cpu = trainer_for(instances[0].params["framework"]).device_name() == "CPU"  # as the run decides
+    on_cpu = not (gpus or visible_gpus())  # as the run decides, asking nvidia-smi instead of the framework
     worker = trains_in_worker(exp, options, on_cpu)
     worker = " (in a worker process, replaced as it grows: a long Keras run)" if worker else ""
-    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}; "
+    tiny = any(inst.params["framework"] == "torch" for inst in instances) and not threads
+    tiny = f" (one for a torch model under {TINY_MODEL_PARAMETERS:,} parameters)" if tiny else ""
+    console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}, "
+                  f"{slots[0].threads} thread(s) each{tiny}; "
                   f"results in {escape(str(store.folder))}")
-    console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")
+    if build:
+        console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")
+    else:
+        console.print("[green]valid[/]: every parameter, the dataset and the folds were checked; the architectures "
+                      "are built when the run starts (`xval plan --build` builds each one now)")
 
 
 def _plain(*cells: str) -> list[Text]:
@@ -65,14 +76,6 @@ def _plain(*cells: str) -> list[Text]:
     comment 'lr [x]' lost its '[x]', and an error line with '[/...]' stopped the table with a
     MarkupError); not parsing them also saves a sixth of the rendering of a thousand rows."""
     return [Text(cell) for cell in cells]
-
-
-def augmented_line(dataset) -> str:
-    """How a dataset with augmented copies is evaluated (said by `xval plan` and `xval run`)."""
-    copies = sum(int((~dataset.originals(item)).sum()) for item in dataset.items)
-    total = dataset.datapoints(dataset.items)
-    return (f"augmented data: training uses all {total} datapoints; validation and test use the "
-            f"{total - copies} original ones only (the {copies} augmented copies, files <stem>_aug<N>, are left out)")
 
 
 def print_status(exp: Experiment, selected: list[int] | None = None) -> None:

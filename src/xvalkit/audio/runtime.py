@@ -25,8 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+from ..threads import BLAS_VARIABLES as THREAD_VARIABLES
 
 
 def fork_is_safe() -> bool:

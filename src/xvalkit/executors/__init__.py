@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +28,7 @@ class JobError(Exception):
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one worker runs: a GPU (its physical ID) or the CPU with a number of threads."""
+    """Where one worker runs: a GPU (its physical ID) or the CPU; with the threads it trains with (threads.py)."""
 
     gpu: int | None
     threads: int | None = None
@@ -40,10 +39,13 @@ class Slot:
         return f"GPU {self.gpu}" if self.gpu is not None else "CPU"
 
 
-def plan_slots(gpus: list[int] | None, jobs_per_gpu: int, cpu_workers: int) -> list[Slot]:
-    """The worker slots: jobs_per_gpu per listed GPU, else cpu_workers CPU workers."""
+def plan_slots(gpus: list[int] | None, jobs_per_gpu: int, cpu_workers: int, threads: int = 0) -> list[Slot]:
+    """The worker slots: jobs_per_gpu per listed GPU, else cpu_workers CPU workers; each trains with
+    `threads` threads, or (0) its share of the cores among the slots (threads.py)."""
+    from ..threads import share as core_share
+
     if gpus:
-        share = 1.0 / jobs_per_gpu if jobs_per_gpu > 1 else None
-        return [Slot(gpu, share=share) for gpu in gpus for _ in range(jobs_per_gpu)]
-    cores = os.cpu_count() or 1
-    return [Slot(None, max(1, cores // cpu_workers)) for _ in range(cpu_workers)]
+        memory = 1.0 / jobs_per_gpu if jobs_per_gpu > 1 else None
+        count = threads or core_share(len(gpus) * jobs_per_gpu)
+        return [Slot(gpu, count, memory) for gpu in gpus for _ in range(jobs_per_gpu)]
+    return [Slot(None, threads or core_share(cpu_workers)) for _ in range(cpu_workers)]

@@ -26,18 +26,15 @@ from . import JobError, Listener, Slot
 # imports), under 3 % of them. Keras also slows as it accumulates (2-core machine, 1-epoch MLP):
 # 1.37 -> 1.59 s per fold over 125 folds in one worker; 2.2 -> 3.9 s over 200 in a plain loop.
 RECYCLE_GROWTH_MB = 512
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
 
 def worker_main(conn, slot: Slot) -> None:
     """The worker loop: receive a job, run it, send back epochs and the result; None stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from ..devices import choose_device_early
+    from ..threads import use_threads
 
-    if slot.threads:
-        for name in THREAD_VARIABLES:
-            os.environ[name] = str(slot.threads)
-        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    use_threads(slot.threads or 1)
     choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None, share=slot.share)
     from ..jobs import execute
     from ..store import failure_text

@@ -4,7 +4,10 @@ Every node must see the experiment folder and the data folder at the same paths 
 filesystem): tasks write models and fold records there, exactly as local workers do. A task whose
 node or worker process is lost is retried (max_retries); a Python error in a job is not retried
 but recorded, like any failed fold; an environment fault (a full disk: faults.py) stops the run.
-Ray reuses its worker processes, so the framework import is paid once per worker, not per fold.
+Ray reuses its worker processes for CPU tasks, so the framework import is paid once per worker, not
+per fold; like the local pool, a worker is replaced after MAX_CALLS folds (Ray's `max_calls`), so
+that Keras' memory kept per model does not grow it without bound. GPU tasks keep Ray's default of a
+fresh worker per task (a reused one could not follow the GPU Ray assigns to the next task).
 
 Which cluster: --address, else RAY_ADDRESS, else a new local Ray; `auto` is the cluster started
 with `ray start` on this machine. A cluster that requires a token gets it as Ray documents
@@ -19,9 +22,15 @@ from ..errors import XvalError
 from ..faults import EnvironmentFault
 from ..jobs import FoldJob
 from . import JobError, Listener
+from .local import RECYCLE_GROWTH_MB
 from .ray_address import cluster_address, prepare_authentication
 
 MAX_RETRIES = 3
+# Folds per Ray worker process: the local pool's period, which replaces a worker once it has grown
+# by RECYCLE_GROWTH_MB, at the 4.6 MB Keras keeps per model (about 110 folds). Ray cannot read a
+# worker's growth, only count its tasks.
+KERAS_MB_PER_MODEL = 4.6
+MAX_CALLS = int(RECYCLE_GROWTH_MB / KERAS_MB_PER_MODEL)
 
 
 class FoldFailed(Exception):
@@ -29,11 +38,13 @@ class FoldFailed(Exception):
     pickled exception loses its chain (__cause__, __context__), where the user's message may be."""
 
 
-def _execute(job: FoldJob, gpu_share: float = 0.0) -> dict:
+def _execute(job: FoldJob, gpu_share: float = 0.0, threads: int = 1) -> dict:
     from ..devices import prepare_gpu_sharing
     from ..jobs import execute
     from ..store import failure_text
+    from ..threads import use_threads
 
+    use_threads(threads)  # the task's CPUs; a reused worker may have run a task of another size
     prepare_gpu_sharing(gpu_share)  # Ray set CUDA_VISIBLE_DEVICES; memory growth and torch's cap are ours
     try:
         return execute(job)
@@ -44,7 +55,7 @@ def _execute(job: FoldJob, gpu_share: float = 0.0) -> dict:
 
 
 class RayExecutor:
-    def __init__(self, address: str | None, gpus_per_job: float, num_cpus: int | None = None):
+    def __init__(self, address: str | None, gpus_per_job: float, num_cpus: int | None = None, threads: int = 1):
         try:
             import ray
         except ImportError:
@@ -53,6 +64,7 @@ class RayExecutor:
         self.address = cluster_address(address)
         self.gpus_per_job = gpus_per_job
         self.num_cpus = num_cpus
+        self.threads = threads  # the CPUs each task asks Ray for, and trains with
 
     def where(self) -> str:
         return f"Ray ({self.address or 'local'}), {self.gpus_per_job:g} GPU per job"
@@ -74,12 +86,14 @@ class RayExecutor:
 
     def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
         ray = self._connect() or self.ray
-        task = ray.remote(_execute).options(num_cpus=1, num_gpus=self.gpus_per_job,
-                                            max_retries=MAX_RETRIES, retry_exceptions=False)
+        # max_calls is set by ray.remote only (options() refuses it); GPU tasks keep Ray's default of 1
+        recycle = {} if self.gpus_per_job else {"max_calls": MAX_CALLS}
+        task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_job, max_retries=MAX_RETRIES,
+                          retry_exceptions=False, **recycle)(_execute)
         refs = {}
         for job in jobs:
             if not listener.should_skip(job):
-                refs[task.remote(job, self.gpus_per_job)] = job
+                refs[task.remote(job, self.gpus_per_job, self.threads)] = job
                 listener.started(job, "Ray")
         try:
             while refs:

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from ..store import ExperimentStore
+from ..threads import single_threaded_environment
 from .drawer import PlotDrawer
 
 SLOW_FACTOR = 5  # at most about 1/SLOW_FACTOR of a core for refreshes during a run
@@ -94,7 +95,7 @@ class ReportRefresher:
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "xvalkit.reporting.background"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True,
+                stdout=subprocess.PIPE, text=True, env=single_threaded_environment(),  # cores are training's
                 # A process group of its own: Ctrl-C (sent to the terminal's group) is the runner's to
                 # handle. Not a session of its own: Linux's autogroup schedules each session as a peer,
                 # and the child's `nice` would then not yield to training at all.

@@ -8,6 +8,10 @@ time nothing else wants; elsewhere the lowest nice), set before it imports anyth
 
 The child asks for each instance when ready for it, so the backlog stays in the runner: closing
 drops it (the final report draws what is left, on every core) and waits only for the plot in hand.
+The report shows the plots of the best instances only (BEST_PLOTTED, from as many instances:
+always the case here), so the drawer draws an instance only while it is among the best finished so
+far by the selection metric's mean, or diverged: about BEST_PLOTTED x (1 + ln(N / BEST_PLOTTED))
+plots of N instances that finish in random order, not N.
 A plot carries its signature inside its PNG (plots.drawn_signature), so whichever of the drawer and
 a report draws an instance first, the other keeps it.
 
@@ -24,18 +28,28 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..threads import single_threaded_environment
+
 if TYPE_CHECKING:
     from ..store import ExperimentStore
 
 EAGER_FROM = 24  # instances to train from which the run draws their plots as they finish; fewer are
 # drawn by the final report in a second or two, sooner than the child would have imported matplotlib
+BEST_PLOTTED = 24  # from this many instances, the report shows the plots of this many best (plots.py)
 
 
 class PlotDrawer:
     """The runner's side: `add` each finished instance; `close` at the end of the run."""
 
-    def __init__(self, store: ExperimentStore, task_type: str):
+    def __init__(self, store: ExperimentStore, task_type: str, settings: dict[str, Any] | None = None):
+        """`settings`: the [report] section, whose selection metric ranks the instances (default val_acc / val_rmse)."""
+        from ..metrics import HIGHER_IS_BETTER
+
         self.store, self.task_type = store, task_type
+        default = "val_acc" if task_type == "classification" else "val_rmse"
+        self.chooser = str((settings or {}).get(f"selection_metric_{task_type}") or default)
+        self._sign = 1.0 if HIGHER_IS_BETTER[self.chooser.split("_", 1)[1]] else -1.0
+        self._best: list[float] = []  # a min-heap of the BEST_PLOTTED best signed scores so far
         self._pending: collections.deque = collections.deque()
         self._wake = threading.Condition()
         self._stopped = False
@@ -44,19 +58,45 @@ class PlotDrawer:
             [sys.executable, "-m", "xvalkit.reporting.drawer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # if it fails, the final report draws those plots again and says why
             process_group=0,  # Ctrl-C is the runner's to handle (as for the report child)
+            env=single_threaded_environment(),  # one BLAS/OpenMP thread: the cores are training's
         )
         self._thread = threading.Thread(target=self._feed, name="plot-drawer", daemon=True)
         self._thread.start()
 
     def add(self, run: int, results: dict[str, Any]) -> None:
-        """Instance `run` is done: draw its plot (`results`: its instance pickle's content)."""
+        """Instance `run` is done: draw its plot (`results`: its instance pickle's content) if the
+        report may show it (the module docstring)."""
         from .plots import _plot_inputs
         from .tables import InstanceInfo
 
+        if not self._may_be_shown(results):
+            return
         with self._wake:
             if not self._stopped:
                 self._pending.append(_plot_inputs(InstanceInfo(run, results, None)))
                 self._wake.notify()
+
+    def _may_be_shown(self, results: dict[str, Any]) -> bool:
+        """Diverged, or among the BEST_PLOTTED best finished so far by the chooser's mean."""
+        import heapq
+        import math
+
+        from ..metrics import diverged_folds
+
+        if diverged_folds(results.get("folds", {})):
+            return True
+        set_name, _, metric = self.chooser.partition("_")
+        score = results.get("summary", {}).get(set_name, {}).get(f"mean_{metric}")
+        if score is None or not math.isfinite(score):
+            return False
+        score *= self._sign
+        if len(self._best) < BEST_PLOTTED:
+            heapq.heappush(self._best, score)
+            return True
+        if score > self._best[0]:
+            heapq.heapreplace(self._best, score)
+            return True
+        return False
 
     def _feed(self) -> None:
         child = self._child

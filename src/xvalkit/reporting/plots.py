@@ -7,6 +7,11 @@
   over folds;
 - `<prefix>_<main metric>.png`: the main metric per instance, mean with std whiskers (clipped to the
   metric's range), coloured as the workbook colours its cells.
+
+From BEST_PLOTTED instances on, instance plots are drawn for the BEST_PLOTTED best by the selection
+metric (the workbook's chooser: a validation metric by default) and for failed or diverged
+instances only: nobody reads a thousand learning curves, and drawing them (about 0.1 s of CPU each)
+was most of a large sweep's report. `xval report --plots all` draws every one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from .. import atomic
+from ..metrics import HIGHER_IS_BETTER
 from . import significance as sig
+from .drawer import BEST_PLOTTED
 from .tables import InstanceInfo, Pivot, ReportData, metric_text, pivot, test_confusion
 
 
@@ -324,6 +331,37 @@ PLOT_VERSION = 3  # part of every instance plot's signature: a change of style r
 PARALLEL_FROM = 24  # stale instance plots from which worker processes draw them
 
 
+def plotted_instances(data: ReportData, every: bool = False) -> list[InstanceInfo]:
+    """The instances whose plots the report shows: all with folds below BEST_PLOTTED of them (or with
+    `every`), else the BEST_PLOTTED best on the chooser, best first, then the failed and diverged ones."""
+    best, flagged = _best_and_flagged(data, every)
+    return best + flagged
+
+
+def _best_and_flagged(data: ReportData, every: bool) -> tuple[list[InstanceInfo], list[InstanceInfo]]:
+    with_folds = [inst for inst in data.instances if inst.folds]
+    if every or len(with_folds) < BEST_PLOTTED:
+        return with_folds, []
+    higher = HIGHER_IS_BETTER[data.chooser.split("_", 1)[1]]
+    order = sig.ranked({i.id: i.folds for i in with_folds}, data.chooser, higher, data.best_candidates)
+    by_id = {inst.id: inst for inst in with_folds}
+    best = [by_id[run] for run in order[:BEST_PLOTTED]]
+    chosen = {inst.id for inst in best}
+    return best, [inst for inst in with_folds if inst.id not in chosen and (inst.diverged or inst.error_line is not None)]
+
+
+def plots_note(data: ReportData, every: bool = False) -> str | None:
+    """What the plots sheet shows of the instance plots, when not all of them (else None); one line
+    per sheet row."""
+    best, flagged = _best_and_flagged(data, every)
+    if not best or len(best) + len(flagged) == sum(1 for inst in data.instances if inst.folds):
+        return None
+    total = sum(1 for inst in data.instances if inst.folds)
+    return (f"Instance plots: the {len(best)} best of {total} instances by {metric_text(data.chooser)}, best first"
+            + (f", then {len(flagged)} failed or diverged" if flagged else "") + ".\n"
+            "Ranked as the workbook chooses the best; `xval report EXP --plots all` draws every instance's plot into plots/.")
+
+
 def signature(inst: InstanceInfo) -> str:
     """What an instance plot shows, in short: it is redrawn only when this changes."""
     folds = [(f, r.get("epochs"), r.get("best_epoch"), r.get("duration_s"), r.get("seed"))
@@ -367,8 +405,10 @@ def _start_children(chunks: list[list[InstanceInfo]], task_type: str, folder: Pa
     import subprocess
     import sys
 
+    from ..threads import single_threaded_environment
+
     children = [subprocess.Popen([sys.executable, "-m", "xvalkit.reporting.plots"], stdin=subprocess.PIPE,
-                                 stderr=subprocess.PIPE) for _ in chunks]
+                                 stderr=subprocess.PIPE, env=single_threaded_environment()) for _ in chunks]
     for child, chunk in zip(children, chunks):
         child.stdin.write(pickle.dumps((chunk, task_type, folder, prefix)))
         child.stdin.close()
@@ -383,7 +423,7 @@ def _wait_children(children: list) -> None:
 
 
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
-         meanwhile: Callable[[], None] | None = None, instance_plots: bool = True) -> list[Path]:
+         meanwhile: Callable[[], None] | None = None, instance_plots: bool = True, every: bool = False) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
 
     An instance plot whose instance has not changed since it was drawn (same folds: the signature
@@ -391,9 +431,10 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
     changed; many stale plots are drawn by one worker process per core, while this process draws
     the summary plots and calls `meanwhile` (the report's other work). Without `instance_plots`
     (refreshes during a run whose drawer draws them), only the summary plots are drawn, and the
-    instance plots already there are listed.
+    instance plots already there are listed. Instance plots: those of plotted_instances(data, every).
     """
-    stale = [_plot_inputs(inst) for inst in data.instances if inst.folds and instance_plots and
+    shown = plotted_instances(data, every)
+    stale = [_plot_inputs(inst) for inst in shown if instance_plots and
              drawn_signature(instance_plot_path(folder, prefix, inst.id)) != signature(inst)]
     workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
     children = []
@@ -416,7 +457,7 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
             _draw_instances(stale, data.task_type, folder, prefix)
     finally:
         _wait_children(children)
-    instances = [instance_plot_path(folder, prefix, inst.id) for inst in data.instances if inst.folds]
+    instances = [instance_plot_path(folder, prefix, inst.id) for inst in shown]
     return paths + [path for path in instances if instance_plots or path.is_file()]
 
 

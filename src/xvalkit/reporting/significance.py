@@ -204,13 +204,19 @@ def choose_best(folds: Mapping[int, Mapping[int, Mapping[str, Any]]], column: st
                 candidates: Sequence[int] | None = None) -> int | None:
     """The candidate with the best mean of `column` over its folds (ties: the lowest ID); an
     instance that diverged in a fold is no candidate."""
+    order = ranked(folds, column, higher_is_better, candidates)
+    return order[0] if order else None
+
+
+def ranked(folds: Mapping[int, Mapping[int, Mapping[str, Any]]], column: str, higher_is_better: bool,
+           candidates: Sequence[int] | None = None) -> list[int]:
+    """The candidates from the best mean of `column` over their folds to the worst (ties: the lowest
+    ID first); an instance that diverged in a fold, or has no value, is left out (choose_best)."""
     per_run = {run: fold_values(folds[run], column) for run in (candidates if candidates is not None else folds)
                if run in folds and not diverged_folds(folds[run])}
     pool = [r for r, v in per_run.items() if v]
-    if not pool:
-        return None
     sign = 1.0 if higher_is_better else -1.0
-    return max(pool, key=lambda r: (sign * sum(per_run[r].values()) / len(per_run[r]), -r))
+    return sorted(pool, key=lambda r: (-sign * sum(per_run[r].values()) / len(per_run[r]), r))
 
 
 def mark_instances(

@@ -91,10 +91,10 @@ def build_workbook(data: ReportData, summary: list[dict[str, Any]], folds: list[
     return wb
 
 
-def finish_workbook(wb: Workbook, plots: list[Path]) -> bytes:
-    """The workbook's file, its `plots` sheet showing `plots` (PNG files)."""
+def finish_workbook(wb: Workbook, plots: list[Path], note: str | None = None) -> bytes:
+    """The workbook's file, its `plots` sheet showing `plots` (PNG files) under `note` (which of them)."""
     ws = wb.create_sheet("plots")
-    print_setup(ws, None, *_plots_sheet(ws, plots), across=1)  # the plots are laid out to a page's width
+    print_setup(ws, None, *_plots_sheet(ws, plots, note), across=1)  # the plots are laid out to a page's width
     buffer = io.BytesIO()
     wb.save(buffer)
     return buffer.getvalue()
@@ -382,14 +382,18 @@ def _confusion_sheet(ws, data: ReportData) -> int:
     return max([ws.max_column] + [text_reach(ws, r) for r in titles])
 
 
-def _plots_sheet(ws, plots: list[Path]) -> tuple[int, int] | tuple[()]:
-    """The plots one below the other, each under its file name; a page break before a plot that
-    would not fit on the printed page any more. Returns the last row and column the images reach
-    (empty where there are none)."""
+def _plots_sheet(ws, plots: list[Path], note: str | None = None) -> tuple[int, int] | tuple[()]:
+    """The plots one below the other, each under its file name, below `note`; a page break before a
+    plot that would not fit on the printed page any more. Returns the last row and column the images
+    reach (empty where there are none)."""
     if not plots:
         ws.cell(row=1, column=1, value="No plots yet: `xval report EXP` (or the end of `xval run`) draws them.")
         return ()
     row, page_used, widest = 1, 0, 0
+    for line in (note or "").splitlines():  # a row each: the printed page is as wide as a plot
+        ws.cell(row=row, column=1, value=line).font = _font(**NOTE_FONT)
+        row = page_used = row + 1
+    row, page_used = (row + 1, page_used + 1) if note else (row, page_used)
     for path in plots:
         image = Image(str(path))
         scale = min(1.0, PLOT_WIDTH / image.width)

@@ -31,6 +31,7 @@ import numpy as np
 from .. import atomic
 from ..devices import torch_device
 from ..models import model_defaults
+from ..threads import for_torch_model
 from . import (METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, inference_batch_size, shuffles,
                stopping_patience)
 
@@ -342,6 +343,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     if p.get("mixed_precision") and not amp:
         print("mixed_precision=True is ignored on the CPU (torch autocast is used on a GPU only)", file=sys.stderr)
     model, optimizer, l2 = build(job, device)
+    for_torch_model(model, p.get("threads", 0))  # one thread for a tiny model (threads.py)
     weights = regularized_parameters(model)
     loss_fn = torch.nn.CrossEntropyLoss() if job.task_type == "classification" else torch.nn.MSELoss()
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
