@@ -77,6 +77,11 @@ def _amount(metric: str, recorded: float, reproduced: float) -> str:
     return f"{reproduced - recorded:+.4g}"
 
 
+def _number(value: float, other: float) -> str:
+    """`value` in 6 digits, or in full where that would hide its difference from `other`."""
+    return f"{value:.6g}" if f"{value:.6g}" != f"{other:.6g}" else repr(float(value))
+
+
 def _same(a: float, b: float) -> bool:
     return a == b or (np.isnan(a) and np.isnan(b))
 
@@ -176,7 +181,7 @@ def _difference_line(recorded: FoldResult, reproduced: FoldResult, changed: list
     parts = []
     for m in changed[:3]:
         a, b = recorded.metrics.get(m, float("nan")), reproduced.metrics.get(m, float("nan"))
-        parts.append(f"{m} {a:.6g} recorded, {b:.6g} reproduced")
+        parts.append(f"{m} {_number(a, b)} recorded, {_number(b, a)} reproduced")
     if len(changed) > 3:
         parts.append(f"{len(changed) - 3} more metric(s)")
     if prediction_gap > limit:
