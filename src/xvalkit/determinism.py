@@ -22,10 +22,14 @@ CUBLAS_WORKSPACE = ":4096:8"  # what NVIDIA documents for deterministic cuBLAS
 def torch_deterministic(device: str) -> dict:
     """Make torch deterministic for a fold on `device`; returns the settings, as recorded."""
     import torch
+    import torch.utils.deterministic
 
     if device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Its debugging aid, filling every new tensor with NaN, cost a sixth of a CPU fold (measured,
+    # benchmarks/determinism.py); xvalkit's ops never read memory they did not write.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     settings = {
