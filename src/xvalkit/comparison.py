@@ -49,10 +49,6 @@ class Verdict:
     def reproduced(self) -> bool:
         return self.kind != DIFFERENT
 
-    @property
-    def line(self) -> str:
-        return f"{self.kind}: {self.detail}" if self.detail else self.kind
-
 
 def relative(metric: str) -> bool:
     """Whether a metric or history key is judged relatively (a loss or an error) or absolutely (a fraction)."""
