@@ -187,6 +187,19 @@ def test_a_fold_that_is_not_there_is_one_line(trained):
     assert result.output.strip() == f"error: {trained['folder']}: instance 2 has no finished fold 9; its finished folds: 1-3"
 
 
+def test_a_reproduction_trains_with_the_recorded_torch_threads():
+    import torch
+
+    from xvalkit.determinism import match_threads
+
+    before = torch.get_num_threads()
+    try:
+        match_threads({"torch_threads": before + 1})
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- the comparison, a pure function --------------------------------------------------------------
 
 def result(acc=0.75, loss=0.5, history=None, predictions=(0.2, 0.8), weight=1.0, best=2) -> FoldResult:

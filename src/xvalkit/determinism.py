@@ -82,3 +82,24 @@ def keras_seeds(seed: int, shuffled: bool) -> dict:
     """The seeds of a Keras fold: keras.utils.set_random_seed (Python, numpy, TensorFlow, Keras) and
     the batch order (trainers/keras.py _batches)."""
     return {"python": seed, "numpy": seed, "tensorflow": seed, "keras": seed, "batch_order": seed if shuffled else None}
+
+
+def match_threads(recorded: dict) -> None:
+    """Train with the thread counts a fold recorded (its determinism settings), where this process
+    still can: a sum split over another number of threads adds in another order. TensorFlow's
+    cannot change once it has started; the verdict then names the difference."""
+    if recorded.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(recorded["torch_threads"]))
+    if "tf_intra_op_threads" in recorded:
+        from .devices import import_keras
+
+        import_keras()
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(recorded["tf_intra_op_threads"]))
+            tf.config.threading.set_inter_op_parallelism_threads(int(recorded["tf_inter_op_threads"]))
+        except RuntimeError:  # TensorFlow has started already
+            pass

@@ -191,6 +191,7 @@ def fold_result(record: dict[str, Any], task_type: str, weights: dict[str, np.nd
 
 def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say=print) -> Verdict:
     """Check, train again and compare one fold (the module docstring); `say` gets the line that starts it."""
+    from .determinism import match_threads
     from .environment import differences, installed_packages
     from .jobs import execute
     from .quiet import framework_output_to
@@ -213,6 +214,7 @@ def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say
         folder = Path(tmp) / store.folder.name
         folder.mkdir()
         job = fold_job(store, chosen, saved, data_folder, models, generator, folder)
+        match_threads((record.get("environment") or {}).get("determinism", {}))
         with framework_output_to(None):
             again = execute(job)
         weights = model_weights(job.store().models_dir / again["model_file"])
