@@ -129,6 +129,23 @@ def test_keras_and_torch_folds_come_out_bit_for_bit_from_the_snapshot(trained):
     assert "reproduced 2 of 2 fold(s)" in output
 
 
+def test_a_fold_is_trained_again_with_the_code_of_its_own_run_after_a_later_run_changed_it(trained, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(trained["path"].parent, root, ignore=shutil.ignore_patterns("data"))
+    models = root / "my_models.py"
+    models.write_text(MODELS.replace("nn.ReLU()", "nn.Tanh()"))  # what the next run trains with
+    path = root / "exp_test.py"
+    path.write_text(path.read_text() + "experiment[3] = ['architecture=\"Tiny_torch\"', 'reshaping_type=\"none\"', "
+                    "'comment_1=\"new\"', 'comment_2=\"t\"', 'framework=\"torch\"']\n")
+    assert xval("run", path, 3, "--config", trained["config"]).exit_code == 0
+    previous = list((root / "results" / "demo" / "experiment_1" / "code" / "previous").iterdir())
+    assert len(previous) == 1  # the first run's code, moved aside by the run that trained instance 3
+    result = xval("reproduce", path, 2, 1, "--config", trained["config"])
+    assert result.exit_code == 0, result.output
+    assert f"from the code in code/previous/{previous[0].name}/" in result.output, result.output
+    assert verdict_line(result.output, "instance 2 fold 1").startswith(f"instance 2 fold 1: {IDENTICAL}")
+
+
 def test_a_metric_edited_in_the_record_comes_out_different(trained, tmp_path):
     folder = copy_of(trained, tmp_path)
     edit_fold(folder, 2, 2, lambda record: record.update(test_acc=record["test_acc"] + 0.01))
