@@ -698,7 +698,7 @@ def reproduce(
     instance: Annotated[Optional[int], typer.Argument(metavar="INSTANCE", help="Instance (default: every instance).")] = None,
     fold: Annotated[Optional[int], typer.Argument(metavar="FOLD", help="Fold (default: one of the instance's, at random).")] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Run the snapshot's code of a folder you did not create.")] = False,
-    gpu: Annotated[Optional[int], typer.Option("--gpu", help="GPU to train on (default: as `xval run`).")] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="GPU to train on (default: GPU 0 if there is one, else the CPU).")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     config: ConfigOption = None,
 ) -> None:
