@@ -217,6 +217,18 @@ def test_a_reproduction_trains_with_the_recorded_torch_threads():
         torch.set_num_threads(before)
 
 
+def test_torch_on_a_gpu_gets_and_records_cublas_fixed_workspace(monkeypatch):
+    """The GPU path of the settings, which only set and read flags (no GPU needed): cuBLAS reads its
+    workspace setting when CUDA starts it, so it must be in the environment before the first fold."""
+    from xvalkit.determinism import CUBLAS_WORKSPACE, torch_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    settings = torch_deterministic("cuda:0")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE == ":4096:8"
+    assert settings["cublas_workspace_config"] == CUBLAS_WORKSPACE and settings["deterministic"] is True
+    assert "cuda" in settings and "cudnn" in settings and "cublas_workspace_config" not in torch_deterministic("cpu")
+
+
 # --- the comparison, a pure function --------------------------------------------------------------
 
 def result(acc=0.75, loss=0.5, history=None, predictions=(0.2, 0.8), weight=1.0, best=2) -> FoldResult:
