@@ -130,3 +130,9 @@ def test_preprocess(tmp_path):
 def test_gpu_without_a_gpu_says_so_in_one_line(tmp_path):
     out = run_benchmark(tmp_path, "gpu.py")  # CUDA_VISIBLE_DEVICES=-1: no GPU, whatever the machine has
     assert out == "benchmarks/gpu.py: no NVIDIA GPU on this machine (nvidia-smi -L lists none); nothing measured\n"
+
+
+def test_determinism(tmp_path):
+    out = run_benchmark(tmp_path, "determinism.py", "--frameworks", "torch")
+    ((on, off, ratio),) = figures(rf"torch +deterministic +{NUMBER} +framework defaults +{NUMBER} +ratio {NUMBER}x  on CPU", out)
+    assert on > 0 and off > 0 and ratio > 0

@@ -697,6 +697,41 @@ def convert_npz(
                   soft_wrap=True)
 
 
+# --- reproduce command (issue 31) ---
+@app.command()
+@user_errors(interrupted="nothing in the experiment folder was changed")
+def reproduce(
+    experiment: Annotated[
+        str, typer.Argument(metavar="EXP", help="Experiment module (experiments/exp1.py), name (exp1) or folder.")
+    ],
+    instance: Annotated[Optional[int], typer.Argument(metavar="INSTANCE", help="Instance (default: every instance).")] = None,
+    fold: Annotated[Optional[int], typer.Argument(metavar="FOLD", help="Fold (default: one of the instance's, at random).")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="Run the snapshot's code of a folder you did not create.")] = False,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="GPU to train on (default: GPU 0 if there is one, else the CPU).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Train finished folds again from what the experiment folder recorded and compare their numbers.
+
+    Each fold is trained again in a temporary folder from the code snapshot of the run that trained
+    it (not the current files), with its recorded parameters, items and seed, on the same data
+    (checked against the SHA-256 in its record). One line per fold: identical (bit for bit, in the
+    same environment), equal within tolerance (naming what differs in the environment), or
+    different (with the first epoch where the histories part). Exit status 0 when every fold was
+    reproduced, 1 otherwise. The snapshot's code runs: for a folder you did not create, read it
+    and pass --trust-code.
+    """
+    from .devices import choose_device_early
+    from .report import open_store
+    from .reproduce import reproduce_experiment
+
+    if cpu and gpu is not None:
+        fail("--cpu and --gpu were both given; choose one")
+    store, _ = open_store(experiment, config_file=config)
+    choose_device_early(gpu=gpu, cpu=cpu)
+    raise typer.Exit(0 if reproduce_experiment(store, instance, fold, trust_code, console) else 1)
+
+
 def _set_debug(value: bool) -> None:
     global _DEBUG
     _DEBUG = value

@@ -20,6 +20,7 @@ from .faults import faults_stop
 from .folds import Fold, class_names
 
 _DATASETS: dict[tuple[str, str], Any] = {}
+_DIGESTS: dict[tuple[str, str], dict[str, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,16 @@ def dataset_for(folder: str, name: str):
             raise vanished(Path(folder), "the data folder")
         _DATASETS[(folder, name)] = load_dataset(folder, name, check_values=False)
     return _DATASETS[(folder, name)]
+
+
+def data_digests_for(folder: str, name: str) -> dict[str, str]:
+    """SHA-256 of the dataset's files, once per process like the dataset itself (for the fold
+    record: `xval reproduce` checks them; 1.2 s per GB on a 2-core machine, once per process)."""
+    if (folder, name) not in _DIGESTS:
+        from .data_digest import dataset_digests
+
+        _DIGESTS[(folder, name)] = dataset_digests(folder, name)
+    return _DIGESTS[(folder, name)]
 
 
 def model_function_for(job: FoldJob):
@@ -162,6 +173,7 @@ def job_folders(job: FoldJob) -> list[str]:
 
 
 def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
+    from .environment import fold_environment
     from .fold_data import FoldData, channels_first
     from .metrics import compute, metric_names
     from .quiet import framework_output_to
@@ -206,6 +218,8 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
             gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
             protocol=job.protocol, test_classes_not_trained=untrained_classes(job.task_type, data, dataset.manifest),
             threads=threads,
+            data_folder=job.data_folder, data_sha256=data_digests_for(job.data_folder, job.dataset),
+            environment=fold_environment(out.device, out.extra.get("determinism", {}), out.extra.get("seeds", {})),
         )
         store.check_present()  # not a fold record in a folder that a vanished one left behind
         store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)

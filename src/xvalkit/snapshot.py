@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__, atomic
+from .environment import installed_packages
 
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "torch", "numpy", "scikit-learn", "scipy", "pandas",
             "librosa", "pedalboard", "openpyxl")
@@ -63,6 +64,8 @@ def provenance(experiment_path: Path, device: str, instances: list[int]) -> dict
         "host": socket.gethostname(),
         "device": device,
         "packages": versions,
+        "pip_freeze": installed_packages(),  # every installed package, for `xval reproduce` to name what changed
+        "experiment_file": experiment_path.name,  # its copy in the code snapshot
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(_git(["status", "--porcelain"], where)) if commit else None,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import atomic
+from ..determinism import keras_deterministic, keras_seeds
 from ..devices import import_keras, keras_device
 from . import (METRICS, TrainJob, TrainOutput, build_checked, check_output_shape, inference_batch_size, shuffles,
                stopping_patience)
@@ -85,6 +86,8 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     keras = import_keras()
     keras.backend.clear_session()  # before seeding: clearing the session resets Keras' seed state
     keras.utils.set_random_seed(job.seed)
+    device = keras_device()
+    determinism = keras_deterministic(on_gpu=device != "CPU")
     p = job.params
     model = build(job)
     callbacks = [
@@ -113,4 +116,5 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
     early = callbacks[0]
     best_epoch = (early.best_epoch + 1) if early.best_weights is not None else len(hist["loss"])
-    return TrainOutput(hist, predictions, len(hist["loss"]), best_epoch, keras_device())
+    return TrainOutput(hist, predictions, len(hist["loss"]), best_epoch, device,
+                       {"determinism": determinism, "seeds": keras_seeds(job.seed, shuffles(p))})

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atomic
+from ..determinism import torch_deterministic, torch_seeds
 from ..devices import torch_device
 from ..models import model_defaults
 from ..threads import for_torch_model
@@ -338,6 +339,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
 
     seed_everything(job.seed)
     device, description = torch_device()
+    determinism = torch_deterministic(device)
     p = job.params
     amp = bool(p.get("mixed_precision")) and device.startswith("cuda")
     if p.get("mixed_precision") and not amp:
@@ -387,4 +389,5 @@ def fit_predict(job: TrainJob) -> TrainOutput:
                    for name, batches in sets.items()}
     save(job, model)
     epochs = len(history["loss"])
-    return TrainOutput(history, predictions, epochs, stopper.best_epoch or epochs, description)
+    return TrainOutput(history, predictions, epochs, stopper.best_epoch or epochs, description,
+                       {"determinism": determinism, "seeds": torch_seeds(job.seed, shuffles(p))})
