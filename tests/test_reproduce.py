@@ -217,6 +217,20 @@ def test_a_reproduction_trains_with_the_recorded_torch_threads():
         torch.set_num_threads(before)
 
 
+def test_a_torch_fold_records_the_threads_it_trained_with_and_is_trained_again_with_them(trained, tmp_path):
+    """threads.py decides a torch fold's threads from its model and this machine's cores: the
+    record keeps what training used, and a reproduction on another machine uses that, not its own."""
+    from xvalkit.report import open_store
+    from xvalkit.reproduce import Chosen, fold_job
+
+    store, _ = open_store(str(trained["path"]), config_file=str(trained["config"]))
+    saved = store.read(store.fold_path(2, 1))
+    assert saved["record"]["environment"]["determinism"]["torch_threads"] == saved["record"]["threads"] == 1  # tiny
+    saved["record"]["environment"]["determinism"]["torch_threads"] = 7
+    job = fold_job(store, Chosen(2, 1, False), saved, str(trained["data"]), None, False, tmp_path)
+    assert job.params["threads"] == 7
+
+
 def test_torch_on_a_gpu_gets_and_records_cublas_fixed_workspace(monkeypatch):
     """The GPU path of the settings, which only set and read flags (no GPU needed): cuBLAS reads its
     workspace setting when CUDA starts it, so it must be in the environment before the first fold."""

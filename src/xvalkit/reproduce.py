@@ -153,10 +153,14 @@ def fold_job(store: ExperimentStore, chosen: Chosen, saved: dict[str, Any], data
     from .jobs import FoldJob
 
     record = saved["record"]
+    params = dict(saved["parameters"])
+    threads = ((record.get("environment") or {}).get("determinism") or {}).get("torch_threads")
+    if params.get("framework") == "torch" and threads:
+        params["threads"] = int(threads)  # as recorded: not what threads.py would decide on this machine
     fold = Fold(index=chosen.fold, train=tuple(record["train_items"]), val=tuple(record["val_items"]),
                 test=tuple(record["test_items"]), repeat=record.get("repeat", 1),
                 in_repeat=record.get("fold_in_repeat", 0), val_sources=tuple(record.get("val_sources", ())))
-    return FoldJob(instance=chosen.instance, fold=fold, num_folds=saved["num_folds"], params=saved["parameters"],
+    return FoldJob(instance=chosen.instance, fold=fold, num_folds=saved["num_folds"], params=params,
                    task_type=saved["task_type"], dataset=store.dataset, data_folder=data_folder,
                    store_folder=str(folder), num_experiment=store.num_experiment, generator=generator,
                    models_path=None if models is None else str(models), protocol=record.get("protocol", ""))

@@ -345,7 +345,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
     if p.get("mixed_precision") and not amp:
         print("mixed_precision=True is ignored on the CPU (torch autocast is used on a GPU only)", file=sys.stderr)
     model, optimizer, l2 = build(job, device)
-    for_torch_model(model, p.get("threads", 0))  # one thread for a tiny model (threads.py)
+    determinism["torch_threads"] = for_torch_model(model, p.get("threads", 0))  # one for a tiny model (threads.py)
     weights = regularized_parameters(model)
     loss_fn = torch.nn.CrossEntropyLoss() if job.task_type == "classification" else torch.nn.MSELoss()
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
