@@ -494,8 +494,12 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         view.stop()
         raise
     view.stop()
-    if options.detach:  # the jobs train on: `xval status` and `xval report` follow them
+    if options.detach:  # the jobs train on: `xval status` and `xval report` follow them from the folder
         refresher.close(final=False)
+        files = store.fold_files()
+        for inst in instances:  # the pickles the report merges their folds into, as they land
+            if todo[inst.id] and inst.id not in listener.written:
+                store.rebuild_instance(inst.id, base_results(exp, inst), files.get(inst.id, {}))
         return summary
     refresher.close(final=True, plots=True)  # the complete report, plots included
     _print_summary(console, summary, store)
