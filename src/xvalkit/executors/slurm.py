@@ -16,6 +16,8 @@ so. With --detach it returns once the jobs are submitted: the tasks record their
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import time
@@ -48,7 +50,11 @@ class SlurmExecutor:
         if not jobs:
             return
         folder = slurm_folder(Path(jobs[0].store_folder), jobs[0].run_id)
-        tasks = self._submit(jobs, folder)
+        try:
+            tasks = self._submit(jobs, folder)
+        except BaseException:  # Ctrl-C or sbatch refusing an array: none of the run's arrays stays queued
+            self.cancel(self.job_ids)
+            raise
         arrays = sorted({task.job_id.split("_")[0] for task, _ in tasks}, key=int)
         self.say(f"submitted {len(jobs)} fold(s) as {len(tasks)} Slurm task(s): job(s) {', '.join(arrays)} "
                  f"({self.settings.describe()}); submitit files in {folder}")
@@ -74,16 +80,16 @@ class SlurmExecutor:
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.settings.max_requeues)
         executor.update_parameters(**self.settings.submitit_parameters())
         tasks = []
-        try:
-            for start in range(0, len(bundles), limit):  # arrays above MaxArraySize are split, not refused
-                part = bundles[start:start + limit]
-                submitted = executor.submit_array([FoldBundle(bundle, self.detach) for bundle in part])
-                self.job_ids.append(submitted[0].job_id.split("_")[0])
-                tasks += list(zip(submitted, part))
-        except subprocess.CalledProcessError as exc:
-            self.cancel(self.job_ids)
-            reason = (exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else str(exc.output or ""))
-            raise XvalError(f"--backend slurm: sbatch refused the job: {reason.strip().splitlines()[-1] if reason.strip() else exc}") from None
+        for start in range(0, len(bundles), limit):  # arrays above MaxArraySize are split, not refused
+            part = bundles[start:start + limit]
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint: ours is one line
+                try:
+                    submitted = executor.submit_array([FoldBundle(bundle, self.detach) for bundle in part])
+                except submitit.core.utils.FailedJobError as exc:
+                    raise XvalError(f"--backend slurm: sbatch refused the job: {sbatch_complaint(str(exc))} "
+                                    "(see config.ini [slurm] and --slurm)") from None
+            self.job_ids.append(submitted[0].job_id.split("_")[0])
+            tasks += list(zip(submitted, part))
         record_submission(folder, [(task.job_id, [job.key for job in bundle]) for task, bundle in tasks])
         return tasks
 
@@ -103,6 +109,7 @@ class Watch:
         self.listener = listener
         self.debug = debug
         self.open: dict[tuple[int, int], FoldJob] = {job.key: job for _, bundle in tasks for job in bundle}
+        self.task_of = {job.key: task.job_id for task, bundle in tasks for job in bundle}
         self.started: set[tuple[int, int]] = set()
         self.epochs: dict[tuple[int, int], int] = {}
         self.store = tasks[0][1][0].store()
@@ -112,7 +119,7 @@ class Watch:
         remaining = list(self.tasks)
         while self.open:
             watcher.update()  # one sacct call for every job of the run
-            self._follow_folds(dict((job.key, task.job_id) for task, bundle in remaining for job in bundle))
+            self._follow_folds()
             still = []
             for task, bundle in remaining:
                 if task.done():
@@ -128,7 +135,7 @@ class Watch:
             time.sleep(POLL_SECONDS)
             stop.check()
 
-    def _follow_folds(self, task_of: dict) -> None:
+    def _follow_folds(self) -> None:
         """Report folds whose files appeared; start and epoch lines of the running ones."""
         files = self.store.fold_files()
         for key, job in list(self.open.items()):
@@ -138,7 +145,7 @@ class Watch:
             elif self.store.log_path(*key).is_file() or self.store.running_path(*key).is_file():
                 if key not in self.started:
                     self.started.add(key)
-                    self.listener.started(job, f"Slurm {task_of.get(key, '')}")
+                    self.listener.started(job, f"Slurm {self.task_of[key]}")
                 self._epochs(job)
 
     def _epochs(self, job: FoldJob) -> None:
@@ -159,7 +166,7 @@ class Watch:
     def _done(self, job: FoldJob, path: Path) -> None:
         del self.open[job.key]
         if job.key not in self.started:
-            self.listener.started(job, "Slurm")
+            self.listener.started(job, f"Slurm {self.task_of[job.key]}")
         self.listener.finished(job, self.store.read(path)["record"])
 
     def _fail(self, job: FoldJob, text: str) -> None:
@@ -167,12 +174,12 @@ class Watch:
         if self.debug:
             raise JobError(f"{job.label} failed:\n{text}")
         if job.key not in self.started:
-            self.listener.started(job, "Slurm")
+            self.listener.started(job, f"Slurm {self.task_of[job.key]}")
         self.listener.failed(job, text)
 
     def _finish(self, task, bundle: list[FoldJob]) -> None:
         """A task ended: its folds on disk are done, its Python errors failed, the rest lost."""
-        self._follow_folds({})
+        self._follow_folds()
         outcomes, problem = _outcomes(task)
         for kind, instance, fold, text in outcomes:
             if kind == "unseen":
@@ -209,6 +216,12 @@ def _left_anything(task, jobs: list[FoldJob]) -> bool:
         return True
     store = jobs[0].store()
     return any(store.log_path(*job.key).exists() or store.running_path(*job.key).exists() for job in jobs)
+
+
+def sbatch_complaint(stderr: str) -> str:
+    """sbatch's error lines, without their 'sbatch: error: ' prefixes, on one line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Try ")]
+    return "; ".join(line.removeprefix("sbatch: ").removeprefix("error: ") for line in lines) or "no reason given"
 
 
 def unseen_message(job: FoldJob, where: str) -> str:
