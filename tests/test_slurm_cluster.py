@@ -15,12 +15,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import instance, write_experiment
+from .conftest import instance, wait_for, write_experiment
 from .slurm_cluster import SlurmCluster, missing_programs
 from .test_run import exp_folder, load_results
 
@@ -98,19 +97,6 @@ def cluster():
         yield nodes
 
 
-def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"xval ended (exit {proc.returncode}) before {what}:\n{out}\n{err}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def experiment(tmp_path: Path, instances: dict, hold: Path | None = None, **settings) -> Path:
     (tmp_path / "test_models.py").write_text(TEST_MODELS.format(hold=str(hold or tmp_path / "no-hold")))
     return write_experiment(tmp_path, instances, global_parameters=GLOBAL, models="test_models.py", **settings)
@@ -141,13 +127,13 @@ def submissions(path: Path) -> dict[str, list]:
 def attempts(cluster: SlurmCluster, task: str) -> list[str]:
     """The states of every attempt of a task, requeues included (sacct --duplicates); tasks of an
     array that never started share one line: 12_[1-3%1]."""
-    array, index = task.split("_")
+    array, _, index = task.partition("_")  # a lone task is a plain job: 15
     out = cluster.run("sacct", "-n", "-X", "-P", "-D", "-o", "JobID,State", "-j", array).stdout
     states = []
     for line in out.splitlines():
         job, state = line.split("|")
         ranges = re.fullmatch(rf"{array}_\[([\d,-]+)(%\d+)?\]", job)
-        if job == task or ranges and any(int(r.split("-")[0]) <= int(index) <= int(r.split("-")[-1])
+        if job == task or index and ranges and any(int(r.split("-")[0]) <= int(index) <= int(r.split("-")[-1])
                                          for r in ranges.group(1).split(",")):
             states.append(state)
     return states
@@ -198,7 +184,7 @@ def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, confi
     proc = run_slurm(cluster, path, config_file, "--slurm", "folds_per_task=2", wait=False)
     try:
         running = exp_folder(path) / "results" / "running" / "run1_fold2.json"
-        wait_for(lambda: fold_file(path, 1, 1).exists() and running.exists(), "fold 1 done, fold 2 held", proc)
+        wait_for(lambda: fold_file(path, 1, 1).exists() and running.exists(), proc, "fold 1 done, fold 2 held", TIMEOUT)
         first = fold_file(path, 1, 1).stat().st_mtime_ns, json.loads(running.read_text())["pid"]
         (task,) = submissions(path)
         cluster.run("scontrol", "requeue", task)
@@ -242,7 +228,8 @@ def test_detach_then_status_then_report(tmp_path, config_file, cluster):
     assert status.returncode == 0 and "Slurm" in status.stdout
     for task in tasks:  # each fold beside its task, in some Slurm state already
         assert f"({task})" in status.stdout
-    wait_for(lambda: all(attempts(cluster, t)[-1:] == ["COMPLETED"] for t in tasks), "both tasks to complete")
+    wait_for(lambda: all(attempts(cluster, t)[-1:] == ["COMPLETED"] for t in tasks), None, "both tasks to complete",
+             TIMEOUT)
     status = xval(cluster, "status", path, "--config", config_file)
     rows = [line for line in status.stdout.splitlines() if "COMPLETED" in line]
     assert len(rows) == 4, status.stdout
@@ -269,7 +256,8 @@ def test_ctrl_c_cancels_every_job_it_submitted(tmp_path, config_file, cluster):
                       hold=hold, num_folds=2)
     proc = run_slurm(cluster, path, config_file, "--slurm", "array_parallelism=1", wait=False)
     try:
-        wait_for(lambda: list((exp_folder(path) / "results" / "running").glob("*.json")), "a fold to be held", proc)
+        wait_for(lambda: list((exp_folder(path) / "results" / "running").glob("*.json")), proc, "a fold to be held",
+                 TIMEOUT)
         tasks = submissions(path)
         arrays = sorted({task.split("_")[0] for task in tasks}, key=int)
         assert len(arrays) == 2  # six tasks: two arrays
@@ -280,9 +268,10 @@ def test_ctrl_c_cancels_every_job_it_submitted(tmp_path, config_file, cluster):
             proc.kill()
     assert proc.returncode == 130, err
     assert f"cancelled Slurm job(s) {', '.join(arrays)} (scancel)" in err
-    wait_for(lambda: not any(job.split("_")[0] in arrays for job in cluster.jobs()), "the queue to let them go")
+    wait_for(lambda: not any(job.split("_")[0] in arrays for job in cluster.jobs()), None, "the queue to let them go",
+             TIMEOUT)
     wait_for(lambda: all(attempts(cluster, t) and attempts(cluster, t)[-1].startswith("CANCELLED") for t in tasks),
-             "sacct to show every task cancelled")
+             None, "sacct to show every task cancelled", TIMEOUT)
 
 
 def test_a_folder_the_nodes_cannot_see_is_one_line(tmp_path, config_file, cluster):
