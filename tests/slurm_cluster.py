@@ -158,6 +158,14 @@ class SlurmCluster:
             "StorageType=accounting_storage/mysql", "StorageHost=127.0.0.1", f"StoragePort={self.db_port}",
             "StorageUser=slurm", f"StoragePass={self.db_password}", "StorageLoc=slurm_acct_db", ""]))
         dbd.chmod(0o600)
+        # Two GPUs that are device files only (links to /dev/null and /dev/zero: Slurm wants character
+        # devices), no hardware: Slurm hands them out and sets CUDA_VISIBLE_DEVICES as on a GPU node;
+        # the frameworks then find no GPU and train on the CPU.
+        devices = self.root / "dev"
+        devices.mkdir()
+        for index, target in enumerate(("/dev/null", "/dev/zero")):
+            (devices / f"nvidia{index}").symlink_to(target)
+        self.conf.with_name("gres.conf").write_text(f"Name=gpu File={devices}/nvidia[0-1]\n")
         host = socket.gethostname().split(".")[0]
         self.conf.write_text("\n".join([
             "ClusterName=xval", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctld_port}",
@@ -174,7 +182,9 @@ class SlurmCluster:
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none", f"MaxArraySize={self.max_array_size}", "ReturnToService=2",
             "MpiDefault=none", "SwitchType=switch/none", "KillWait=5", "MinJobAge=300",
-            f"NodeName={self.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=4000 State=UNKNOWN",
+            "GresTypes=gpu",
+            f"NodeName={self.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=4000 "
+            "Gres=gpu:2 State=UNKNOWN",
             f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP", ""]))
 
     @staticmethod

@@ -176,6 +176,19 @@ def test_a_slurm_run_gives_the_results_of_a_local_run(tmp_path, config_file, clu
     assert again.returncode == 0 and "submitted" not in again.stderr and submissions(path) == tasks
 
 
+def test_a_task_asking_for_a_gpu_trains_on_the_one_slurm_gives_it(tmp_path, config_file, cluster):
+    # The test node's two GPUs are device files without hardware (slurm_cluster.py): Slurm sets
+    # CUDA_VISIBLE_DEVICES for each task as on a real GPU node, and torch, finding no GPU, uses the CPU.
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP)}, global_parameters=GLOBAL,
+                            num_folds=2)
+    result = run_slurm(cluster, path, config_file, "--slurm", "gpus_per_task=1")
+    assert result.returncode == 0, result.stderr
+    assert "1 CPU, 1 GPU, 60 min per task" in result.stderr
+    for fold in load_results(exp_folder(path), 1)["folds"].values():
+        assert fold["cuda_visible_devices"] in ("0", "1")  # Slurm's choice, kept as it set it
+        assert fold["device"] == "CPU"
+
+
 def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, config_file, cluster):
     hold = tmp_path / "hold"
     hold.touch()
