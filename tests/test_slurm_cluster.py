@@ -189,7 +189,14 @@ def test_a_task_asking_for_a_gpu_trains_on_the_one_slurm_gives_it(tmp_path, conf
         assert fold["device"] == "CPU"
 
 
-def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, config_file, cluster):
+# How a running task is taken off its node: an administrator's requeue (Slurm's own), or the signal
+# Slurm sends before a time limit or a preemption (USR2, asked for by submitit's --signal): submitit
+# then checkpoints the bundle and requeues it itself (time = 60 minutes: a preemption, not a timeout)
+REQUEUES = {"scontrol requeue": ["scontrol", "requeue", "{task}"], "preemption": ["scancel", "--signal=USR2", "{task}"]}
+
+
+@pytest.mark.parametrize("how", REQUEUES)
+def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, config_file, cluster, how):
     hold = tmp_path / "hold"
     hold.touch()
     path = experiment(tmp_path, {1: instance("held", "Second_held_model", "none", 'framework="torch"')},
@@ -200,7 +207,7 @@ def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, confi
         wait_for(lambda: fold_file(path, 1, 1).exists() and running.exists(), proc, "fold 1 done, fold 2 held", TIMEOUT)
         first = fold_file(path, 1, 1).stat().st_mtime_ns, json.loads(running.read_text())["pid"]
         (task,) = submissions(path)
-        cluster.run("scontrol", "requeue", task)
+        cluster.run(*(part.format(task=task) for part in REQUEUES[how]))
         out, err = proc.communicate(timeout=TIMEOUT)  # the second attempt: fold 2 is its first model, not held
     finally:
         if proc.poll() is None:
@@ -214,6 +221,9 @@ def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, confi
         log = (exp_folder(path) / "logs" / f"run1_fold{fold}.log").read_text()
         assert log.count("done in") == 1
     assert "instance 1 done" in err
+    if how == "preemption":  # submitit's checkpoint path, not Slurm's own requeue
+        log = next((exp_folder(path) / "slurm").glob(f"*/{task}_0_log.err")).read_text()
+        assert "xval: checkpoint: 1 of 2 fold(s) of this task are on disk" in log, log
 
 
 def test_a_python_error_in_a_fold_is_recorded_once_and_not_retried(tmp_path, config_file, cluster):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 from pathlib import Path
 
 import submitit
@@ -57,6 +58,15 @@ class FoldBundle(submitit.helpers.Checkpointable):
             else:
                 outcomes.append(("done", *job.key, ""))
         return outcomes
+
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on the signal Slurm sends before a time limit or a preemption: the
+        same bundle is requeued, and its folds already on disk will be skipped."""
+        done = sum(self.jobs[0].store().fold_path(*job.key).is_file() for job in self.jobs)
+        print(f"xval: checkpoint: {done} of {len(self.jobs)} fold(s) of this task are on disk; the task is "
+              "requeued and resumes from them", file=sys.stderr, flush=True)
+        return super().checkpoint(*args, **kwargs)
 
 
 def _prepare_process() -> None:
