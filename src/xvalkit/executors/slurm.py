@@ -42,9 +42,6 @@ class SlurmExecutor:
         self.say = say  # the run's console (through the progress view)
         self.job_ids: list[str] = []  # the arrays submitted, for scancel
 
-    def where(self) -> str:
-        return f"Slurm ({self.settings.describe()})"
-
     def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
         jobs = [job for job in jobs if not listener.should_skip(job)]
         if not jobs:
