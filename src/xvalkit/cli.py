@@ -150,7 +150,7 @@ def run(
     jobs_per_gpu: JobsPerGpuOption = 1,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     cpu_workers: CpuWorkersOption = 1,
-    backend: Annotated[str, typer.Option("--backend", help="local, or ray (the optional extra: pip install -e \".[ray]\").")] = "local",
+    backend: Annotated[str, typer.Option("--backend", help="local, ray or slurm (optional extras: pip install -e \".[ray]\" or \".[slurm]\").")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: HOST:PORT of its head, or auto (the one `ray start` started here); default: RAY_ADDRESS, else a new local Ray.")] = None,
     overwrite: Annotated[
         Optional[bool],
@@ -162,6 +162,11 @@ def run(
     ] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no live progress.")] = False,
+    slurm: Annotated[Optional[list[str]], typer.Option(
+        "--slurm", metavar="NAME=VALUE", help="--backend slurm: a setting of config.ini [slurm] for this run "
+        "(repeatable): --slurm partition=gpu --slurm gpus_per_task=1.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="--backend slurm: submit the jobs, print their IDs and "
+                                         "return; `xval status` follows them, `xval report` builds the report.")] = False,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -175,8 +180,13 @@ def run(
     from .experiment import load_experiment
     from .runner import RunOptions, run_experiment, trains_in_worker
 
-    if backend not in ("local", "ray"):
-        fail(f"--backend {backend}: expected local or ray")
+    if backend not in ("local", "ray", "slurm"):
+        fail(f"--backend {backend}: expected local, ray or slurm")
+    if (slurm or detach) and backend != "slurm":
+        fail(f"{'--slurm' if slurm else '--detach'} is for --backend slurm")
+    if backend == "slurm" and (gpu is not None or gpu_positional is not None or cpu_workers > 1 or cpu):
+        fail("--backend slurm: GPUs and CPUs are Slurm's to give; set gpus_per_task and cpus_per_task "
+             "(config.ini [slurm] or --slurm NAME=VALUE) instead of --gpu, --cpu or --cpu-workers")
     gpus = parse_gpus(gpu) if gpu is not None else None
     if gpus is not None and gpu_positional is not None and gpus != [gpu_positional]:
         fail(f"GPU given twice: positional {gpu_positional} and --gpu {gpu}; give one")
@@ -191,7 +201,12 @@ def run(
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)  # imports no framework
     show_notes(exp.notes)
     device_note = ""
-    if gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
+    slurm_settings = None
+    if backend == "slurm":
+        from .executors.slurm_settings import SlurmSettings
+
+        slurm_settings = SlurmSettings.from_config(exp.config.section("slurm"), slurm)
+    elif gpus is None and not cpu and exp.gpu_ID is not None and cpu_workers == 1:
         gpus = [exp.gpu_ID]
         if not _gpus_exist(gpus, f"gpu_ID = {exp.gpu_ID} in {experiment}", backend, address):
             device_note = f"gpu_ID = {exp.gpu_ID} in {exp.path}: no GPU on this machine, training on the CPU"
@@ -204,9 +219,9 @@ def run(
         debug=exp.debug_mode if debug is None else debug,
         num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
-        device_note=device_note,
+        device_note=device_note, slurm=slurm_settings, detach=detach,
     )
-    workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
+    workers = backend in ("ray", "slurm") or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)
     workers = workers or trains_in_worker(exp, options, on_cpu=cpu)
     if workers:

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import XvalError
 
 PACKAGED_CONFIG = Path(__file__).with_name("config.ini")
-SECTIONS = ("paths", "training", "features", "augmentation", "report")
+SECTIONS = ("paths", "training", "features", "augmentation", "report", "slurm")
 
 
 def parse_value(text: str) -> Any:

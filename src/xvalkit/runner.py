@@ -49,8 +49,10 @@ class RunOptions:
     gpus: list[int] | None = None  # None: the device chosen early (one GPU or the CPU)
     jobs_per_gpu: int = 1
     cpu_workers: int = 1
-    backend: str = "local"  # or "ray"
+    backend: str = "local"  # or "ray", or "slurm"
     address: str | None = None
+    slurm: Any = None  # executors.slurm_settings.SlurmSettings, for --backend slurm
+    detach: bool = False  # --backend slurm: submit and return
     quiet: bool = False
     device_note: str = ""  # how the CLI chose the device (gpu_ID without a GPU), said once the input is valid
 
@@ -259,14 +261,14 @@ def make_jobs(exp: Experiment, inst: Instance, run_id: str | None = None) -> lis
 
 
 def _record_provenance(exp: Experiment, store: ExperimentStore, where: str, run_id: str, instances: list[Instance],
-                       todo: dict[int, set[int]]) -> None:
+                       todo: dict[int, set[int]], extra: dict | None = None) -> None:
     """Every run leaves its record in code/runs/; only a run that trains replaces the code snapshot
     and provenance.json, which describe the folds on disk (a run that skips everything must not)."""
     info = provenance(exp.path, where, [i.id for i in instances])
     files = code_files(exp.path, [exp.models_path, *exp.framework_models.values()], exp.config.to_ini(),
                        info["git_commit"])
     info.update(run_id=run_id, overrides=exp.overrides, code_sha256=digests(files),
-                folds_to_train={inst: sorted(folds) for inst, folds in todo.items() if folds})
+                folds_to_train={inst: sorted(folds) for inst, folds in todo.items() if folds}, **(extra or {}))
     record_run(store.code_dir, info)
     if info["folds_to_train"]:
         write_snapshot(store.code_dir, files, info)
@@ -299,8 +301,12 @@ def trains_in_worker(exp: Experiment, options: RunOptions, on_cpu: bool) -> bool
     return folds >= KERAS_WORKER_FROM and any(exp.framework_of(run) == "keras" for run in ids)
 
 
-def make_executor(options: RunOptions, device: str, in_worker: bool = False, threads: int = 0):
+def make_executor(options: RunOptions, device: str, in_worker: bool = False, threads: int = 0, say=print):
     """`threads`: what the instances ask for (threads.requested), else 0: each job's share of the cores."""
+    if options.backend == "slurm":
+        from .executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(options.slurm, options.detach, say)
     if options.backend == "ray":
         from .executors.ray import RayExecutor
 
@@ -419,6 +425,10 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         from .executors.ray_address import check_cluster, cluster_address
 
         check_cluster(options.address)  # a wrong address or a missing token: said in a second, before validating
+    elif options.backend == "slurm":
+        from .executors.slurm_settings import check_cluster as check_slurm
+
+        check_slurm(options.slurm)  # no sbatch here, an unknown partition: said before validating
     dataset, instances, store = prepare(exp, options, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"),
                                         say=lambda line: console.print(escape(line), soft_wrap=True), build_models=False)
     threads = requested_threads([inst.params for inst in instances])
@@ -429,6 +439,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     device = trainer_for(instances[0].params["framework"]).device_name()
     if options.backend == "ray":  # --address, else RAY_ADDRESS
         where = f"Ray ({cluster_address(options.address) or 'local cluster'})"
+    elif options.backend == "slurm":
+        where = f"Slurm ({options.slurm.describe()})"
     elif options.gpus and (len(options.gpus) > 1 or options.jobs_per_gpu > 1):
         where = f"GPUs {', '.join(map(str, options.gpus))} x {options.jobs_per_gpu} job(s) each"
     elif options.cpu_workers > 1:
@@ -468,7 +480,8 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
             summary.skipped.append(inst.id)
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst, run_id) if job.fold.index in todo[inst.id]]
-    _record_provenance(exp, store, where, run_id, instances, todo)
+    _record_provenance(exp, store, where, run_id, instances, todo,
+                       {"slurm": options.slurm.as_dict()} if options.backend == "slurm" else None)
     view = ProgressView(console, len(jobs), options.quiet)
     eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
     settings = report.report_settings(store, exp.config)
@@ -476,7 +489,7 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
                                 PlotDrawer(store, exp.task_type, settings) if eager else None)
     listener = RunListener(exp, store, instances, todo, view, summary, refresher)
     try:
-        make_executor(options, device, in_worker, threads).run(jobs, listener, options.debug)
+        make_executor(options, device, in_worker, threads, view.print).run(jobs, listener, options.debug)
     except KeyboardInterrupt:
         refresher.close(final=False)
         view.stop()
@@ -491,6 +504,13 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         view.stop()
         raise
     view.stop()
+    if options.detach:  # the jobs train on: `xval status` and `xval report` follow them from the folder
+        refresher.close(final=False)
+        files = store.fold_files()
+        for inst in instances:  # the pickles the report merges their folds into, as they land
+            if todo[inst.id] and inst.id not in listener.written:
+                store.rebuild_instance(inst.id, base_results(exp, inst), files.get(inst.id, {}))
+        return summary
     refresher.close(final=True, plots=True)  # the complete report, plots included
     _print_summary(console, summary, store)
     return summary

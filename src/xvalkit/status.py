@@ -71,6 +71,14 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
                       "are built when the run starts (`xval plan --build` builds each one now)")
 
 
+def slurm_states(folder) -> dict[tuple[int, int], str]:
+    if not (folder / "slurm").is_dir():
+        return {}
+    from .executors.slurm_jobs import fold_states
+
+    return fold_states(folder)
+
+
 def _plain(*cells: str) -> list[Text]:
     """Table cells shown as they are: comments, values and error lines are not rich markup (a
     comment 'lr [x]' lost its '[x]', and an error line with '[/...]' stopped the table with a
@@ -83,7 +91,8 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
     store = ExperimentStore(exp.folder, exp.dataset, exp.num_experiment)
     running = store.running()
     table = Table(title=Text(f"{exp.path.name}: {store.folder}"))
-    for column in ("ID", "comment_1", "done", "diverged", "running", "pending", "failed"):
+    slurm = slurm_states(store.folder)  # {} unless a run submitted folds to Slurm
+    for column in ("ID", "comment_1", "done", "diverged", "running", "pending", "failed") + (("Slurm",) if slurm else ()):
         table.add_column(column)
     ids = sorted(set(exp.instances) | set(store.instance_ids())) if selected is None else selected
     files = store.fold_files()  # one listing; every finished fold's record read, for divergence
@@ -101,6 +110,9 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
             comment = str(exp.instances[run].get("comment_1", exp.global_parameters.get("comment_1", "")))
             if exp.swept.get(run):  # else every combination reads 'sweep of instance 1'
                 comment += f": {swept_values(exp.instances[run], exp.swept[run])}"
-        table.add_row(*_plain(str(run), comment, *(", ".join(map(str, f)) or "-" for f in (folds, diverged, now, pending))),
-                      Text(last_line, style="red") if error else "-")
+        cells = _plain(str(run), comment, *(", ".join(map(str, f)) or "-" for f in (folds, diverged, now, pending)))
+        cells.append(Text(last_line, style="red") if error else "-")
+        if slurm:  # each fold's Slurm state beside its file state
+            cells += _plain("\n".join(f"{f}: {state}" for (r, f), state in sorted(slurm.items()) if r == run) or "-")
+        table.add_row(*cells)
     console.print(table)

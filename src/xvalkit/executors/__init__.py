@@ -4,6 +4,7 @@
 - LocalPool: reused worker processes, one per slot (a GPU, or a share of the CPU cores); each sees
   only its own GPU, pays the framework import once, and is replaced after a failure.
 - Ray (optional extra): the same jobs as Ray tasks, on one machine or a cluster.
+- Slurm (optional extra): bundles of jobs as tasks of Slurm job arrays, through submitit (slurm.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""The same jobs as Slurm job arrays, submitted through submitit (`--backend slurm`).
+
+Setup, then launch, as Hydra's launcher: the pending folds are cut into bundles of
+`folds_per_task` (short folds do not each pay a job's start), the bundles into arrays no larger
+than the cluster's MaxArraySize, and each array is submitted with the [slurm] settings. Every task
+writes its folds into the experiment folder, which the compute nodes must see (a shared file
+system); the fold file stays the only completion record, so a requeued task resumes from the folds
+on disk and a rerun of `xval run` submits only what is missing.
+
+In the foreground, the watch loop reports a fold as soon as its file appears (its epochs from its
+log), a task's Python errors from its result, and a task that ended without writing anything as an
+experiment folder the nodes cannot see; Ctrl-C cancels every job it submitted (scancel) and says
+so. With --detach it returns once the jobs are submitted: the tasks record their own errors, and
+`xval status` shows each fold's Slurm state (slurm_jobs.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import XvalError
+from ..faults import EnvironmentFault
+from ..interrupts import StopRequest
+from ..jobs import FoldJob
+from . import JobError, Listener
+from .slurm_jobs import record_submission, slurm_folder
+from .slurm_settings import SlurmSettings, max_array_size
+
+POLL_SECONDS = 2.0  # one sacct call per poll, for all the jobs of the run
+EPOCH_LINE = re.compile(r"^\S+ epoch (\d+) (.*)$")
+
+
+class SlurmExecutor:
+    def __init__(self, settings: SlurmSettings, detach: bool = False, say=print):
+        self.settings = settings
+        self.detach = detach
+        self.say = say  # the run's console (through the progress view)
+        self.job_ids: list[str] = []  # the arrays submitted, for scancel
+
+    def run(self, jobs: list[FoldJob], listener: Listener, debug: bool) -> None:
+        jobs = [job for job in jobs if not listener.should_skip(job)]
+        if not jobs:
+            return
+        folder = slurm_folder(Path(jobs[0].store_folder), jobs[0].run_id)
+        try:
+            tasks = self._submit(jobs, folder)
+        except BaseException:  # Ctrl-C or sbatch refusing an array: none of the run's arrays stays queued
+            self.cancel(self.job_ids)
+            raise
+        arrays = sorted({task.job_id.split("_")[0] for task, _ in tasks}, key=int)
+        self.say(f"submitted {len(jobs)} fold(s) as {len(tasks)} Slurm task(s): job(s) {', '.join(arrays)} "
+                 f"({self.settings.describe()}); submitit files in {folder}")
+        if self.detach:
+            self.say(f"detached: `xval status` shows each fold's Slurm state, `xval report` builds the report; "
+                     f"`scancel {' '.join(arrays)}` cancels the jobs")
+            return
+        with StopRequest("cancelling the Slurm jobs") as stop:
+            try:
+                Watch(tasks, listener, debug).run(stop)
+            except (KeyboardInterrupt, EnvironmentFault, JobError, XvalError):
+                self.cancel(arrays)
+                raise
+
+    def _submit(self, jobs: list[FoldJob], folder: Path) -> list[tuple[object, list[FoldJob]]]:
+        import submitit
+
+        from .slurm_task import FoldBundle
+
+        size = self.settings.folds_per_task
+        bundles = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        limit = max_array_size()
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.settings.max_requeues)
+        executor.update_parameters(**self.settings.submitit_parameters())
+        tasks = []
+        for start in range(0, len(bundles), limit):  # arrays above MaxArraySize are split, not refused
+            part = bundles[start:start + limit]
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint: ours is one line
+                try:
+                    submitted = executor.submit_array([FoldBundle(bundle, self.detach) for bundle in part])
+                except submitit.core.utils.FailedJobError as exc:
+                    raise XvalError(f"--backend slurm: sbatch refused the job: {sbatch_complaint(str(exc))} "
+                                    "(see config.ini [slurm] and --slurm)") from None
+            self.job_ids.append(submitted[0].job_id.split("_")[0])
+            tasks += list(zip(submitted, part))
+        record_submission(folder, [(task.job_id, [job.key for job in bundle]) for task, bundle in tasks])
+        return tasks
+
+    def cancel(self, arrays: list[str]) -> None:
+        if not arrays:
+            return
+        subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
+        self.say(f"cancelled Slurm job(s) {', '.join(arrays)} (scancel): their unfinished folds will be redone "
+                 "by the next run")
+
+
+class Watch:
+    """Follows the submitted tasks until every fold is finished or failed."""
+
+    def __init__(self, tasks: list, listener: Listener, debug: bool):
+        self.tasks = tasks
+        self.listener = listener
+        self.debug = debug
+        self.open: dict[tuple[int, int], FoldJob] = {job.key: job for _, bundle in tasks for job in bundle}
+        self.task_of = {job.key: task.job_id for task, bundle in tasks for job in bundle}
+        self.started: set[tuple[int, int]] = set()
+        self.epochs: dict[tuple[int, int], int] = {}
+        self.store = tasks[0][1][0].store()
+
+    def run(self, stop: StopRequest) -> None:
+        watcher = type(self.tasks[0][0]).watcher
+        remaining = list(self.tasks)
+        while self.open:
+            watcher.update()  # one sacct call for every job of the run
+            self._follow_folds()
+            still = []
+            for task, bundle in remaining:
+                if task.done():
+                    self._finish(task, bundle)
+                else:
+                    still.append((task, bundle))
+            remaining = still
+            if not remaining:
+                for job in list(self.open.values()):  # every task ended: what is left was never trained
+                    self._fail(job, "its Slurm task ended without training it")
+                break
+            stop.check()
+            time.sleep(POLL_SECONDS)
+            stop.check()
+
+    def _follow_folds(self) -> None:
+        """Report folds whose files appeared; start and epoch lines of the running ones."""
+        files = self.store.fold_files()
+        for key, job in list(self.open.items()):
+            path = files.get(key[0], {}).get(key[1])
+            if path is not None:
+                self._done(job, path)
+            elif self.store.log_path(*key).is_file() or self.store.running_path(*key).is_file():
+                if key not in self.started:
+                    self.started.add(key)
+                    self.listener.started(job, f"Slurm {self.task_of[key]}")
+                self._epochs(job)
+
+    def _epochs(self, job: FoldJob) -> None:
+        try:
+            lines = self.store.log_path(*job.key).read_text(errors="replace").splitlines()
+        except OSError:
+            return
+        for line in reversed(lines):
+            match = EPOCH_LINE.match(line)
+            if match:
+                epoch = int(match.group(1))
+                if epoch != self.epochs.get(job.key):
+                    self.epochs[job.key] = epoch
+                    logs = dict(pair.split("=", 1) for pair in match.group(2).split() if "=" in pair)
+                    self.listener.epoch(job, epoch, {k: _number(v) for k, v in logs.items()})
+                return
+
+    def _done(self, job: FoldJob, path: Path) -> None:
+        del self.open[job.key]
+        if job.key not in self.started:
+            self.listener.started(job, f"Slurm {self.task_of[job.key]}")
+        self.listener.finished(job, self.store.read(path)["record"])
+
+    def _fail(self, job: FoldJob, text: str) -> None:
+        del self.open[job.key]
+        if self.debug:
+            raise JobError(f"{job.label} failed:\n{text}")
+        if job.key not in self.started:
+            self.listener.started(job, f"Slurm {self.task_of[job.key]}")
+        self.listener.failed(job, text)
+
+    def _finish(self, task, bundle: list[FoldJob]) -> None:
+        """A task ended: its folds on disk are done, its Python errors failed, the rest lost."""
+        self._follow_folds()
+        outcomes, problem = _outcomes(task)
+        for kind, instance, fold, text in outcomes:
+            if kind == "unseen":
+                raise XvalError(unseen_message(bundle[0], text))
+            if kind == "fault":
+                raise EnvironmentFault(text)
+            if kind == "error" and (instance, fold) in self.open:
+                self._fail(self.open[(instance, fold)], text)
+        lost = [job for job in bundle if job.key in self.open]
+        if not lost:
+            return
+        if problem is None:
+            problem = f"its Slurm task {task.job_id} ended ({task.state}) without training it"
+        elif not _left_anything(task, lost):
+            raise XvalError(unseen_message(bundle[0], f"the node of task {task.job_id}"))
+        for job in lost:
+            self._fail(job, problem)
+
+
+def _outcomes(task) -> tuple[list, str | None]:
+    """The task's outcomes, or none and why (its state and the last line of its error log)."""
+    try:
+        return task.result(), None
+    except Exception as exc:  # submitit's UncompletedJobError / FailedJobError
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else type(exc).__name__
+        return [], f"Slurm task {task.job_id} ended {task.state}: {last}"
+
+
+def _left_anything(task, jobs: list[FoldJob]) -> bool:
+    """Whether a task that failed left any trace: its submitit log, or a fold's log or marker."""
+    paths = task.paths
+    if paths.stdout.exists() or paths.stderr.exists():
+        return True
+    store = jobs[0].store()
+    return any(store.log_path(*job.key).exists() or store.running_path(*job.key).exists() for job in jobs)
+
+
+def sbatch_complaint(stderr: str) -> str:
+    """sbatch's error lines, without their 'sbatch: error: ' prefixes, on one line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Try ")]
+    return "; ".join(line.removeprefix("sbatch: ").removeprefix("error: ") for line in lines) or "no reason given"
+
+
+def unseen_message(job: FoldJob, where: str) -> str:
+    return (f"--backend slurm: the experiment folder {job.store_folder} is not visible from the compute nodes "
+            f"({where} wrote nothing there): put it on a file system the nodes share (experiment_folder, "
+            "and the data folder too)")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
