@@ -312,3 +312,23 @@ def test_environment_differences_name_every_field():
     assert differences(now, now) == []
     assert differences({**now, "packages_sha256": "c"}, now) == ["other installed packages"]
     assert differences(None, now) == ["not recorded (the fold was trained before xvalkit recorded its environment)"]
+
+
+def test_the_package_list_is_what_a_fresh_interpreter_sees_not_what_an_import_added(tmp_path, monkeypatch):
+    """Ray puts its vendored psutil and colorama on sys.path when imported: a run record made after
+    some import of ray listed them, and a reproduction in a fresh process named them as removed."""
+    import sys
+
+    from xvalkit.environment import installed_packages
+
+    vendored = tmp_path / "thirdparty_files"
+    (vendored / "vendoredpkg-9.9.dist-info").mkdir(parents=True)
+    (vendored / "vendoredpkg-9.9.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: vendoredpkg\nVersion: 9.9\n")
+    monkeypatch.setattr(sys, "path", [str(vendored), *sys.path])
+    installed_packages.cache_clear()
+    try:
+        packages = installed_packages()
+    finally:
+        installed_packages.cache_clear()
+    assert "vendoredpkg" not in packages
+    assert packages["numpy"] == metadata.version("numpy") and packages["xvalkit"]

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import platform
+import site
 import sys
 from importlib import metadata
 
@@ -24,9 +25,16 @@ KEY_PACKAGES = ("torch", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scik
 
 @functools.cache
 def installed_packages() -> dict[str, str]:
-    """{name: version} of every installed distribution: what `pip freeze` lists, without a subprocess."""
+    """{name: version} of every installed distribution: what `pip freeze` lists, without a subprocess.
+
+    Looked for where a fresh interpreter looks (site-packages, the user's, PYTHONPATH), not on this
+    process's sys.path: a library may add its vendored packages there when imported (Ray adds its
+    psutil and colorama), and the list would then depend on what the process imported first."""
+    paths = [*os.environ.get("PYTHONPATH", "").split(os.pathsep), *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        paths.append(site.getusersitepackages())
     found: dict[str, str] = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=[p for p in paths if p]):
         name = dist.metadata["Name"]
         if name and name not in found:  # the first on sys.path wins, as for an import
             found[name] = dist.version
