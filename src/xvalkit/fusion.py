@@ -1,0 +1,182 @@
+"""Fused groups: pending torch folds that can share kernels, trained as one job (trainers/fused.py).
+
+`plan_groups(jobs)` partitions the jobs (HFTA's partition step): folds fuse when nothing that shapes
+the computation graph differs (architecture, model parameters, input shape via reshaping_type,
+batch size, optimiser, task, ...); they may differ in FUSIBLE values and in their fold data. An
+executor hands a FusedJob to one process like any job; `execute_group` leaves, for each member,
+exactly the files `jobs.execute` leaves for that fold, through the same calls (jobs.begin /
+jobs.finish), as soon as that member is finished. Resume, status and the report see only folds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .faults import EnvironmentFault, faults_stop
+from .jobs import FoldJob, begin, fail, finish, job_folders
+
+# Values that may differ within a group: per member in the fused trainer, or only its fold data.
+FUSIBLE = frozenset({
+    "learning_rate", "regularization_lambda", "dropout", "seed", "num_epochs", "patience", "early_stopping",
+    "save_best_model_metric", "save_best_model_mode", "validation_split", "test_split", "normalization",
+    "tensorboard", "verbose", "shuffle_training_data", "comment",
+})
+MAX_MEMBERS = 64  # an out-of-memory error halves a group (execute_group)
+
+
+@dataclass(frozen=True)
+class FusedJob:
+    """Folds trained as one fused model in one process; each member is a FoldJob."""
+
+    members: tuple[FoldJob, ...]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.members[0].key
+
+    @property
+    def instance(self) -> int:
+        return self.members[0].instance
+
+    @property
+    def label(self) -> str:
+        return f"fused group of {len(self.members)} folds ({self.members[0].label}, ...)"
+
+
+def group_key(job: FoldJob) -> tuple | None:
+    """What members of one group share; None for a fold that never fuses (Keras, mixed precision)."""
+    p = job.params
+    if p["framework"] != "torch" or p.get("mixed_precision") or job.generator:
+        return None
+    fixed = sorted((k, repr(v)) for k, v in p.items() if k not in FUSIBLE and not k.startswith("comment"))
+    return (job.task_type, job.dataset, job.data_folder, job.models_path, tuple(fixed))
+
+
+def plan_groups(jobs: list[FoldJob], max_members: int = MAX_MEMBERS) -> list[FoldJob | FusedJob]:
+    """The jobs, compatible folds gathered into FusedJobs of at most `max_members` (a group of one
+    stays a FoldJob), each where its first member was."""
+    slots: dict[tuple, list[FoldJob]] = {}
+    order: list[Any] = []
+    for job in jobs:
+        key = group_key(job)
+        if key is None:
+            order.append(job)
+            continue
+        if key not in slots or len(slots[key]) >= max_members:
+            slots[key] = []
+            order.append(slots[key])
+        slots[key].append(job)
+    return [item if isinstance(item, FoldJob) else (FusedJob(tuple(item)) if len(item) > 1 else item[0])
+            for item in order]
+
+
+def describe(planned: list[FoldJob | FusedJob]) -> list[str]:
+    """One line per fused group, for `xval plan`."""
+    lines = []
+    for item in planned:
+        if isinstance(item, FusedJob):
+            folds = ", ".join(f"{m.instance}/{m.fold.index}" for m in item.members)
+            lines.append(f"fused group of {len(item.members)} (instance/fold): {folds}")
+    return lines
+
+
+@dataclass
+class GroupListener:
+    """What execute_group reports, member by member (the executor forwards it to its Listener)."""
+
+    epoch: Callable[[FoldJob, int, dict], None]
+    finished: Callable[[FoldJob, dict], None]
+    failed: Callable[[FoldJob, BaseException], None]
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+
+
+def execute_group(group: FusedJob, listener: GroupListener) -> None:
+    """Train the group's members fused; each member's files and record are written as it finishes.
+    A member that fails is reported alone; an out-of-memory error splits the unfinished members in
+    two halves trained one after the other; an environment fault (faults.py) stops it all."""
+    from .devices import freeze_survivors, gpu_settings, release_memory
+
+    gpu = gpu_settings()
+    freeze_survivors()
+    store = group.members[0].store()
+    with faults_stop(job_folders(group.members[0])):
+        store.check_present()
+        pending = [list(group.members)]
+        while pending:
+            members = pending.pop(0)
+            left = _train(members, store, listener, gpu)
+            release_memory()
+            if left:
+                if len(left) == 1:
+                    listener.failed(left[0], MemoryError("out of GPU memory, training this fold alone"))
+                    continue
+                half = len(left) // 2
+                listener.say(f"out of GPU memory with {len(left)} folds fused: trying {half} and {len(left) - half}")
+                pending[:0] = [left[:half], left[half:]]
+
+
+def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) -> list[FoldJob]:
+    """Train `members` fused; the members left unfinished by an out-of-memory error."""
+    import torch
+
+    from .quiet import framework_output_to
+    from .trainers import fused
+    from .trainers import torch as single
+
+    started = []
+    for job in members:
+        try:
+            started.append(begin(job, store, lambda e, logs, job=job: listener.epoch(job, e, logs)))
+        except Exception as exc:
+            listener.failed(job, exc)
+    done: set[int] = set()
+
+    def member_done(i: int, out) -> None:
+        out.extra["fused_members"] = len(started)
+        record = finish(started[i], store, out, gpu)
+        done.add(i)
+        with contextlib.suppress(OSError):
+            store.unmark_running(*started[i].job.key)
+        listener.finished(started[i].job, record)
+
+    try:
+        if not started:
+            return []
+        train_jobs = [s.train_job for s in started]
+        with framework_output_to(started[0].log.handle):
+            models = fused.build_members(train_jobs, single.torch_device()[0])
+            reason = fused.refusal(models) or fused.functional_refusal(models[0], train_jobs[0].data.input_shape)
+        if reason:
+            listener.say(f"{started[0].job.label} and {len(started) - 1} more fold(s) train unfused: {reason}")
+            del models
+            for i, s in enumerate(started):
+                try:
+                    with framework_output_to(s.log.handle):
+                        member_done(i, single.fit_predict(s.train_job))
+                except Exception as exc:
+                    fail(s.log, exc)
+                    listener.failed(s.job, exc)
+            return []
+        try:
+            with framework_output_to(started[0].log.handle):
+                fused.fit_predict_group(train_jobs, member_done, models)
+        except torch.cuda.OutOfMemoryError:
+            left = [s for i, s in enumerate(started) if i not in done]
+            for s in left:
+                fail(s.log, MemoryError("out of GPU memory in a fused group: retried in a smaller group"))
+            return [s.job for s in left]
+        except (EnvironmentFault, OSError):  # the machine's fault: the run stops (faults.py)
+            raise
+        except Exception as exc:  # a defect of the group (or of one member's data): each unfinished member fails
+            for i, s in enumerate(started):
+                if i not in done:
+                    fail(s.log, exc)
+                    listener.failed(s.job, exc)
+        return []
+    finally:
+        for s in started:
+            with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
+                store.unmark_running(*s.job.key)

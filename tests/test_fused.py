@@ -1,0 +1,138 @@
+"""Fused training (trainers/fused.py, fusion.py) against unfused training, for real on the CPU.
+
+Each check trains the same FoldJobs twice, through the same job layer: one by one (jobs.execute,
+the unfused path) into one folder, as one fused group (fusion.execute_group) into another, and
+compares the fold records and the saved .pt files."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xvalkit
+from xvalkit import fusion
+from xvalkit.experiment import load_experiment
+from xvalkit.jobs import execute
+from xvalkit.runner import RunOptions, make_jobs, prepare
+
+from .conftest import instance, write_experiment
+
+MLP = ["hidden_sizes=(16,)"]
+CNN = ["channels_1=4", "channels_2=4", "hidden_size=8"]
+RTOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def fold_jobs(tmp: Path, data_folder: Path, instances: dict, num_folds: int = 4, **settings):
+    """The FoldJobs `xval run` would plan for this experiment (all its instances and folds)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "config.ini").write_text(f"[paths]\ndata_folder = {data_folder}\n")
+    exp = load_experiment(write_experiment(tmp, instances, num_folds=num_folds, **settings))
+    _, planned, _ = prepare(exp, RunOptions())
+    return [job for inst in planned for job in make_jobs(exp, inst)]
+
+
+def moved(jobs, folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    return [dataclasses.replace(job, store_folder=str(folder)) for job in jobs]
+
+
+def unfused(jobs, folder: Path) -> dict:
+    return {job.key: execute(job) for job in moved(jobs, folder)}
+
+
+class Collect(fusion.GroupListener):
+    def __init__(self):
+        self.records, self.failures, self.order = {}, {}, []
+        super().__init__(epoch=lambda job, e, logs: None, finished=self.done, failed=self.fail, say=lambda line: None)
+
+    def done(self, job, record):
+        self.records[job.key] = record
+        self.order.append(job.key)
+
+    def fail(self, job, exc):
+        self.failures[job.key] = exc
+
+
+def fused(jobs, folder: Path) -> Collect:
+    collect = Collect()
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, folder))), collect)
+    assert not collect.failures, collect.failures
+    return collect
+
+
+def state(folder: Path, job) -> dict:
+    path = folder / "models" / f"demo_exp1_run{job.instance}_fold{job.fold.index}.pt"
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def assert_same_training(jobs, alone: dict, together: dict, folder_alone: Path, folder_together: Path):
+    for job in jobs:
+        a, b = alone[job.key], together[job.key]
+        for key in a["history"]:
+            np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=RTOL, err_msg=f"{job.label} {key}")
+        assert (b["epochs"], b["best_epoch"]) == (a["epochs"], a["best_epoch"]), job.label
+        sa, sb = state(folder_alone, job), state(folder_together, job)
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            np.testing.assert_allclose(sb[name].double().numpy(), sa[name].double().numpy(), rtol=RTOL, atol=1e-6,
+                                       err_msg=f"{job.label} {name}")
+        np.testing.assert_allclose(b["test_pred"], a["test_pred"], rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture, reshaping, extra", [("MLP_model", "none", MLP), ("EXAMPLE_model", "cnn", CNN)])
+def test_four_folds_fused_train_as_four_unfused(tmp_path, data_folder, architecture, reshaping, extra):
+    """Dropout 0: the same per-epoch losses, best epoch, weights (BatchNorm statistics included) and
+    predictions as each fold trained alone."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("a", architecture, reshaping, *extra, "dropout=0.0")},
+                     global_parameters=['framework="torch"', "num_epochs=4", "patience=4", "batch_size=16"])
+    assert len({len(job.fold.train) for job in jobs}) >= 1 and len(jobs) == 4
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+    if architecture == "EXAMPLE_model":
+        assert any("running_mean" in name for name in state(tmp_path / "together", jobs[0]))
+
+
+def test_members_with_their_own_learning_rate_and_regularization(tmp_path, data_folder):
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {
+        1: instance("slow", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=0.001",
+                    "regularization_lambda=0.0"),
+        2: instance("fast", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=0.01",
+                    "regularization_lambda=0.01"),
+    }, num_folds=2, global_parameters=['framework="torch"', "num_epochs=3", "patience=3", "batch_size=16"])
+    planned = fusion.plan_groups(jobs)
+    assert len(planned) == 1 and len(planned[0].members) == 4  # two instances, one group
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+    assert together.records[(1, 1)]["history"]["loss"] != together.records[(2, 1)]["history"]["loss"]
+
+
+def test_a_diverging_member_and_an_early_stopping_member_touch_no_other(tmp_path, data_folder):
+    """Instance 2 goes NaN (learning rate 1e30), instance 3 stops early (patience 1) and restores
+    its best epoch while instance 1 trains on: every member as if trained alone, the stopped one
+    written first."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {
+        1: instance("calm", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "patience=8"),
+        2: instance("nan", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=1e30", "patience=8"),
+        3: instance("stops", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=0.03", "patience=1"),
+    }, num_folds=2, global_parameters=['framework="torch"', "num_epochs=8", "batch_size=16"])
+    assert len(fusion.plan_groups(jobs)) == 1
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+    records = together.records
+    assert all(records[(2, f)]["diverged"] for f in (1, 2))
+    assert not any(records[(i, f)]["diverged"] for i in (1, 3) for f in (1, 2))
+    stopped = records[(3, 1)]
+    assert stopped["best_epoch"] < stopped["epochs"] < records[(1, 1)]["epochs"] == 8
+    assert together.order.index((3, 1)) < together.order.index((1, 1))
