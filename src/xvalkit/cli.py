@@ -36,6 +36,10 @@ ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", help="A config.ini overriding the defaults key by key.")
 ]
 # `xval run` and `xval plan` (which shows where a run's jobs would go) take the same options
+FuseOption = Annotated[
+    Optional[bool],
+    typer.Option("--fuse/--no-fuse", help="Train compatible torch folds as one fused model (default: on a GPU)."),
+]
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs (folds) run at once on each listed GPU.")]
 CpuWorkersOption = Annotated[
     int, typer.Option("--cpu-workers", min=1, help="Folds trained at once on the CPU, each with its share of the cores.")
@@ -162,6 +166,7 @@ def run(
     ] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no live progress.")] = False,
+    fuse: FuseOption = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -204,7 +209,7 @@ def run(
         debug=exp.debug_mode if debug is None else debug,
         num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
-        device_note=device_note,
+        device_note=device_note, fuse=fuse,
     )
     workers = backend == "ray" or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)
@@ -555,6 +560,7 @@ def plan(
     jobs_per_gpu: JobsPerGpuOption = 1,
     cpu_workers: CpuWorkersOption = 1,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
+    fuse: FuseOption = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -572,7 +578,7 @@ def plan(
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)
     show_notes(exp.notes)
     gpus = parse_gpus(gpu) if gpu else None
-    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers)
+    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers, fuse=fuse)
 
 
 @app.command()

@@ -11,6 +11,7 @@ jobs.finish), as soon as that member is finished. Resume, status and the report 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,6 +26,12 @@ FUSIBLE = frozenset({
     "tensorboard", "verbose", "shuffle_training_data", "comment",
 })
 MAX_MEMBERS = 64  # an out-of-memory error halves a group (execute_group)
+
+
+def max_members() -> int:
+    """The most folds per group: XVAL_FUSE_MAX_MEMBERS (benchmarks/fused.py sets it), else MAX_MEMBERS."""
+    value = os.environ.get("XVAL_FUSE_MAX_MEMBERS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_MEMBERS
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,10 @@ def group_key(job: FoldJob) -> tuple | None:
     return (job.task_type, job.dataset, job.data_folder, job.models_path, tuple(fixed))
 
 
-def plan_groups(jobs: list[FoldJob], max_members: int = MAX_MEMBERS) -> list[FoldJob | FusedJob]:
-    """The jobs, compatible folds gathered into FusedJobs of at most `max_members` (a group of one
-    stays a FoldJob), each where its first member was."""
+def plan_groups(jobs: list[FoldJob], limit: int | None = None) -> list[FoldJob | FusedJob]:
+    """The jobs, compatible folds gathered into FusedJobs of at most `limit` (default max_members())
+    members (a group of one stays a FoldJob), each where its first member was."""
+    limit = limit or max_members()
     slots: dict[tuple, list[FoldJob]] = {}
     order: list[Any] = []
     for job in jobs:
@@ -65,7 +73,7 @@ def plan_groups(jobs: list[FoldJob], max_members: int = MAX_MEMBERS) -> list[Fol
         if key is None:
             order.append(job)
             continue
-        if key not in slots or len(slots[key]) >= max_members:
+        if key not in slots or len(slots[key]) >= limit:
             slots[key] = []
             order.append(slots[key])
         slots[key].append(job)
@@ -73,13 +81,24 @@ def plan_groups(jobs: list[FoldJob], max_members: int = MAX_MEMBERS) -> list[Fol
             for item in order]
 
 
+def fuses(choice: bool | None, backend: str, on_cpu: bool) -> bool:
+    """Whether a run fuses: --fuse / --no-fuse, else on a GPU (on the CPU it was not faster:
+    benchmarks/fused.py). Local executors only (a Ray task runs one fold)."""
+    if backend != "local":
+        return False
+    return (not on_cpu) if choice is None else choice
+
+
 def describe(planned: list[FoldJob | FusedJob]) -> list[str]:
-    """One line per fused group, for `xval plan`."""
+    """One line per fused group, for `xval plan` and `xval run`."""
+    from .experiment import id_ranges
+
     lines = []
-    for item in planned:
-        if isinstance(item, FusedJob):
-            folds = ", ".join(f"{m.instance}/{m.fold.index}" for m in item.members)
-            lines.append(f"fused group of {len(item.members)} (instance/fold): {folds}")
+    for n, item in enumerate((i for i in planned if isinstance(i, FusedJob)), start=1):
+        instances = sorted({m.instance for m in item.members})
+        folds = sorted({m.fold.index for m in item.members})
+        lines.append(f"fused group {n}: {len(item.members)} folds trained as one model (instance(s) "
+                     f"{id_ranges(instances)}, fold(s) {id_ranges(folds)})")
     return lines
 
 
@@ -180,3 +199,37 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
         for s in started:
             with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
                 store.unmark_running(*s.job.key)
+
+
+def run_in_process(group: FusedJob, listener, where: str, stop, debug: bool) -> None:
+    """An executor's share of a group, in this process: `listener` is the executors' Listener."""
+    from .store import failure_text
+
+    members = tuple(m for m in group.members if not listener.should_skip(m))
+    for member in members:
+        listener.started(member, where)
+
+    def epoch(job: FoldJob, e: int, logs: dict) -> None:
+        listener.epoch(job, e, logs)
+        stop.check()
+
+    def failed(job: FoldJob, exc: BaseException) -> None:
+        if debug:
+            raise exc
+        listener.failed(job, failure_text(exc))
+
+    note = getattr(listener, "note", None) or GroupListener.say
+    if members:
+        execute_group(FusedJob(members), GroupListener(epoch, listener.finished, failed, note))
+
+
+def run_in_worker(group: FusedJob, send: Callable[[tuple], None]) -> None:
+    """A local worker's share of a group: what happens to each member, sent to the parent by key."""
+    from .store import failure_text
+
+    execute_group(group, GroupListener(
+        epoch=lambda job, e, logs: send(("member_epoch", job.key, e, {k: float(v) for k, v in logs.items()})),
+        finished=lambda job, record: send(("member_done", job.key, record)),
+        failed=lambda job, exc: send(("member_error", job.key, failure_text(exc))),
+        say=lambda line: send(("note", line)),
+    ))

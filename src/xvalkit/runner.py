@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from . import fusion
 from . import params as P
 from . import report
 from .data import Dataset, load_dataset
@@ -52,6 +53,7 @@ class RunOptions:
     address: str | None = None
     quiet: bool = False
     device_note: str = ""  # how the CLI chose the device (gpu_ID without a GPU), said once the input is valid
+    fuse: bool | None = None  # train compatible torch folds fused (fusion.py); None: where it is faster
 
 
 @dataclass
@@ -327,6 +329,9 @@ class RunListener:
         self.written: set[int] = set()  # instances whose pickle this run has written
         self.refresher = refresher
 
+    def note(self, line: str) -> None:
+        self.view.print(escape(line))
+
     def should_skip(self, job: FoldJob) -> bool:
         return job.instance in self.summary.failed
 
@@ -460,6 +465,10 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst, run_id) if job.fold.index in todo[inst.id]]
     _record_provenance(exp, store, where, run_id, instances, todo)
+    if fusion.fuses(options.fuse, options.backend, on_cpu=device == "CPU"):
+        jobs = fusion.plan_groups(jobs)
+        for line in fusion.describe(jobs):
+            console.print(line)
     view = ProgressView(console, len(jobs), options.quiet)
     eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
     refresher = ReportRefresher(store, report.report_settings(store, exp.config).get("refresh_seconds", 30),

@@ -19,7 +19,8 @@ if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping o
     console = Console(highlight=False, width=200)
 
 
-def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int) -> None:
+def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int,
+               fuse: bool | None = None) -> None:
     from .runner import RunOptions, prepare, trains_in_worker
 
     options = RunOptions(first=first, last=last, num_folds=num_folds, gpus=gpus, jobs_per_gpu=jobs_per_gpu,
@@ -55,9 +56,23 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     on_cpu = trainer_for(instances[0].params["framework"]).device_name() == "CPU"  # as the run decides
     worker = trains_in_worker(exp, options, on_cpu)
     worker = " (in a worker process, replaced as it grows: a long Keras run)" if worker else ""
+    print_groups(exp, instances, files, fuse, on_cpu)
     console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}; "
                   f"results in {escape(str(store.folder))}")
     console.print("[green]valid[/]: every parameter, architecture, the dataset and the folds were checked")
+
+
+def print_groups(exp: Experiment, instances, files: dict, fuse: bool | None, on_cpu: bool) -> None:
+    """The fused groups the run would train (fusion.py), one line each."""
+    from . import fusion
+    from .runner import make_jobs
+
+    if not fusion.fuses(fuse, "local", on_cpu):
+        return
+    jobs = [job for inst in instances for job in make_jobs(exp, inst)
+            if job.fold.index not in files.get(inst.id, {})]
+    for line in fusion.describe(fusion.plan_groups(jobs)):
+        console.print(line)
 
 
 def _plain(*cells: str) -> list[Text]:
