@@ -130,3 +130,15 @@ def test_preprocess(tmp_path):
 def test_gpu_without_a_gpu_says_so_in_one_line(tmp_path):
     out = run_benchmark(tmp_path, "gpu.py")  # CUDA_VISIBLE_DEVICES=-1: no GPU, whatever the machine has
     assert out == "benchmarks/gpu.py: no NVIDIA GPU on this machine (nvidia-smi -L lists none); nothing measured\n"
+
+
+def test_fused(tmp_path):
+    out = run_benchmark(tmp_path, "fused.py")
+    assert "2 instances x 2 folds x 1 epochs of EXAMPLE_model (torch) on CPU" in out
+    rows = figures(rf"(?:unfused|fused K=\d+) +{NUMBER} s  {NUMBER} folds +{NUMBER} folds/min +{NUMBER}x unfused\n",
+                   out, count=3)
+    unfused_per_minute = rows[0][2]
+    for wall, folds, per_minute, ratio in rows:
+        assert folds == 4 and wall > 0
+        assert per_minute == pytest.approx(folds / wall * 60, rel=0.01)
+        assert ratio == pytest.approx(per_minute / unfused_per_minute, abs=0.02)

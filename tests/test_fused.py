@@ -7,7 +7,11 @@ compares the fold records and the saved .pt files."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +20,12 @@ import torch
 
 import xvalkit
 from xvalkit import fusion
+from xvalkit.data import load_dataset
 from xvalkit.experiment import load_experiment
 from xvalkit.jobs import execute
 from xvalkit.runner import RunOptions, make_jobs, prepare
 
-from .conftest import instance, write_experiment
+from .conftest import instance, wait_for, write_experiment
 
 MLP = ["hidden_sizes=(16,)"]
 CNN = ["channels_1=4", "channels_2=4", "hidden_size=8"]
@@ -102,6 +107,20 @@ def test_four_folds_fused_train_as_four_unfused(tmp_path, data_folder, architect
     assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
     if architecture == "EXAMPLE_model":
         assert any("running_mean" in name for name in state(tmp_path / "together", jobs[0]))
+    assert_tensorboard_is_history(tmp_path / "together", jobs[1], together.records[jobs[1].key]["history"])
+
+
+def assert_tensorboard_is_history(folder: Path, job, history: dict) -> None:
+    """The member's TensorBoard curves (torch.utils.tensorboard.SummaryWriter), read back, are its history."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        events = EventAccumulator(str(folder / "tensorboard" / f"run{job.instance}" / f"fold{job.fold.index}" / split))
+        events.Reload()
+        for metric in ("loss", "accuracy"):
+            scalars = events.Scalars(f"epoch_{metric}")
+            assert [e.step for e in scalars] == list(range(len(history[metric])))
+            np.testing.assert_allclose([e.value for e in scalars], history[prefix + metric], rtol=1e-6)
 
 
 def test_members_with_their_own_learning_rate_and_regularization(tmp_path, data_folder):
@@ -116,6 +135,12 @@ def test_members_with_their_own_learning_rate_and_regularization(tmp_path, data_
     alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
     assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
     assert together.records[(1, 1)]["history"]["loss"] != together.records[(2, 1)]["history"]["loss"]
+    dataset = load_dataset(data_folder, "demo")
+    for job in jobs:  # a member's .pt, reloaded, predicts what the fused model gave for it
+        record = together.records[job.key]
+        raw = np.concatenate([dataset.predictors[item] for item in record["test_items"]])
+        path = tmp_path / "together" / "models" / record["model_file"]
+        np.testing.assert_allclose(xvalkit.predict(path, raw), record["test_pred"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_diverging_member_and_an_early_stopping_member_touch_no_other(tmp_path, data_folder):
@@ -136,3 +161,33 @@ def test_a_diverging_member_and_an_early_stopping_member_touch_no_other(tmp_path
     stopped = records[(3, 1)]
     assert stopped["best_epoch"] < stopped["epochs"] < records[(1, 1)]["epochs"] == 8
     assert together.order.index((3, 1)) < together.order.index((1, 1))
+
+
+def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(tmp_path, config_file):
+    """One group of four folds: instance 1's two stop after one epoch (written at once), instance 2's
+    train on; kill -9 then; the rerun keeps instance 1's folds and trains instance 2's."""
+    path = write_experiment(tmp_path, {
+        1: instance("short", "MLP_model", "none", *MLP, "num_epochs=1"),
+        2: instance("long", "MLP_model", "none", *MLP, "num_epochs=200", "patience=200"),
+    }, num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
+    folder = tmp_path / "results" / "demo" / "experiment_1"
+    command = [sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "-q", "--config", str(config_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = [folder / "results" / "folds" / f"demo_exp1_run1_fold{f}.pkl" for f in (1, 2)]
+    try:
+        wait_for(lambda: all(p.exists() for p in first), proc, "instance 1's fold records", timeout=240)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not list((folder / "results" / "folds").glob("demo_exp1_run2_*.pkl")), "killed before instance 2 finished"
+    kept = {p: p.read_bytes() for p in first}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "instance 1: all 2 folds already done, skipped" in again.stderr
+    assert "fused group 1: 2 folds trained as one model (instance(s) 2, fold(s) 1-2)" in again.stderr
+    assert {p: p.read_bytes() for p in first} == kept  # not redone
+    for f in (1, 2):
+        record = pickle.loads((folder / "results" / "folds" / f"demo_exp1_run2_fold{f}.pkl").read_bytes())
+        assert record["record"]["epochs"] == 200
+    assert not list(folder.rglob(".*.tmp*"))
