@@ -168,7 +168,7 @@ def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(
     train on; kill -9 then; the rerun keeps instance 1's folds and trains instance 2's."""
     path = write_experiment(tmp_path, {
         1: instance("short", "MLP_model", "none", *MLP, "num_epochs=1"),
-        2: instance("long", "MLP_model", "none", *MLP, "num_epochs=200", "patience=200"),
+        2: instance("long", "MLP_model", "none", *MLP, "num_epochs=60", "patience=60"),
     }, num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
     folder = tmp_path / "results" / "demo" / "experiment_1"
     command = [sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "-q", "--config", str(config_file)]
@@ -189,5 +189,24 @@ def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(
     assert {p: p.read_bytes() for p in first} == kept  # not redone
     for f in (1, 2):
         record = pickle.loads((folder / "results" / "folds" / f"demo_exp1_run2_fold{f}.pkl").read_bytes())
-        assert record["record"]["epochs"] == 200
+        assert record["record"]["epochs"] == 60
     assert not list(folder.rglob(".*.tmp*"))
+
+
+def test_with_dropout_fused_test_accuracy_over_20_seeds_is_that_of_unfused(tmp_path, data_folder):
+    """Dropout 0.5: fused masks are drawn differently from unfused ones, so single runs differ; over
+    20 seeds (fold 1 of 20 instances, paired by seed) the test accuracies are not distinguishable:
+    a paired t-test (scipy.stats.ttest_rel) keeps p above 0.05, and the means are within 0.05."""
+    from scipy import stats
+
+    jobs = fold_jobs(tmp_path / "exp", data_folder,
+                     {s + 1: instance(f"seed {s}", "MLP_model", "none", *MLP, f"seed={s}") for s in range(20)},
+                     num_folds=2, global_parameters=['framework="torch"', "dropout=0.5", "num_epochs=3",
+                                                     "patience=3", "batch_size=16"])
+    jobs = [job for job in jobs if job.fold.index == 1]
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together").records
+    a = np.array([alone[job.key]["test_acc"] for job in jobs])
+    b = np.array([together[job.key]["test_acc"] for job in jobs])
+    assert not np.array_equal(a, b)  # the masks did differ
+    assert stats.ttest_rel(a, b).pvalue > 0.05, (a, b)
+    assert abs(a.mean() - b.mean()) < 0.05, (a.mean(), b.mean())
