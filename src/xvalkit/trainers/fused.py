@@ -25,7 +25,6 @@ fuses repeated jobs of one architecture. Nothing couples the members:
 from __future__ import annotations
 
 import copy
-import sys
 from typing import Callable
 
 from . import METRICS, TrainJob, TrainOutput, inference_batch_size, shuffles, stopping_patience
@@ -215,6 +214,24 @@ class FusedGroup:
 
         return vmap(lambda p, b, x: functional_call(self.base, (p, b), (x,)), randomness="different")(params, buffers, x)
 
+    def _subsets(self, batches: dict[int, tuple]):
+        """(member indices, their batches' x, y) per batch length: members with batches of one
+        length run together (the last batches of unequal sets differ; nothing is padded)."""
+        import torch
+
+        by_length: dict[int, list[int]] = {}
+        for k, (_, y) in batches.items():
+            by_length.setdefault(len(y), []).append(k)
+        for ks in by_length.values():
+            x = torch.stack([batches[k][0] for k in ks]).to(self.device, non_blocking=True)
+            y = torch.stack([batches[k][1] for k in ks]).to(self.device, non_blocking=True)
+            yield ks, torch.tensor(ks, device=self.device), x, y
+
+    def _members_buffers(self, idx) -> dict:
+        buffers = {n: b[idx] for n, b in self.buffers.items()}
+        buffers.update({n: r[idx] for n, r in self.rates.items()})
+        return buffers
+
     def train_step(self, batches: dict[int, tuple]) -> dict[int, tuple]:
         """One optimiser step of the members in `batches` ({index: (x, y)}); their (loss, metric sum, n)."""
         import torch
@@ -223,16 +240,9 @@ class FusedGroup:
         active = torch.zeros(len(self.members), dtype=torch.bool, device=self.device)
         results = {}
         self.base.train()
-        by_length: dict[int, list[int]] = {}
-        for k, (_, y) in batches.items():
-            by_length.setdefault(len(y), []).append(k)
-        for ks in by_length.values():
-            idx = torch.tensor(ks, device=self.device)
+        for ks, idx, x, y in self._subsets(batches):
             leaves = {n: p[idx].requires_grad_() for n, p in self.params.items()}
-            buffers = {n: b[idx] for n, b in self.buffers.items()}
-            buffers.update({n: r[idx] for n, r in self.rates.items()})
-            x = torch.stack([batches[k][0] for k in ks]).to(self.device, non_blocking=True)
-            y = torch.stack([batches[k][1] for k in ks]).to(self.device, non_blocking=True)
+            buffers = self._members_buffers(idx)
             out = self._forward(leaves, buffers, x).float()
             losses = self._losses(out, y)
             losses.sum().backward()
@@ -244,10 +254,36 @@ class FusedGroup:
             with torch.no_grad():
                 metric = self._metric_sums(out, y)
             for i, k in enumerate(ks):
-                results[k] = (losses[i].detach(), metric[i], len(y[i]))
+                results[k] = (losses[i].detach(), metric[i], y.shape[1])
         with torch.no_grad():
             self.optimizer.step(grads, active)
         return results
+
+    def evaluate(self, ks: list[int], set_name: str, batch_size: int) -> dict[int, tuple[float, float]]:
+        """(mean loss, mean metric) of members `ks` on their `set_name` sets, fused, in eval mode
+        (BatchNorm's running statistics, no dropout): each datapoint alone, as trainers/torch.py's pass."""
+        import torch
+
+        passes = {k: self.members[k].sets[set_name].iterate(batch_size) for k in ks}
+        sums = {k: [0.0, 0.0, 0] for k in ks}
+        self.base.eval()
+        with torch.no_grad():
+            while passes:
+                batches = {}
+                for k in list(passes):
+                    batch = next(passes[k], None)
+                    if batch is None:
+                        del passes[k]
+                    else:
+                        batches[k] = batch
+                for subset, idx, x, y in self._subsets(batches):
+                    params = {n: p[idx] for n, p in self.params.items()}
+                    out = self._forward(params, self._members_buffers(idx), x).float()
+                    losses, metric = self._losses(out, y), self._metric_sums(out, y)
+                    for i, k in enumerate(subset):
+                        s = sums[k]
+                        s[0], s[1], s[2] = s[0] + losses[i] * y.shape[1], s[1] + metric[i], s[2] + y.shape[1]
+        return {k: (float(s[0]) / s[2], float(s[1]) / s[2]) for k, s in sums.items()}
 
     def _losses(self, out, y):
         """Each member's batch loss: CrossEntropyLoss or MSELoss, mean over its batch."""
@@ -331,10 +367,10 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
                     s = sums[k]
                     s[0], s[1], s[2] = s[0] + loss * n, s[1] + metric, s[2] + n
             finished = []
+            validation = group.evaluate(training, "val", eval_batch)
             for k in training:
                 member = members[k]
-                group.load_into(k)
-                logs = _epoch_logs(member, group, sums[k], eval_batch, device)
+                logs = _epoch_logs(member, group, sums[k], validation[k])
                 _record(member, epoch, logs)
                 stop = member.stopper.update(epoch, logs, lambda k=k: group.state(k))
                 if stop or epoch >= member.job.params["num_epochs"]:
@@ -347,17 +383,12 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
             member.close_boards()
 
 
-def _epoch_logs(member: Member, group: FusedGroup, sums: list, eval_batch: int, device: str) -> dict:
-    """The epoch's logs as trainers/torch.fit_predict writes them (the member's module holds its weights)."""
-    import torch
-
-    job, metric = member.job, member.metric
-    loss_fn = torch.nn.CrossEntropyLoss() if job.task_type == "classification" else torch.nn.MSELoss()
-    val = single._run_pass(member.model, member.sets["val"].iterate(eval_batch), loss_fn, job.task_type, device, False)
-    val_loss, val_metric = val.values()
+def _epoch_logs(member: Member, group: FusedGroup, sums: list, validation: tuple[float, float]) -> dict:
+    """The epoch's logs as trainers/torch.fit_predict writes them."""
+    metric = member.metric
     penalty = group.penalty(member.index, member.l2)
     return {"loss": float(sums[0]) / sums[2] + penalty, metric: float(sums[1]) / sums[2],
-            "val_loss": val_loss + penalty, f"val_{metric}": val_metric}
+            "val_loss": validation[0] + penalty, f"val_{metric}": validation[1]}
 
 
 def _record(member: Member, epoch: int, logs: dict) -> None:
@@ -372,15 +403,10 @@ def _record(member: Member, epoch: int, logs: dict) -> None:
 def _finish(member: Member, group: FusedGroup, eval_batch: int, device: str, description: str) -> TrainOutput:
     """Restore the member's best epoch into its own module, predict, save: as an unfused fold ends."""
     member.close_boards()
-    if member.stopper.best_state is not None:
-        group.load_into(member.index, member.stopper.best_state)
+    group.load_into(member.index, member.stopper.best_state)
     job = member.job
     predictions = {name: single.predict(member.model, batches.iterate(eval_batch), job.task_type, device)
                    for name, batches in member.sets.items()}
     single.save(job, member.model)
     epochs = len(member.history["loss"])
     return TrainOutput(member.history, predictions, epochs, member.stopper.best_epoch or epochs, description)
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr)
