@@ -210,3 +210,35 @@ def test_with_dropout_fused_test_accuracy_over_20_seeds_is_that_of_unfused(tmp_p
     assert not np.array_equal(a, b)  # the masks did differ
     assert stats.ttest_rel(a, b).pvalue > 0.05, (a, b)
     assert abs(a.mean() - b.mean()) < 0.05, (a.mean(), b.mean())
+
+
+def test_a_model_torch_func_cannot_run_trains_unfused_saying_why(tmp_path, data_folder):
+    """RNN_model's nn.GRU has no vmap rule: its folds train one by one, with one line, and are written."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("gru", "RNN_model", "rnn", "rnn_units=4",
+                                                                 "hidden_size=4")},
+                     num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"])
+    collect = Collect()
+    lines = []
+    collect.say = lines.append
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2)]
+    assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: torch.func cannot run it (RuntimeError: "
+                     "Batching rule not implemented for aten::gru.input. We could not generate a fallback.)"]
+
+
+def test_plan_shows_the_fused_groups(tmp_path, config_file):
+    from typer.testing import CliRunner
+
+    from xvalkit.cli import app
+
+    path = write_experiment(tmp_path, {
+        1: instance("a", "MLP_model", "none", *MLP, "learning_rate=0.01"),
+        2: instance("b", "MLP_model", "none", *MLP, "dropout=0.5"),
+        3: instance("c", "MLP_model", "none", "hidden_sizes=(8,)"),  # another shape: another group
+    }, num_folds=2, global_parameters=['framework="torch"'])
+    result = CliRunner().invoke(app, ["plan", str(path), "--fuse", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    assert "fused group 1: 4 folds trained as one model (instance(s) 1-2, fold(s) 1-2)" in result.output
+    assert "fused group 2: 2 folds trained as one model (instance(s) 3, fold(s) 1-2)" in result.output
+    result = CliRunner().invoke(app, ["plan", str(path), "--no-fuse", "--config", str(config_file)])
+    assert result.exit_code == 0 and "fused group" not in result.output
