@@ -242,3 +242,48 @@ def test_plan_shows_the_fused_groups(tmp_path, config_file):
     assert "fused group 2: 2 folds trained as one model (instance(s) 3, fold(s) 1-2)" in result.output
     result = CliRunner().invoke(app, ["plan", str(path), "--no-fuse", "--config", str(config_file)])
     assert result.exit_code == 0 and "fused group" not in result.output
+
+
+GREEDY_MODELS = '''
+import torch
+from torch import nn
+
+
+class Greedy(nn.Module):
+    """Runs out of GPU memory whenever members are fused (what too big a group does)."""
+
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(size, 8), nn.ReLU(), nn.Linear(8, outputs))
+
+    def forward(self, x):
+        functorch = torch._C._functorch
+        if functorch.is_batchedtensor(x) and functorch.get_unwrapped(x).shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.body(x)
+
+
+def Greedy_model(input_shape, num_outputs, task_type):
+    import math
+    return Greedy(math.prod(input_shape), num_outputs)
+'''
+
+
+def test_out_of_memory_halves_the_group_and_fails_no_fold(tmp_path, data_folder):
+    """A group that runs out of GPU memory is halved until it fits; one fold alone trains unfused,
+    and every fold trains as it would have alone."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "greedy.py").write_text(GREEDY_MODELS)
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("greedy", "Greedy_model", "none")},
+                     global_parameters=['framework="torch"', "num_epochs=2", "batch_size=16"],
+                     extra='models = "greedy.py"\n')
+    collect = Collect()
+    lines = []
+    collect.say = lines.append
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    assert lines == ["out of GPU memory with 4 folds fused: trying 2 and 2"] + [
+        "out of GPU memory with 2 folds fused: trying 1 and 1"] * 2  # one fold alone trains unfused
+    assert not collect.failures and sorted(collect.records) == [(1, f) for f in (1, 2, 3, 4)]
+    assert not any("fused_members" in r for r in collect.records.values())
+    alone = unfused(jobs, tmp_path / "alone")
+    assert_same_training(jobs, alone, collect.records, tmp_path / "alone", tmp_path / "together")

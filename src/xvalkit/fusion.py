@@ -128,13 +128,26 @@ def execute_group(group: FusedJob, listener: GroupListener) -> None:
             members = pending.pop(0)
             left = _train(members, store, listener, gpu)
             release_memory()
-            if left:
-                if len(left) == 1:
-                    listener.failed(left[0], MemoryError("out of GPU memory, training this fold alone"))
-                    continue
+            if left:  # at one member, _train trains it unfused: its out-of-memory error is its own
                 half = len(left) // 2
                 listener.say(f"out of GPU memory with {len(left)} folds fused: trying {half} and {len(left) - half}")
                 pending[:0] = [left[:half], left[half:]]
+
+
+def _train_unfused(started: list, member_done, listener: GroupListener) -> None:
+    """Each fold by trainers/torch.fit_predict, as jobs.execute trains it."""
+    from .quiet import framework_output_to
+    from .trainers import torch as single
+
+    for i, s in enumerate(started):
+        try:
+            with framework_output_to(s.log.handle):
+                member_done(i, single.fit_predict(s.train_job))
+        except (EnvironmentFault, OSError):
+            raise
+        except Exception as exc:
+            fail(s.log, exc)
+            listener.failed(s.job, exc)
 
 
 def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) -> list[FoldJob]:
@@ -153,8 +166,9 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
             listener.failed(job, exc)
     done: set[int] = set()
 
-    def member_done(i: int, out) -> None:
-        out.extra["fused_members"] = len(started)
+    def member_done(i: int, out, fused_with: int = 0) -> None:
+        if fused_with:  # in the fold record: how many folds it trained with
+            out.extra["fused_members"] = fused_with
         record = finish(started[i], store, out, gpu)
         done.add(i)
         with contextlib.suppress(OSError):
@@ -165,23 +179,21 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
         if not started:
             return []
         train_jobs = [s.train_job for s in started]
-        with framework_output_to(started[0].log.handle):
-            models = fused.build_members(train_jobs, single.torch_device()[0])
-            reason = fused.refusal(models) or fused.functional_refusal(models[0], train_jobs[0].data.input_shape)
-        if reason:
-            listener.say(f"{started[0].job.label} and {len(started) - 1} more fold(s) train unfused: {reason}")
-            del models
-            for i, s in enumerate(started):
-                try:
-                    with framework_output_to(s.log.handle):
-                        member_done(i, single.fit_predict(s.train_job))
-                except Exception as exc:
-                    fail(s.log, exc)
-                    listener.failed(s.job, exc)
-            return []
         try:
+            fuse = len(started) > 1  # one fold alone trains unfused, saying nothing
+            if fuse:
+                with framework_output_to(started[0].log.handle):
+                    models = fused.build_members(train_jobs, single.torch_device()[0])
+                    reason = fused.refusal(models) or fused.functional_refusal(models[0],
+                                                                               train_jobs[0].data.input_shape)
+                if reason:
+                    listener.say(f"{started[0].job.label} and {len(started) - 1} more fold(s) train unfused: {reason}")
+                    fuse, models = False, None
+            if not fuse:  # its own out-of-memory error is the fold's, as unfused
+                _train_unfused(started, member_done, listener)
+                return []
             with framework_output_to(started[0].log.handle):
-                fused.fit_predict_group(train_jobs, member_done, models)
+                fused.fit_predict_group(train_jobs, lambda i, out: member_done(i, out, len(started)), models)
         except torch.cuda.OutOfMemoryError:
             left = [s for i, s in enumerate(started) if i not in done]
             for s in left:

@@ -98,6 +98,8 @@ def functional_refusal(model, input_shape) -> str | None:
         x = torch.zeros((2, 2) + tuple(input_shape))
         out = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")(params, buffers, x)
         out.float().sum().backward()
+    except torch.cuda.OutOfMemoryError:  # the group is too big, not the model unfit
+        raise
     except Exception as exc:  # the reason it trains unfused, said in one line
         text = str(exc).strip().splitlines()
         return f"torch.func cannot run it ({type(exc).__name__}: {text[0] if text else ''})"
