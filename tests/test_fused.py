@@ -287,3 +287,14 @@ def test_out_of_memory_halves_the_group_and_fails_no_fold(tmp_path, data_folder)
     assert not any("fused_members" in r for r in collect.records.values())
     alone = unfused(jobs, tmp_path / "alone")
     assert_same_training(jobs, alone, collect.records, tmp_path / "alone", tmp_path / "together")
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "sgd"])
+def test_rmsprop_and_sgd_members_train_as_unfused(tmp_path, data_folder, optimizer):
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {
+        1: instance("a", "MLP_model", "none", *MLP, "dropout=0.0", "learning_rate=0.01", "regularization_lambda=0.01"),
+        2: instance("b", "MLP_model", "none", *MLP, "dropout=0.0", "learning_rate=0.001", "regularization_lambda=0.0"),
+    }, num_folds=2, global_parameters=['framework="torch"', f'optimizer="{optimizer}"', "num_epochs=3", "patience=3",
+                                       "batch_size=16"])
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
