@@ -188,6 +188,28 @@ class Member:
         self.boards = {}
 
 
+class Sums:
+    """Per-member sample-weighted sums of the loss and the metric over one pass, kept on the device
+    as one tensor each (a member's value is read once, at the end of the pass)."""
+
+    def __init__(self, members: int, device: str):
+        import torch
+
+        self.loss = torch.zeros(members, dtype=torch.float64, device=device)
+        self.metric = torch.zeros(members, dtype=torch.float64, device=device)
+        self.count = [0] * members
+
+    def add(self, ks: list[int], idx, losses, metrics, n: int) -> None:
+        self.loss[idx] += losses.detach().double() * n
+        self.metric[idx] += metrics.double()
+        for k in ks:
+            self.count[k] += n
+
+    def means(self) -> dict[int, tuple[float, float]]:
+        loss, metric = self.loss.tolist(), self.metric.tolist()
+        return {k: (loss[k] / n, metric[k] / n) for k, n in enumerate(self.count) if n}
+
+
 class FusedGroup:
     """The stacked state of a group's members and one fused training step over any subset of them."""
 
@@ -234,13 +256,13 @@ class FusedGroup:
         buffers.update({n: r[idx] for n, r in self.rates.items()})
         return buffers
 
-    def train_step(self, batches: dict[int, tuple]) -> dict[int, tuple]:
-        """One optimiser step of the members in `batches` ({index: (x, y)}); their (loss, metric sum, n)."""
+    def train_step(self, batches: dict[int, tuple], sums: Sums) -> None:
+        """One optimiser step of the members in `batches` ({index: (x, y)}); their losses and metrics
+        added to `sums`."""
         import torch
 
         grads = {n: torch.zeros_like(p) for n, p in self.params.items()}
         active = torch.zeros(len(self.members), dtype=torch.bool, device=self.device)
-        results = {}
         self.base.train()
         for ks, idx, x, y in self._subsets(batches):
             leaves = {n: p[idx].requires_grad_() for n, p in self.params.items()}
@@ -254,12 +276,9 @@ class FusedGroup:
                 self.buffers[n][idx] = buffers[n]
             active[idx] = True
             with torch.no_grad():
-                metric = self._metric_sums(out, y)
-            for i, k in enumerate(ks):
-                results[k] = (losses[i].detach(), metric[i], y.shape[1])
+                sums.add(ks, idx, losses, self._metric_sums(out, y), y.shape[1])
         with torch.no_grad():
             self.optimizer.step(grads, active)
-        return results
 
     def evaluate(self, ks: list[int], set_name: str, batch_size: int) -> dict[int, tuple[float, float]]:
         """(mean loss, mean metric) of members `ks` on their `set_name` sets, fused, in eval mode
@@ -267,7 +286,7 @@ class FusedGroup:
         import torch
 
         passes = {k: self.members[k].sets[set_name].iterate(batch_size) for k in ks}
-        sums = {k: [0.0, 0.0, 0] for k in ks}
+        sums = Sums(len(self.members), self.device)
         self.base.eval()
         with torch.no_grad():
             while passes:
@@ -281,11 +300,8 @@ class FusedGroup:
                 for subset, idx, x, y in self._subsets(batches):
                     params = {n: p[idx] for n, p in self.params.items()}
                     out = self._forward(params, self._members_buffers(idx), x).float()
-                    losses, metric = self._losses(out, y), self._metric_sums(out, y)
-                    for i, k in enumerate(subset):
-                        s = sums[k]
-                        s[0], s[1], s[2] = s[0] + losses[i] * y.shape[1], s[1] + metric[i], s[2] + y.shape[1]
-        return {k: (float(s[0]) / s[2], float(s[1]) / s[2]) for k, s in sums.items()}
+                    sums.add(subset, idx, self._losses(out, y), self._metric_sums(out, y), y.shape[1])
+        return sums.means()
 
     def _losses(self, out, y):
         """Each member's batch loss: CrossEntropyLoss or MSELoss, mean over its batch."""
@@ -351,7 +367,7 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
         for epoch in range(1, max(j.params["num_epochs"] for j in jobs) + 1):
             if not training:
                 break
-            sums = {k: [0.0, 0.0, 0] for k in training}
+            sums = Sums(len(members), device)
             for k in training:
                 members[k].batches = members[k].sets["train"].iterate(batch_size, members[k].shuffling)
             pending = set(training)
@@ -365,14 +381,13 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
                         batches[k] = batch
                 if not batches:
                     break
-                for k, (loss, metric, n) in group.train_step(batches).items():
-                    s = sums[k]
-                    s[0], s[1], s[2] = s[0] + loss * n, s[1] + metric, s[2] + n
+                group.train_step(batches, sums)
             finished = []
             validation = group.evaluate(training, "val", eval_batch)
+            train = sums.means()
             for k in training:
                 member = members[k]
-                logs = _epoch_logs(member, group, sums[k], validation[k])
+                logs = _epoch_logs(member, group, train[k], validation[k])
                 _record(member, epoch, logs)
                 stop = member.stopper.update(epoch, logs, lambda k=k: group.state(k))
                 if stop or epoch >= member.job.params["num_epochs"]:
@@ -385,11 +400,11 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
             member.close_boards()
 
 
-def _epoch_logs(member: Member, group: FusedGroup, sums: list, validation: tuple[float, float]) -> dict:
+def _epoch_logs(member: Member, group: FusedGroup, train: tuple[float, float], validation: tuple[float, float]) -> dict:
     """The epoch's logs as trainers/torch.fit_predict writes them."""
     metric = member.metric
     penalty = group.penalty(member.index, member.l2)
-    return {"loss": float(sums[0]) / sums[2] + penalty, metric: float(sums[1]) / sums[2],
+    return {"loss": train[0] + penalty, metric: train[1],
             "val_loss": validation[0] + penalty, f"val_{metric}": validation[1]}
 
 
