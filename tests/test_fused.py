@@ -281,12 +281,21 @@ def test_out_of_memory_halves_the_group_and_fails_no_fold(tmp_path, data_folder)
     lines = []
     collect.say = lines.append
     fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
-    assert lines == ["out of GPU memory with 4 folds fused: trying 2 and 2"] + [
-        "out of GPU memory with 2 folds fused: trying 1 and 1"] * 2  # one fold alone trains unfused
+    assert lines == ["4 folds fused need more GPU memory than is free: trying 2 and 2"] + [
+        "2 folds fused need more GPU memory than is free: trying 1 and 1"] * 2  # one fold alone trains unfused
     assert not collect.failures and sorted(collect.records) == [(1, f) for f in (1, 2, 3, 4)]
     assert not any("fused_members" in r for r in collect.records.values())
     alone = unfused(jobs, tmp_path / "alone")
     assert_same_training(jobs, alone, collect.records, tmp_path / "alone", tmp_path / "together")
+
+
+@pytest.mark.parametrize("free, member, wanted, fit", [(10_000, 1_000, 64, 8), (10_000, 1_000, 4, 4),
+                                                       (500, 1_000, 64, 1), (10_000, 0, 3, 3)])
+def test_group_size_from_free_memory(free, member, wanted, fit):
+    """fused.fitting: as many members as fit in 80 % of the free GPU memory, at least one."""
+    from xvalkit.trainers.fused import fitting
+
+    assert fitting(free, member, wanted) == fit
 
 
 @pytest.mark.parametrize("optimizer", ["rmsprop", "sgd"])

@@ -126,12 +126,13 @@ def execute_group(group: FusedJob, listener: GroupListener) -> None:
         pending = [list(group.members)]
         while pending:
             members = pending.pop(0)
-            left = _train(members, store, listener, gpu)
+            left, size = _train(members, store, listener, gpu)
             release_memory()
             if left:  # at one member, _train trains it unfused: its out-of-memory error is its own
-                half = len(left) // 2
-                listener.say(f"out of GPU memory with {len(left)} folds fused: trying {half} and {len(left) - half}")
-                pending[:0] = [left[:half], left[half:]]
+                chunks = [left[i:i + size] for i in range(0, len(left), size)]
+                listener.say(f"{len(left)} folds fused need more GPU memory than is free: "
+                             f"trying {' and '.join(str(len(c)) for c in chunks)}")
+                pending[:0] = chunks
 
 
 def _train_unfused(started: list, member_done, listener: GroupListener) -> None:
@@ -150,8 +151,9 @@ def _train_unfused(started: list, member_done, listener: GroupListener) -> None:
             listener.failed(s.job, exc)
 
 
-def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) -> list[FoldJob]:
-    """Train `members` fused; the members left unfinished by an out-of-memory error."""
+def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) -> tuple[list[FoldJob], int]:
+    """Train `members` fused; the members left unfinished for want of GPU memory (an out-of-memory
+    error, or too many to fit, as measured before training) and how many to try at once instead."""
     import torch
 
     from .quiet import framework_output_to
@@ -177,8 +179,9 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
 
     try:
         if not started:
-            return []
+            return [], 0
         train_jobs = [s.train_job for s in started]
+        fit = len(started)  # members that fit in the GPU's memory, as measured
         try:
             fuse = len(started) > 1  # one fold alone trains unfused, saying nothing
             if fuse:
@@ -191,14 +194,17 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
                     fuse, models = False, None
             if not fuse:  # its own out-of-memory error is the fold's, as unfused
                 _train_unfused(started, member_done, listener)
-                return []
+                return [], 0
+            fit = fused.members_that_fit(models[0], train_jobs[0], len(started))
+            if fit < len(started):
+                raise torch.cuda.OutOfMemoryError(f"{fit} of {len(started)} members fit")
             with framework_output_to(started[0].log.handle):
                 fused.fit_predict_group(train_jobs, lambda i, out: member_done(i, out, len(started)), models)
         except torch.cuda.OutOfMemoryError:
             left = [s for i, s in enumerate(started) if i not in done]
             for s in left:
                 fail(s.log, MemoryError("out of GPU memory in a fused group: retried in a smaller group"))
-            return [s.job for s in left]
+            return [s.job for s in left], fit if fit < len(started) else max(1, len(left) // 2)
         except (EnvironmentFault, OSError):  # the machine's fault: the run stops (faults.py)
             raise
         except Exception as exc:  # a defect of the group (or of one member's data): each unfinished member fails
@@ -206,7 +212,7 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
                 if i not in done:
                     fail(s.log, exc)
                     listener.failed(s.job, exc)
-        return []
+        return [], 0
     finally:
         for s in started:
             with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong

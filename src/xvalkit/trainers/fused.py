@@ -106,6 +106,34 @@ def functional_refusal(model, input_shape) -> str | None:
     return None
 
 
+def members_that_fit(model, job: TrainJob, wanted: int) -> int:
+    """How many of `wanted` members fit in 80 % of the GPU's free memory: one member's need is
+    measured as one training step of a copy of its model on a zero batch (activations and
+    gradients), plus its weights four times over (stacked copy, gradient, two Adam moments).
+    On the CPU: all of them."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return wanted
+    free, _ = torch.cuda.mem_get_info(device)
+    probe = copy.deepcopy(model).train()
+    x = torch.zeros((int(job.params["batch_size"]),) + tuple(job.data.input_shape), device=device)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    probe(x).float().sum().backward()
+    step = torch.cuda.max_memory_allocated(device) - before
+    del probe, x
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return fitting(free, step + 4 * weights, wanted)
+
+
+def fitting(free_bytes: int, member_bytes: int, wanted: int) -> int:
+    """Members of `member_bytes` each that fit in 80 % of `free_bytes`, from 1 to `wanted`."""
+    return max(1, min(wanted, int(0.8 * free_bytes) // max(1, member_bytes)))
+
+
 def _rates(models: list, paths: list[str]) -> dict:
     import torch
 
