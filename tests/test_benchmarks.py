@@ -136,3 +136,15 @@ def test_determinism(tmp_path):
     out = run_benchmark(tmp_path, "determinism.py", "--frameworks", "torch")
     ((on, off, ratio),) = figures(rf"torch +deterministic +{NUMBER} +framework defaults +{NUMBER} +ratio {NUMBER}x  on CPU", out)
     assert on > 0 and off > 0 and ratio > 0
+
+
+def test_fused(tmp_path):
+    out = run_benchmark(tmp_path, "fused.py")
+    assert "2 instances x 2 folds x 1 epochs of EXAMPLE_model (torch) on CPU" in out
+    rows = figures(rf"(?:unfused|fused K=\d+) +{NUMBER} s  {NUMBER} folds +{NUMBER} folds/min +{NUMBER}x unfused\n",
+                   out, count=3)
+    unfused_per_minute = rows[0][2]
+    for wall, folds, per_minute, ratio in rows:
+        assert folds == 4 and wall > 0
+        assert per_minute == pytest.approx(folds / wall * 60, rel=0.01)
+        assert ratio == pytest.approx(per_minute / unfused_per_minute, abs=0.02)

@@ -36,6 +36,10 @@ ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", help="A config.ini overriding the defaults key by key.")
 ]
 # `xval run` and `xval plan` (which shows where a run's jobs would go) take the same options
+FuseOption = Annotated[
+    Optional[bool],
+    typer.Option("--fuse/--no-fuse", help="Train compatible torch folds as one fused model (default: on a GPU)."),
+]
 JobsPerGpuOption = Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Jobs (folds) run at once on each listed GPU.")]
 CpuWorkersOption = Annotated[
     int, typer.Option("--cpu-workers", min=1, help="Folds trained at once on the CPU, each with its share of the cores.")
@@ -167,6 +171,7 @@ def run(
         "(repeatable): --slurm partition=gpu --slurm gpus_per_task=1.")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="--backend slurm: submit the jobs, print their IDs and "
                                          "return; `xval status` follows them, `xval report` builds the report.")] = False,
+    fuse: FuseOption = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -219,7 +224,7 @@ def run(
         debug=exp.debug_mode if debug is None else debug,
         num_folds=folds, gpus=None if cpu else gpus, jobs_per_gpu=jobs_per_gpu,
         cpu_workers=1 if gpus else cpu_workers, backend=backend, address=address, quiet=quiet,
-        device_note=device_note, slurm=slurm_settings, detach=detach,
+        device_note=device_note, slurm=slurm_settings, detach=detach, fuse=fuse,
     )
     workers = backend in ("ray", "slurm") or cpu_workers > 1 or (gpus is not None and (len(gpus) > 1 or jobs_per_gpu > 1))
     # A long Keras run on one chosen device trains in a recycled worker (runner.KERAS_WORKER_FROM)
@@ -577,6 +582,7 @@ def plan(
     jobs_per_gpu: JobsPerGpuOption = 1,
     cpu_workers: CpuWorkersOption = 1,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Number of folds (overrides num_folds).")] = None,
+    fuse: FuseOption = None,
     set_parameters: SetOption = None,
     config: ConfigOption = None,
     build: Annotated[bool, typer.Option("--build", help="Also build each distinct model once (imports its "
@@ -596,7 +602,7 @@ def plan(
     exp = load_experiment(experiment, config_file=config, overrides=set_parameters)
     show_notes(exp.notes)
     gpus = parse_gpus(gpu) if gpu else None
-    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers, build)
+    print_plan(exp, first, last, folds, gpus, jobs_per_gpu, cpu_workers, build, fuse=fuse)
 
 
 @app.command()

@@ -172,13 +172,22 @@ def job_folders(job: FoldJob) -> list[str]:
     return [job.store_folder, job.data_folder]
 
 
-def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
-    from .environment import fold_environment
+@dataclass
+class Started:
+    """A fold begun: its log, data and TrainJob (what `finish` turns into the fold record)."""
+
+    job: FoldJob
+    log: EpochLog
+    dataset: Any
+    data: Any
+    train_job: Any
+    start: float
+
+
+def begin(job: FoldJob, store, on_epoch) -> Started:
+    """Mark the fold running, open its log, read its data and make its TrainJob."""
     from .fold_data import FoldData, channels_first
-    from .metrics import compute, metric_names
-    from .quiet import framework_output_to
-    from .threads import in_use
-    from .trainers import MODEL_EXTENSIONS, TrainJob, trainer_for
+    from .trainers import MODEL_EXTENSIONS, TrainJob
 
     p = job.params
     start = time.perf_counter()
@@ -196,39 +205,68 @@ def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
             model_path=store.model_path(job.instance, job.fold.index, MODEL_EXTENSIONS[p["framework"]]),
             log_dir=store.tensorboard_dir(*job.key), generator=job.generator, on_epoch=log,
         )
-        with framework_output_to(log.handle):  # the frameworks' chatter goes to the fold's log
-            out = trainer_for(p["framework"]).fit_predict(train_job)
-        threads = in_use(p["framework"])
-        record: dict[str, Any] = {"diverged": divergence(out.predictions, out.history)}
-        for set_name, set_data in data.sets().items():
-            if record["diverged"]:  # no metric of a model that outputs NaN / inf: recorded, never averaged
-                values = dict.fromkeys(metric_names(job.task_type), float("nan"))
-            else:
-                values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
-            record.update({f"{set_name}_{metric}": value for metric, value in values.items()})
-        record.update(job.fold.as_dict(), repeat=job.fold.repeat, fold_in_repeat=job.fold.number)
-        record.update(
-            history=out.history, epochs=out.epochs, best_epoch=out.best_epoch, seed=seed, device=out.device,
-            test_true=data.test.y, test_pred=out.predictions["test"],
-            normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
-            n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
-            n_train_original=data.n_train_original, excluded_augmented=data.excluded_augmented,
-            model_file=train_job.model_path.name, duration_s=time.perf_counter() - start, run_id=job.run_id,
-            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(), pid=os.getpid(),
-            gpu_settings=gpu, classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
-            protocol=job.protocol, test_classes_not_trained=untrained_classes(job.task_type, data, dataset.manifest),
-            threads=threads,
-            data_folder=job.data_folder, data_sha256=data_digests_for(job.data_folder, job.dataset),
-            environment=fold_environment(out.device, out.extra.get("determinism", {}), out.extra.get("seeds", {})),
-        )
-        store.check_present()  # not a fold record in a folder that a vanished one left behind
-        store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
-        log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}"
-                  + (f"; diverged: {record['diverged']}" if record["diverged"] else ""))
-        return record
     except BaseException as exc:
-        from .store import failure_text
+        fail(log, exc)
+        raise
+    return Started(job, log, dataset, data, train_job, start)
 
-        with contextlib.suppress(OSError):  # the log may be on the disk that just filled up
-            log.close(failure_text(exc))
+
+def fail(log: EpochLog, exc: BaseException) -> None:
+    from .store import failure_text
+
+    with contextlib.suppress(OSError):  # the log may be on the disk that just filled up
+        log.close(failure_text(exc))
+
+
+def finish(started: Started, store, out, gpu: dict) -> dict[str, Any]:
+    """The fold record of a trained fold, saved; the log closed."""
+    from .environment import fold_environment
+    from .metrics import compute, metric_names
+    from .threads import in_use
+
+    job, data, dataset, log = started.job, started.data, started.dataset, started.log
+    p = job.params
+    extra = dict(out.extra)
+    environment = fold_environment(out.device, extra.pop("determinism", {}), extra.pop("seeds", {}))
+    record: dict[str, Any] = {"diverged": divergence(out.predictions, out.history)}
+    for set_name, set_data in data.sets().items():
+        if record["diverged"]:  # no metric of a model that outputs NaN / inf: recorded, never averaged
+            values = dict.fromkeys(metric_names(job.task_type), float("nan"))
+        else:
+            values = compute(job.task_type, set_data.y, out.predictions[set_name], data.num_outputs)
+        record.update({f"{set_name}_{metric}": value for metric, value in values.items()})
+    record.update(job.fold.as_dict(), repeat=job.fold.repeat, fold_in_repeat=job.fold.number)
+    record.update(
+        history=out.history, epochs=out.epochs, best_epoch=out.best_epoch, seed=started.train_job.seed,
+        device=out.device, test_true=data.test.y, test_pred=out.predictions["test"],
+        normalization=None if data.normalizer is None else {"mean": data.normalizer.mean, "std": data.normalizer.std},
+        n_train=len(data.train), n_val=len(data.val), n_test=len(data.test),  # datapoints, for the t-test
+        n_train_original=data.n_train_original, excluded_augmented=data.excluded_augmented,
+        model_file=started.train_job.model_path.name, duration_s=time.perf_counter() - started.start,
+        run_id=job.run_id, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), host=socket.gethostname(),
+        pid=os.getpid(), gpu_settings=gpu,
+        classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
+        protocol=job.protocol, test_classes_not_trained=untrained_classes(job.task_type, data, dataset.manifest),
+        threads=in_use(p["framework"]), environment=environment,
+        data_folder=job.data_folder, data_sha256=data_digests_for(job.data_folder, job.dataset),
+    )
+    record.update(extra)
+    store.check_present()  # not a fold record in a folder that a vanished one left behind
+    store.save_fold(job.instance, job.fold.index, p, job.task_type, job.num_folds, record)
+    log.close(f"done in {record['duration_s']:.1f} s, best epoch {out.best_epoch}"
+              + (f"; diverged: {record['diverged']}" if record["diverged"] else ""))
+    return record
+
+
+def _execute(job: FoldJob, store, on_epoch, gpu: dict) -> dict[str, Any]:
+    from .quiet import framework_output_to
+    from .trainers import trainer_for
+
+    started = begin(job, store, on_epoch)
+    try:
+        with framework_output_to(started.log.handle):  # the frameworks' chatter goes to the fold's log
+            out = trainer_for(job.params["framework"]).fit_predict(started.train_job)
+        return finish(started, store, out, gpu)
+    except BaseException as exc:
+        fail(started.log, exc)
         raise

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from . import fusion
 from . import params as P
 from . import report
 from .data import Dataset, augmented_line, load_dataset
@@ -55,6 +56,7 @@ class RunOptions:
     detach: bool = False  # --backend slurm: submit and return
     quiet: bool = False
     device_note: str = ""  # how the CLI chose the device (gpu_ID without a GPU), said once the input is valid
+    fuse: bool | None = None  # train compatible torch folds fused (fusion.py); None: where it is faster
 
 
 @dataclass
@@ -339,6 +341,9 @@ class RunListener:
         self.written: set[int] = set()  # instances whose pickle this run has written
         self.refresher = refresher
 
+    def note(self, line: str) -> None:
+        self.view.print(escape(line))
+
     def should_skip(self, job: FoldJob) -> bool:
         return job.instance in self.summary.failed
 
@@ -482,6 +487,10 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         jobs += [job for job in make_jobs(exp, inst, run_id) if job.fold.index in todo[inst.id]]
     _record_provenance(exp, store, where, run_id, instances, todo,
                        {"slurm": options.slurm.as_dict()} if options.backend == "slurm" else None)
+    if fusion.fuses(options.fuse, options.backend, on_cpu=device == "CPU"):
+        jobs = fusion.plan_groups(jobs)
+        for line in fusion.describe(jobs):
+            console.print(line)
     view = ProgressView(console, len(jobs), options.quiet)
     eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
     settings = report.report_settings(store, exp.config)

@@ -23,7 +23,7 @@ if not console.is_terminal:  # piped to a file or a log: no 80-column wrapping o
 
 
 def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int, cpu_workers: int,
-               build: bool = False) -> None:
+               build: bool = False, fuse: bool | None = None) -> None:
     """What `xval run` would do; `build`: build each model once too (imports its framework)."""
     from .runner import RunOptions, prepare, trains_in_worker
 
@@ -59,6 +59,7 @@ def print_plan(exp: Experiment, first, last, num_folds, gpus, jobs_per_gpu: int,
     on_cpu = not (gpus or visible_gpus())  # as the run decides, asking nvidia-smi instead of the framework
     worker = trains_in_worker(exp, options, on_cpu)
     worker = " (in a worker process, replaced as it grows: a long Keras run)" if worker else ""
+    print_groups(exp, instances, files, fuse, on_cpu)
     tiny = any(inst.params["framework"] == "torch" for inst in instances) and not threads
     tiny = f" (one for a torch model under {TINY_MODEL_PARAMETERS:,} parameters)" if tiny else ""
     console.print(f"{total} job(s) over {len(slots)} slot(s): {', '.join(s.name for s in slots)}{worker}, "
@@ -77,6 +78,19 @@ def slurm_states(folder) -> dict[tuple[int, int], str]:
     from .executors.slurm_jobs import fold_states
 
     return fold_states(folder)
+
+
+def print_groups(exp: Experiment, instances, files: dict, fuse: bool | None, on_cpu: bool) -> None:
+    """The fused groups the run would train (fusion.py), one line each."""
+    from . import fusion
+    from .runner import make_jobs
+
+    if not fusion.fuses(fuse, "local", on_cpu):
+        return
+    jobs = [job for inst in instances for job in make_jobs(exp, inst)
+            if job.fold.index not in files.get(inst.id, {})]
+    for line in fusion.describe(fusion.plan_groups(jobs)):
+        console.print(line)
 
 
 def _plain(*cells: str) -> list[Text]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..faults import EnvironmentFault
+from ..fusion import FusedJob, run_in_process
 from ..interrupts import StopRequest
 from ..jobs import FoldJob, execute
 from ..store import failure_text
@@ -18,6 +19,9 @@ class InProcessExecutor:
             for job in jobs:
                 stop.check()
                 if listener.should_skip(job):
+                    continue
+                if isinstance(job, FusedJob):
+                    run_in_process(job, listener, self.where, stop, debug)
                     continue
                 listener.started(job, self.where)
 

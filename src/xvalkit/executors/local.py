@@ -18,6 +18,7 @@ from collections import deque
 from multiprocessing.connection import wait
 
 from ..faults import EnvironmentFault
+from ..fusion import FusedJob
 from ..interrupts import StopRequest
 from ..jobs import FoldJob
 from . import JobError, Listener, Slot
@@ -36,6 +37,7 @@ def worker_main(conn, slot: Slot) -> None:
 
     use_threads(slot.threads or 1)
     choose_device_early(gpu=slot.gpu, cpu=slot.gpu is None, share=slot.share)
+    from ..fusion import FusedJob, run_in_worker
     from ..jobs import execute
     from ..store import failure_text
 
@@ -44,6 +46,10 @@ def worker_main(conn, slot: Slot) -> None:
         if job is None:
             return
         try:
+            if isinstance(job, FusedJob):  # its members are reported one by one (fusion.run_in_worker)
+                run_in_worker(job, conn.send)
+                conn.send(("done", None, resident_mb()))
+                continue
             record = execute(job, on_epoch=lambda e, logs: conn.send(
                 ("epoch", e, {k: float(v) for k, v in logs.items()})))
             conn.send(("done", record, resident_mb()))
@@ -74,7 +80,8 @@ class Worker:
         self.process = context.Process(target=worker_main, args=(child, slot), daemon=True)
         self.process.start()
         child.close()
-        self.job: FoldJob | None = None
+        self.job: FoldJob | FusedJob | None = None
+        self.reported: set = set()  # members of its fused group already finished or failed
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.is_alive():
@@ -133,9 +140,10 @@ class LocalPoolExecutor:
                 if workers[i] is None:
                     workers[i] = Worker(slot, self.context)
                 job = pending.popleft()
-                workers[i].job = job
+                workers[i].job, workers[i].reported = job, set()
                 workers[i].conn.send(job)
-                listener.started(job, slot.name)
+                for member in members_of(job):
+                    listener.started(member, slot.name)
             busy = [w for w in workers if w is not None and w.job is not None]
             if not busy:
                 return
@@ -158,19 +166,23 @@ class LocalPoolExecutor:
                 break
             if kind == "epoch":
                 listener.epoch(job, *payload)
+            elif kind.startswith("member_") or kind == "note":
+                self._member_news(worker, kind, payload, listener, debug)
             elif kind == "fault":
                 worker.job = None
                 raise EnvironmentFault(payload[0])
             elif kind == "done":
                 worker.job = None
-                listener.finished(job, payload[0])
+                if not isinstance(job, FusedJob):
+                    listener.finished(job, payload[0])
                 return worker if self._small_enough(worker, payload[1]) else None
             else:  # "error": the job raised; the worker's state is not trusted any more
                 worker.job = None
                 worker.stop()
                 if debug:
                     raise JobError(f"{job.label} failed:\n{payload[0]}")
-                listener.failed(job, payload[0])
+                for member in unreported(job, worker.reported):
+                    listener.failed(member, payload[0])
                 return None
         if worker.process.is_alive():
             return worker
@@ -178,11 +190,32 @@ class LocalPoolExecutor:
         code = worker.process.exitcode
         worker.job = None
         worker.stop()
+        left = unreported(job, worker.reported)  # a fused group: only its unfinished members
         if job.key not in retried:
             retried.add(job.key)
-            pending.appendleft(job)
+            pending.appendleft(left[0] if len(left) == 1 else FusedJob(tuple(left)) if left else job)
         else:
-            listener.failed(job, f"{death(code)}: the worker process training {job.label} died twice")
+            for member in left:
+                listener.failed(member, f"{death(code)}: the worker process training {job.label} died twice")
+        return None
+
+    @staticmethod
+    def _member_news(worker: Worker, kind: str, payload: list, listener: Listener, debug: bool) -> None:
+        """A message about one member of the worker's fused group (fusion.run_in_worker)."""
+        if kind == "note":
+            note = getattr(listener, "note", None)
+            return note(payload[0]) if note else None
+        member = next(m for m in worker.job.members if m.key == tuple(payload[0]))
+        if kind == "member_epoch":
+            listener.epoch(member, *payload[1:])
+            return None
+        worker.reported.add(member.key)
+        if kind == "member_done":
+            listener.finished(member, payload[1])
+        elif debug:
+            raise JobError(f"{member.label} failed:\n{payload[1]}")
+        else:
+            listener.failed(member, payload[1])
         return None
 
     def _small_enough(self, worker: Worker, resident: float) -> bool:
@@ -194,6 +227,15 @@ class LocalPoolExecutor:
         worker.stop()
         self.recycled += 1
         return False
+
+
+def members_of(job) -> list[FoldJob]:
+    return list(job.members) if isinstance(job, FusedJob) else [job]
+
+
+def unreported(job, reported: set) -> list[FoldJob]:
+    """The folds of a job (its members, for a fused group) not yet reported finished or failed."""
+    return [m for m in members_of(job) if m.key not in reported]
 
 
 def death(exitcode: int | None) -> str:

@@ -15,7 +15,7 @@ stop after `patience` epochs without improvement), the model saved atomically as
   tensors (on the GPU when training there), with `generator=True` each batch is read from the
   per-item arrays (SetData.batch), nothing concatenated.
 - TensorBoard: <log_dir>/train and <log_dir>/validation with the tags Keras' callback writes
-  (epoch_loss, epoch_accuracy or epoch_mae), written without importing TensorFlow.
+  (epoch_loss, epoch_accuracy or epoch_mae), written by torch.utils.tensorboard.SummaryWriter.
 - Seeds: Python, numpy and torch seeded with job.seed; on the CPU the same seed gives the same run.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -179,33 +178,24 @@ class EarlyStopping:
 
 
 class ScalarLog:
-    """TensorBoard scalars in <log_dir>/<name>, the event-file format, without TensorFlow."""
+    """TensorBoard scalars in <log_dir>/<name>, through torch.utils.tensorboard.SummaryWriter
+    (no TensorFlow), flushed after each epoch so that a running fold's curves show."""
 
     def __init__(self, folder: Path):
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.summary.writer.record_writer import RecordWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-        self._event = event_pb2
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.xvalkit.{id(self)}.v2"
-        self.path = folder / name
-        self._writer = RecordWriter(open(self.path, "wb"))
-        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-
-    def _write(self, event) -> None:
-        try:
-            self._writer.write(event.SerializeToString())
-            self._writer.flush()
-        except OSError as exc:  # a full disk: name the file (faults.py)
-            exc.filename = exc.filename or str(self.path)
-            raise
+        self.path = folder
+        self._writer = SummaryWriter(log_dir=str(folder), max_queue=100, flush_secs=3600)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        from tensorboard.compat.proto import summary_pb2
-
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
-                                             for tag, v in values.items()])
-        self._write(self._event.Event(wall_time=time.time(), step=step, summary=summary))
+        try:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, float(value), step)
+            self._writer.flush()
+        except OSError as exc:  # a full disk: name the folder (faults.py)
+            exc.filename = exc.filename or str(self.path)
+            raise
 
     def close(self) -> None:
         try:

@@ -1,0 +1,309 @@
+"""Fused training (trainers/fused.py, fusion.py) against unfused training, for real on the CPU.
+
+Each check trains the same FoldJobs twice, through the same job layer: one by one (jobs.execute,
+the unfused path) into one folder, as one fused group (fusion.execute_group) into another, and
+compares the fold records and the saved .pt files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xvalkit
+from xvalkit import fusion
+from xvalkit.data import load_dataset
+from xvalkit.experiment import load_experiment
+from xvalkit.jobs import execute
+from xvalkit.runner import RunOptions, make_jobs, prepare
+
+from .conftest import instance, wait_for, write_experiment
+
+MLP = ["hidden_sizes=(16,)"]
+CNN = ["channels_1=4", "channels_2=4", "hidden_size=8"]
+RTOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def fold_jobs(tmp: Path, data_folder: Path, instances: dict, num_folds: int = 4, **settings):
+    """The FoldJobs `xval run` would plan for this experiment (all its instances and folds)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "config.ini").write_text(f"[paths]\ndata_folder = {data_folder}\n")
+    exp = load_experiment(write_experiment(tmp, instances, num_folds=num_folds, **settings))
+    _, planned, _ = prepare(exp, RunOptions())
+    return [job for inst in planned for job in make_jobs(exp, inst)]
+
+
+def moved(jobs, folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    return [dataclasses.replace(job, store_folder=str(folder)) for job in jobs]
+
+
+def unfused(jobs, folder: Path) -> dict:
+    return {job.key: execute(job) for job in moved(jobs, folder)}
+
+
+class Collect(fusion.GroupListener):
+    def __init__(self):
+        self.records, self.failures, self.order = {}, {}, []
+        super().__init__(epoch=lambda job, e, logs: None, finished=self.done, failed=self.fail, say=lambda line: None)
+
+    def done(self, job, record):
+        self.records[job.key] = record
+        self.order.append(job.key)
+
+    def fail(self, job, exc):
+        self.failures[job.key] = exc
+
+
+def fused(jobs, folder: Path) -> Collect:
+    collect = Collect()
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, folder))), collect)
+    assert not collect.failures, collect.failures
+    return collect
+
+
+def state(folder: Path, job) -> dict:
+    path = folder / "models" / f"demo_exp1_run{job.instance}_fold{job.fold.index}.pt"
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def assert_same_training(jobs, alone: dict, together: dict, folder_alone: Path, folder_together: Path):
+    for job in jobs:
+        a, b = alone[job.key], together[job.key]
+        for key in a["history"]:
+            np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=RTOL, err_msg=f"{job.label} {key}")
+        assert (b["epochs"], b["best_epoch"]) == (a["epochs"], a["best_epoch"]), job.label
+        sa, sb = state(folder_alone, job), state(folder_together, job)
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            np.testing.assert_allclose(sb[name].double().numpy(), sa[name].double().numpy(), rtol=RTOL, atol=1e-6,
+                                       err_msg=f"{job.label} {name}")
+        np.testing.assert_allclose(b["test_pred"], a["test_pred"], rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture, reshaping, extra", [("MLP_model", "none", MLP), ("EXAMPLE_model", "cnn", CNN)])
+def test_four_folds_fused_train_as_four_unfused(tmp_path, data_folder, architecture, reshaping, extra):
+    """Dropout 0: the same per-epoch losses, best epoch, weights (BatchNorm statistics included) and
+    predictions as each fold trained alone."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("a", architecture, reshaping, *extra, "dropout=0.0")},
+                     global_parameters=['framework="torch"', "num_epochs=4", "patience=4", "batch_size=16"])
+    assert len({len(job.fold.train) for job in jobs}) >= 1 and len(jobs) == 4
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+    if architecture == "EXAMPLE_model":
+        assert any("running_mean" in name for name in state(tmp_path / "together", jobs[0]))
+    assert_tensorboard_is_history(tmp_path / "together", jobs[1], together.records[jobs[1].key]["history"])
+
+
+def assert_tensorboard_is_history(folder: Path, job, history: dict) -> None:
+    """The member's TensorBoard curves (torch.utils.tensorboard.SummaryWriter), read back, are its history."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        events = EventAccumulator(str(folder / "tensorboard" / f"run{job.instance}" / f"fold{job.fold.index}" / split))
+        events.Reload()
+        for metric in ("loss", "accuracy"):
+            scalars = events.Scalars(f"epoch_{metric}")
+            assert [e.step for e in scalars] == list(range(len(history[metric])))
+            np.testing.assert_allclose([e.value for e in scalars], history[prefix + metric], rtol=1e-6)
+
+
+def test_members_with_their_own_learning_rate_and_regularization(tmp_path, data_folder):
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {
+        1: instance("slow", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=0.001",
+                    "regularization_lambda=0.0"),
+        2: instance("fast", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=0.01",
+                    "regularization_lambda=0.01"),
+    }, num_folds=2, global_parameters=['framework="torch"', "num_epochs=3", "patience=3", "batch_size=16"])
+    planned = fusion.plan_groups(jobs)
+    assert len(planned) == 1 and len(planned[0].members) == 4  # two instances, one group
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+    assert together.records[(1, 1)]["history"]["loss"] != together.records[(2, 1)]["history"]["loss"]
+    dataset = load_dataset(data_folder, "demo")
+    for job in jobs:  # a member's .pt, reloaded, predicts what the fused model gave for it
+        record = together.records[job.key]
+        raw = np.concatenate([dataset.predictors[item] for item in record["test_items"]])
+        path = tmp_path / "together" / "models" / record["model_file"]
+        np.testing.assert_allclose(xvalkit.predict(path, raw), record["test_pred"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_diverging_member_and_an_early_stopping_member_touch_no_other(tmp_path, data_folder):
+    """Instance 2 goes NaN (learning rate 1e30), instance 3 stops early (patience 1) and restores
+    its best epoch while instance 1 trains on: every member as if trained alone, the stopped one
+    written first."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {
+        1: instance("calm", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "patience=8"),
+        2: instance("nan", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=1e30", "patience=8"),
+        3: instance("stops", "EXAMPLE_model", "cnn", *CNN, "dropout=0.0", "learning_rate=0.03", "patience=1"),
+    }, num_folds=2, global_parameters=['framework="torch"', "num_epochs=8", "batch_size=16"])
+    assert len(fusion.plan_groups(jobs)) == 1
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+    records = together.records
+    assert all(records[(2, f)]["diverged"] for f in (1, 2))
+    assert not any(records[(i, f)]["diverged"] for i in (1, 3) for f in (1, 2))
+    stopped = records[(3, 1)]
+    assert stopped["best_epoch"] < stopped["epochs"] < records[(1, 1)]["epochs"] == 8
+    assert together.order.index((3, 1)) < together.order.index((1, 1))
+
+
+def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(tmp_path, config_file):
+    """One group of four folds: instance 1's two stop after one epoch (written at once), instance 2's
+    train on; kill -9 then; the rerun keeps instance 1's folds and trains instance 2's."""
+    path = write_experiment(tmp_path, {
+        1: instance("short", "MLP_model", "none", *MLP, "num_epochs=1"),
+        2: instance("long", "MLP_model", "none", *MLP, "num_epochs=60", "patience=60"),
+    }, num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
+    folder = tmp_path / "results" / "demo" / "experiment_1"
+    command = [sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "-q", "--config", str(config_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = [folder / "results" / "folds" / f"demo_exp1_run1_fold{f}.pkl" for f in (1, 2)]
+    try:
+        wait_for(lambda: all(p.exists() for p in first), proc, "instance 1's fold records", timeout=240)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not list((folder / "results" / "folds").glob("demo_exp1_run2_*.pkl")), "killed before instance 2 finished"
+    kept = {p: p.read_bytes() for p in first}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "instance 1: all 2 folds already done, skipped" in again.stderr
+    assert "fused group 1: 2 folds trained as one model (instance(s) 2, fold(s) 1-2)" in again.stderr
+    assert {p: p.read_bytes() for p in first} == kept  # not redone
+    for f in (1, 2):
+        record = pickle.loads((folder / "results" / "folds" / f"demo_exp1_run2_fold{f}.pkl").read_bytes())
+        assert record["record"]["epochs"] == 60
+    assert not list(folder.rglob(".*.tmp*"))
+
+
+def test_with_dropout_fused_test_accuracy_over_20_seeds_is_that_of_unfused(tmp_path, data_folder):
+    """Dropout 0.5: fused masks are drawn differently from unfused ones, so single runs differ; over
+    20 seeds (fold 1 of 20 instances, paired by seed) the test accuracies are not distinguishable:
+    a paired t-test (scipy.stats.ttest_rel) keeps p above 0.05, and the means are within 0.05."""
+    from scipy import stats
+
+    jobs = fold_jobs(tmp_path / "exp", data_folder,
+                     {s + 1: instance(f"seed {s}", "MLP_model", "none", *MLP, f"seed={s}") for s in range(20)},
+                     num_folds=2, global_parameters=['framework="torch"', "dropout=0.5", "num_epochs=3",
+                                                     "patience=3", "batch_size=16"])
+    jobs = [job for job in jobs if job.fold.index == 1]
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together").records
+    a = np.array([alone[job.key]["test_acc"] for job in jobs])
+    b = np.array([together[job.key]["test_acc"] for job in jobs])
+    assert not np.array_equal(a, b)  # the masks did differ
+    assert stats.ttest_rel(a, b).pvalue > 0.05, (a, b)
+    assert abs(a.mean() - b.mean()) < 0.05, (a.mean(), b.mean())
+
+
+def test_a_model_torch_func_cannot_run_trains_unfused_saying_why(tmp_path, data_folder):
+    """RNN_model's nn.GRU has no vmap rule: its folds train one by one, with one line, and are written."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("gru", "RNN_model", "rnn", "rnn_units=4",
+                                                                 "hidden_size=4")},
+                     num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"])
+    collect = Collect()
+    lines = []
+    collect.say = lines.append
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2)]
+    assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: torch.func cannot run it (RuntimeError: "
+                     "Batching rule not implemented for aten::gru.input. We could not generate a fallback.)"]
+
+
+def test_plan_shows_the_fused_groups(tmp_path, config_file):
+    from typer.testing import CliRunner
+
+    from xvalkit.cli import app
+
+    path = write_experiment(tmp_path, {
+        1: instance("a", "MLP_model", "none", *MLP, "learning_rate=0.01"),
+        2: instance("b", "MLP_model", "none", *MLP, "dropout=0.5"),
+        3: instance("c", "MLP_model", "none", "hidden_sizes=(8,)"),  # another shape: another group
+    }, num_folds=2, global_parameters=['framework="torch"'])
+    result = CliRunner().invoke(app, ["plan", str(path), "--fuse", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    assert "fused group 1: 4 folds trained as one model (instance(s) 1-2, fold(s) 1-2)" in result.output
+    assert "fused group 2: 2 folds trained as one model (instance(s) 3, fold(s) 1-2)" in result.output
+    result = CliRunner().invoke(app, ["plan", str(path), "--no-fuse", "--config", str(config_file)])
+    assert result.exit_code == 0 and "fused group" not in result.output
+
+
+GREEDY_MODELS = '''
+import torch
+from torch import nn
+
+
+class Greedy(nn.Module):
+    """Runs out of GPU memory whenever members are fused (what too big a group does)."""
+
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(size, 8), nn.ReLU(), nn.Linear(8, outputs))
+
+    def forward(self, x):
+        functorch = torch._C._functorch
+        if functorch.is_batchedtensor(x) and functorch.get_unwrapped(x).shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.body(x)
+
+
+def Greedy_model(input_shape, num_outputs, task_type):
+    import math
+    return Greedy(math.prod(input_shape), num_outputs)
+'''
+
+
+def test_out_of_memory_halves_the_group_and_fails_no_fold(tmp_path, data_folder):
+    """A group that runs out of GPU memory is halved until it fits; one fold alone trains unfused,
+    and every fold trains as it would have alone."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "greedy.py").write_text(GREEDY_MODELS)
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("greedy", "Greedy_model", "none")},
+                     global_parameters=['framework="torch"', "num_epochs=2", "batch_size=16"],
+                     extra='models = "greedy.py"\n')
+    collect = Collect()
+    lines = []
+    collect.say = lines.append
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    assert lines == ["4 folds fused need more GPU memory than is free: trying 2 and 2"] + [
+        "2 folds fused need more GPU memory than is free: trying 1 and 1"] * 2  # one fold alone trains unfused
+    assert not collect.failures and sorted(collect.records) == [(1, f) for f in (1, 2, 3, 4)]
+    assert not any("fused_members" in r for r in collect.records.values())
+    alone = unfused(jobs, tmp_path / "alone")
+    assert_same_training(jobs, alone, collect.records, tmp_path / "alone", tmp_path / "together")
+
+
+@pytest.mark.parametrize("free, member, wanted, fit", [(10_000, 1_000, 64, 8), (10_000, 1_000, 4, 4),
+                                                       (500, 1_000, 64, 1), (10_000, 0, 3, 3)])
+def test_group_size_from_free_memory(free, member, wanted, fit):
+    """fused.fitting: as many members as fit in 80 % of the free GPU memory, at least one."""
+    from xvalkit.trainers.fused import fitting
+
+    assert fitting(free, member, wanted) == fit
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "sgd"])
+def test_rmsprop_and_sgd_members_train_as_unfused(tmp_path, data_folder, optimizer):
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {
+        1: instance("a", "MLP_model", "none", *MLP, "dropout=0.0", "learning_rate=0.01", "regularization_lambda=0.01"),
+        2: instance("b", "MLP_model", "none", *MLP, "dropout=0.0", "learning_rate=0.001", "regularization_lambda=0.0"),
+    }, num_folds=2, global_parameters=['framework="torch"', f'optimizer="{optimizer}"', "num_epochs=3", "patience=3",
+                                       "batch_size=16"])
+    alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
