@@ -307,3 +307,36 @@ def test_rmsprop_and_sgd_members_train_as_unfused(tmp_path, data_folder, optimiz
                                        "batch_size=16"])
     alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
     assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+
+
+def test_a_fused_fold_records_what_reproduce_needs_and_its_group_is_reproduced_bit_for_bit(tmp_path, config_file):
+    """A fused member's record carries the environment, seeds, threads and data hashes of an unfused
+    fold's and its group; `xval reproduce` trains the group again, fused, and gets it bit for bit."""
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP, "num_epochs=3")}, num_folds=2,
+                            global_parameters=['framework="torch"', "batch_size=16"])
+    base = [sys.executable, "-m", "xvalkit.cli"]
+    run = subprocess.run([*base, "run", str(path), "--cpu", "--fuse", "-q", "--config", str(config_file)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    folder = tmp_path / "results" / "demo" / "experiment_1"
+    record = pickle.loads((folder / "results" / "folds" / "demo_exp1_run1_fold1.pkl").read_bytes())["record"]
+    assert record["environment"]["determinism"]["fused_group_size"] == 2
+    assert record["environment"]["seeds"]["torch"] == record["seed"] and record["threads"] >= 1
+    assert record["data_sha256"] and "determinism" not in record and "seeds" not in record
+    again = subprocess.run([*base, "reproduce", str(path), "1", "1", "--cpu", "--config", str(config_file)],
+                           capture_output=True, text=True, timeout=600)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    assert "trained fused with 1 other fold(s): the group is trained again" in output
+    assert "instance 1 fold 1: identical" in output, output
+    # a group whose other member was since retrained is not the group: the fold is trained alone and
+    # (with the MLP's dropout) comes out different, saying why
+    edited = folder / "results" / "folds" / "demo_exp1_run1_fold2.pkl"
+    saved = pickle.loads(edited.read_bytes())
+    saved["record"]["run_id"] = "a later run"
+    edited.write_bytes(pickle.dumps(saved))
+    alone = subprocess.run([*base, "reproduce", str(path), "1", "1", "--cpu", "--config", str(config_file)],
+                           capture_output=True, text=True, timeout=600)
+    output = alone.stdout + alone.stderr
+    assert "instance 1 fold 2 is no longer the one trained with it: it is trained alone" in output, output
+    assert "environment differs: fused_group_size 2 -> absent" in output, output

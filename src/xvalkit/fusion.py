@@ -169,8 +169,9 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
     done: set[int] = set()
 
     def member_done(i: int, out, fused_with: int = 0) -> None:
-        if fused_with:  # in the fold record: how many folds it trained with
-            out.extra["fused_members"] = fused_with
+        if fused_with:  # in the fold record: how many folds it trained with, and which, in order
+            out.extra["fused_members"] = fused_with  # (what `xval reproduce` trains again, fused)
+            out.extra["fused_group"] = [list(s.job.key) for s in started]
         record = finish(started[i], store, out, gpu)
         done.add(i)
         with contextlib.suppress(OSError):

@@ -214,13 +214,19 @@ def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say
     where = snapshot.relative_to(store.folder).as_posix()
     say(f"{chosen.label}{' (chosen at random)' if chosen.at_random else ''}: training it again from the code in "
         f"{where}/ (run {info.get('run_id')}), data checked")
+    group = fused_group(store, chosen, saved, say)
     with tempfile.TemporaryDirectory(prefix="xval-reproduce-") as tmp:
         folder = Path(tmp) / store.folder.name
         folder.mkdir()
         job = fold_job(store, chosen, saved, data_folder, models, generator, folder)
         match_threads((record.get("environment") or {}).get("determinism", {}))
         with framework_output_to(None):
-            again = execute(job)
+            if group:
+                jobs = [job if key == job.key else fold_job(store, Chosen(*key, False), group[key], data_folder,
+                                                            models, generator, folder) for key in group]
+                again = train_fused(jobs)[job.key]
+            else:
+                again = execute(job)
         weights = model_weights(job.store().models_dir / again["model_file"])
     found = differences(record.get("environment"), again["environment"], info.get("pip_freeze"), installed_packages())
     deterministic = all((env or {}).get("determinism", {}).get("deterministic", False)
@@ -228,6 +234,45 @@ def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say
     return compare(fold_result(record, saved["task_type"], recorded_weights),
                    fold_result(again, saved["task_type"], weights), found, deterministic)
 
+
+
+def fused_group(store: ExperimentStore, chosen: Chosen, saved: dict[str, Any], say) -> dict | None:
+    """The saved folds of the fused group `chosen` trained in, in the group's order, when every one
+    is still the one that group trained: a member's dropout masks come from the group's stream, so
+    it is trained again in the same group. Else None: it is trained alone (equal to rounding
+    without dropout, different with it), and `say` tells why."""
+    record = saved["record"]
+    keys = [tuple(key) for key in record.get("fused_group") or ()]
+    if len(keys) < 2:
+        return None
+    group = {}
+    for key in keys:
+        other = saved if key == (chosen.instance, chosen.fold) else (
+            store.read(store.fold_path(*key)) if store.fold_path(*key).is_file() else None)
+        if other is None or other["record"].get("run_id") != record.get("run_id") \
+                or [tuple(k) for k in other["record"].get("fused_group") or ()] != keys:
+            say(f"{chosen.label} was trained fused with {len(keys) - 1} other fold(s), and instance {key[0]} fold "
+                f"{key[1]} is no longer the one trained with it: it is trained alone (with dropout, expect "
+                "'different')")
+            return None
+        group[key] = other
+    say(f"{chosen.label} was trained fused with {len(keys) - 1} other fold(s): the group is trained again")
+    return group
+
+
+def train_fused(jobs: list) -> dict[tuple[int, int], dict[str, Any]]:
+    """The group's records, trained fused as `xval run --fuse` trains it."""
+    from .fusion import FusedJob, GroupListener, execute_group
+
+    records, failures = {}, {}
+    execute_group(FusedJob(tuple(jobs)), GroupListener(epoch=lambda job, e, logs: None,
+                                                       finished=lambda job, record: records.__setitem__(job.key, record),
+                                                       failed=lambda job, exc: failures.__setitem__(job.key, exc),
+                                                       say=lambda line: None))
+    if failures:
+        key, exc = next(iter(failures.items()))
+        raise XvalError(f"instance {key[0]} fold {key[1]}: training its fused group again failed: {exc}")
+    return records
 
 
 COLOURS = {"identical": "green", "equal within tolerance": "yellow", "different": "red"}
