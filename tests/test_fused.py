@@ -96,7 +96,9 @@ def assert_same_training(jobs, alone: dict, together: dict, folder_alone: Path, 
         np.testing.assert_allclose(b["test_pred"], a["test_pred"], rtol=RTOL, atol=1e-6)
 
 
-@pytest.mark.parametrize("architecture, reshaping, extra", [("MLP_model", "none", MLP), ("EXAMPLE_model", "cnn", CNN)])
+@pytest.mark.parametrize("architecture, reshaping, extra", [
+    ("MLP_model", "none", MLP), ("EXAMPLE_model", "cnn", CNN), ("RNN_model", "rnn", ["rnn_units=6", "hidden_size=8"]),
+    ("RNN_model", "rnn", ["rnn_type='lstm'", "bidirectional=True", "rnn_units=6", "hidden_size=8"])])
 def test_four_folds_fused_train_as_four_unfused(tmp_path, data_folder, architecture, reshaping, extra):
     """Dropout 0: the same per-epoch losses, best epoch, weights (BatchNorm statistics included) and
     predictions as each fold trained alone."""
@@ -104,6 +106,7 @@ def test_four_folds_fused_train_as_four_unfused(tmp_path, data_folder, architect
                      global_parameters=['framework="torch"', "num_epochs=4", "patience=4", "batch_size=16"])
     assert len({len(job.fold.train) for job in jobs}) >= 1 and len(jobs) == 4
     alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
+    assert {r["fused_members"] for r in together.records.values()} == {4}  # fused, not trained one by one
     assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
     if architecture == "EXAMPLE_model":
         assert any("running_mean" in name for name in state(tmp_path / "together", jobs[0]))
@@ -212,16 +215,41 @@ def test_with_dropout_fused_test_accuracy_over_20_seeds_is_that_of_unfused(tmp_p
     assert abs(a.mean() - b.mean()) < 0.05, (a.mean(), b.mean())
 
 
+STACKED_RNN_MODELS = '''
+from torch import nn
+
+
+class Stacked(nn.Module):
+    """Two stacked GRU layers: ATen's recurrent kernel, which has no vmap rule, and MemberRNN
+    stands in for one layer only."""
+
+    def __init__(self, features, outputs):
+        super().__init__()
+        self.rnn = nn.GRU(features, 4, num_layers=2, batch_first=True)
+        self.head = nn.Linear(4, outputs)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[1][-1])
+
+
+def Stacked_model(input_shape, num_outputs, task_type):
+    return Stacked(input_shape[-1], num_outputs)
+'''
+
+
 def test_a_model_torch_func_cannot_run_trains_unfused_saying_why(tmp_path, data_folder):
-    """RNN_model's nn.GRU has no vmap rule: its folds train one by one, with one line, and are written."""
-    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("gru", "RNN_model", "rnn", "rnn_units=4",
-                                                                 "hidden_size=4")},
-                     num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"])
+    """A two-layer nn.GRU has no vmap rule: its folds train one by one, with one line, and are written."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "stacked.py").write_text(STACKED_RNN_MODELS)
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("gru", "Stacked_model", "rnn")},
+                     num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"],
+                     extra='models = "stacked.py"\n')
     collect = Collect()
     lines = []
     collect.say = lines.append
     fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
     assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2)]
+    assert not any("fused_members" in r for r in collect.records.values())
     assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: torch.func cannot run it (RuntimeError: "
                      "Batching rule not implemented for aten::gru.input. We could not generate a fallback.)"]
 

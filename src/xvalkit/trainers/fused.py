@@ -54,6 +54,63 @@ def _member_dropout():
     return MemberDropout
 
 
+def _member_rnn():
+    import torch
+    from torch import nn
+
+    class MemberRNN(nn.Module):
+        """A one-layer, batch-first nn.GRU / nn.LSTM written as plain tensor operations, step by step,
+        with the same parameter names and gate order: cuDNN's and ATen's fused recurrent kernels have
+        no vmap rule, these operations do. Used only in the fused copy; each member's own nn.Module
+        (what is saved, predicted with and reloaded) keeps the real layer."""
+
+        def __init__(self, rnn):
+            super().__init__()
+            self.kind = "gru" if isinstance(rnn, nn.GRU) else "lstm"
+            self.bidirectional, self.hidden_size = rnn.bidirectional, rnn.hidden_size
+            self.directions = ["", "_reverse"] if rnn.bidirectional else [""]
+            for name, param in rnn.named_parameters():
+                self.register_parameter(name, nn.Parameter(torch.empty_like(param, device="meta")))
+
+        def forward(self, x):
+            outputs, last_h, last_c = [], [], []
+            for suffix in self.directions:
+                w_ih, w_hh = getattr(self, f"weight_ih_l0{suffix}"), getattr(self, f"weight_hh_l0{suffix}")
+                b_ih, b_hh = getattr(self, f"bias_ih_l0{suffix}"), getattr(self, f"bias_hh_l0{suffix}")
+                inputs = x @ w_ih.T + b_ih  # every time step's input part at once
+                h = x.new_zeros(x.shape[0], self.hidden_size)
+                c = torch.zeros_like(h)
+                steps = range(x.shape[1] - 1, -1, -1) if suffix else range(x.shape[1])
+                out = [None] * x.shape[1]
+                for t in steps:
+                    hidden = h @ w_hh.T + b_hh
+                    if self.kind == "gru":  # torch's gate order r, z, n
+                        i_r, i_z, i_n = inputs[:, t].chunk(3, dim=-1)
+                        h_r, h_z, h_n = hidden.chunk(3, dim=-1)
+                        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+                        h = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
+                    else:  # i, f, g, o
+                        i, f, g, o = (inputs[:, t] + hidden).chunk(4, dim=-1)
+                        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                        h = torch.sigmoid(o) * torch.tanh(c)
+                    out[t] = h
+                outputs.append(torch.stack(out, dim=1))
+                last_h.append(h)
+                last_c.append(c)
+            output, h_n = torch.cat(outputs, dim=-1), torch.stack(last_h)
+            return (output, h_n) if self.kind == "gru" else (output, (h_n, torch.stack(last_c)))
+
+    return MemberRNN
+
+
+def rnn_paths(model) -> list[str]:
+    """The recurrent layers MemberRNN can stand in for: one layer, batch first, with biases."""
+    from torch import nn
+
+    return [name for name, m in model.named_modules() if type(m) in (nn.GRU, nn.LSTM) and m.num_layers == 1
+            and m.batch_first and m.bias and not m.proj_size]
+
+
 def dropout_paths(model) -> list[str]:
     from torch import nn
 
@@ -61,14 +118,20 @@ def dropout_paths(model) -> list[str]:
 
 
 def fused_copy(model):
-    """A copy of `model` on the meta device, each nn.Dropout replaced by MemberDropout."""
+    """A copy of `model` on the meta device, each nn.Dropout replaced by MemberDropout and each
+    one-layer GRU / LSTM by MemberRNN."""
     base = copy.deepcopy(model).to("meta")
-    MemberDropout = _member_dropout()
+    MemberDropout, MemberRNN = _member_dropout(), _member_rnn()
     for path in dropout_paths(base):
-        parent, _, leaf = path.rpartition(".")
-        owner = base.get_submodule(parent) if parent else base
-        setattr(owner, leaf, MemberDropout().to("meta"))
+        _replace(base, path, MemberDropout().to("meta"))
+    for path in rnn_paths(base):
+        _replace(base, path, MemberRNN(base.get_submodule(path)))
     return base
+
+
+def _replace(model, path: str, module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
 def structure(model) -> list:
@@ -79,7 +142,7 @@ def structure(model) -> list:
 
 def refusal(models: list) -> str | None:
     """Why these models cannot train fused (None: they can): different structures, or a model that
-    torch.func cannot run (a layer without a vmap rule, such as nn.GRU and nn.LSTM)."""
+    torch.func cannot run (a layer without a vmap rule, such as nn.RNN or a stacked nn.GRU)."""
     first = structure(models[0])
     if any(structure(m) != first for m in models[1:]):
         return "its members' models differ in structure"
