@@ -196,6 +196,41 @@ def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(
     assert not list(folder.rglob(".*.tmp*"))
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_in_a_fused_group_keeps_its_finished_members_and_the_rerun_trains_the_rest(tmp_path, config_file,
+                                                                                          workers):
+    """Ctrl-C while a group trains (in this process, or in a local worker): the members already
+    written stay, the others are said abandoned, no running marker or half-written file is left,
+    and the rerun trains only the abandoned members."""
+    path = write_experiment(tmp_path, {
+        1: instance("short", "MLP_model", "none", *MLP, "num_epochs=1"),
+        2: instance("long", "MLP_model", "none", *MLP, "num_epochs=2000", "patience=2000"),
+    }, num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
+    folder = tmp_path / "results" / "demo" / "experiment_1"
+    first = [folder / "results" / "folds" / f"demo_exp1_run1_fold{f}.pkl" for f in (1, 2)]
+    command = [sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "--cpu-workers", workers,
+               "-q", "--config", str(config_file)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: all(p.exists() for p in first), proc, "instance 1's fold records", timeout=240)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "abandoned (will be redone) instance 2 fold 1/2" in err and "instance 2 fold 2/2" in err, err
+    assert "Traceback" not in err
+    assert not list((folder / "results" / "running").glob("*.json"))
+    assert not list((folder / "results" / "folds").glob("demo_exp1_run2_*.pkl"))
+    assert not list(folder.rglob("*run2*.pt")) and not list(folder.rglob(".*.tmp*"))
+    kept = {p: p.read_bytes() for p in first}
+    again = subprocess.run([*command[:5], "2", *command[5:], "-p", "num_epochs=2"],  # instance 2, shorter
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_bytes() for p in first} == kept
+    assert "fused group 1: 2 folds trained as one model (instance(s) 2, fold(s) 1-2)" in again.stderr
+
+
 def test_with_dropout_fused_test_accuracy_over_20_seeds_is_that_of_unfused(tmp_path, data_folder):
     """Dropout 0.5: fused masks are drawn differently from unfused ones, so single runs differ; over
     20 seeds (fold 1 of 20 instances, paired by seed) the test accuracies are not distinguishable:
