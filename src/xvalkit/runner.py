@@ -502,7 +502,9 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
     except KeyboardInterrupt:
         refresher.close(final=False)
         view.stop()
-        summary.abandoned = sorted(listener.running.values())
+        # a worker may have written a fold whose word the interrupt cut off: on disk, it is done
+        summary.abandoned = sorted(label for key, label in listener.running.items()
+                                   if not store.fold_path(*key).is_file())
         for key in listener.running:  # their workers are gone: not running any more
             store.unmark_running(*key)
         report.refresh(store)
