@@ -9,7 +9,6 @@ as <name>.xvd/ (xvalkit.mapped) with a manifest that records where it came from.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 
 from . import mapped
 from .data import check_values, dataset_paths, save_dataset
+from .data_digest import file_sha256
 from .errors import DatasetError, XvalError
 
 REFUSAL = ("{path}: refusing to unpickle it: an old dataset saved with np.save(path, dict) is a pickle, "
@@ -58,14 +58,6 @@ def _one_hot_to_indices(targets: dict[str, np.ndarray]) -> tuple[dict[str, np.nd
     return {item: y.argmax(axis=1).astype(np.int64) for item, y in targets.items()}, widths.pop()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert(predictors_path: Path, target_path: Path, name: str, data_folder: Path, *,
             trust_pickle: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Convert (check_dataset, through save_dataset, checks lengths and shapes); returns a summary {paths, items, datapoints, shape, classes}. Writes nothing on error."""
@@ -92,8 +84,8 @@ def convert(predictors_path: Path, target_path: Path, name: str, data_folder: Pa
     targets, classes = _one_hot_to_indices(targets)
     manifest: dict[str, Any] = {
         "converted_from": {
-            "predictors": str(predictors_path.resolve()), "predictors_sha256": _sha256(predictors_path),
-            "target": str(target_path.resolve()), "target_sha256": _sha256(target_path),
+            "predictors": str(predictors_path.resolve()), "predictors_sha256": file_sha256(predictors_path),
+            "target": str(target_path.resolve()), "target_sha256": file_sha256(target_path),
             "format": "original scripts: np.save(path, dict) pickles", "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "targets": f"one-hot ({classes} columns) converted to class indices" if classes else "as saved",

@@ -408,10 +408,7 @@ class RunListener:
         line = error_line(error)
         first = job.instance not in self.summary.failed
         self.summary.failed.setdefault(job.instance, line)
-        text = f"{job.label}\n{error}"
-        if not first:
-            text = (self.store.error_text(job.instance) or "") + "\n" + text
-        self.store.save_error(job.instance, text)
+        self.store.add_error(job.instance, job.label, error, first=first)
         where = self.store.error_path(job.instance)
         self.view.print(f"[red]{job.label} failed[/]: {escape(line)} (traceback in {escape(str(where))})")
         self.refresher.request()

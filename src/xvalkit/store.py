@@ -21,6 +21,7 @@ experiment. No two processes ever write the same file, so parallel folds cannot 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
@@ -229,6 +230,20 @@ class ExperimentStore:
 
     def save_error(self, run: int, text: str) -> None:
         atomic.write_text(self.error_path(run), text)
+
+    def add_error(self, run: int, label: str, text: str, *, first: bool = False) -> None:
+        """A failed fold's traceback in its instance's error file: in place of what an earlier run
+        left (`first` of this run), else after what is there. Under a lock on the results folder
+        (no lock file is left behind): folds of one instance may fail at once in different
+        processes (Slurm tasks)."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.results_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            old = None if first else self.error_text(run)
+            self.save_error(run, (old + "\n" if old else "") + f"{label}\n{text}")
+        finally:
+            os.close(folder)
 
     def clear_error(self, run: int) -> None:
         self.error_path(run).unlink(missing_ok=True)

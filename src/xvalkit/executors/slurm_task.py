@@ -9,7 +9,6 @@ watching (--detach) the task records it in the instance's error file itself.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import sys
@@ -51,7 +50,7 @@ class FoldBundle(submitit.helpers.Checkpointable):
             except Exception as exc:
                 text = failure_text(exc)
                 if self.record_errors:
-                    record_failure(store, job, text)
+                    store.add_error(job.instance, job.label, text)
                 outcomes.append(("error", *job.key, text))
             else:
                 outcomes.append(("done", *job.key, ""))
@@ -79,19 +78,3 @@ def _prepare_process() -> None:
         prepare_gpu_sharing()  # CUDA_VISIBLE_DEVICES as Slurm set it; the fold records it
     else:
         choose_device_early(gpu=None, cpu=True)  # no GPU asked for: none used, even on a GPU node
-
-
-def record_failure(store, job: FoldJob, text: str) -> None:
-    """Append the fold's traceback to its instance's error file, under a lock: folds of one
-    instance may fail at once in different tasks."""
-    from .. import atomic
-
-    path = store.error_path(job.instance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)  # the lock: its folder, so no lock file is left behind
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        old = store.error_text(job.instance)
-        atomic.write_text(path, (old + "\n" if old else "") + f"{job.label}\n{text}")
-    finally:
-        os.close(folder)
