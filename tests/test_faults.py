@@ -379,3 +379,19 @@ def test_vanished_data_folder_is_not_refilled_with_a_built_in_dataset(tmp_path):
     with pytest.raises(EnvironmentFault, match="the data folder vanished"):
         dataset_for(str(gone), "demo")
     assert not gone.exists()
+
+
+def test_a_full_disk_seen_by_tensorflows_file_writer_is_a_fault(tmp_path):
+    """Keras' TensorBoard callback writes through TensorFlow, whose error is no OSError: seen once
+    as 'instance 1 fold 1/2 failed: ResourceExhaustedError: <events file>; No space left on device'
+    when the disk filled during an epoch rather than at a model's save."""
+    from xvalkit.devices import import_keras
+
+    import_keras()
+    import tensorflow as tf
+
+    events = tmp_path / "tensorboard" / "run1" / "fold1" / "validation" / "events.out.tfevents.1.vm.2.1"
+    full = tf.errors.ResourceExhaustedError(None, None, f"{events}; No space left on device")
+    fault = fault_from(full, [tmp_path])
+    assert fault is not None and "no space left on device" in str(fault) and "free some space" in str(fault)
+    assert fault_from(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"), [tmp_path]) is None

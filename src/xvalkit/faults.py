@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -41,6 +42,9 @@ CAUSES = {
 # h5py's message: "[Errno 28] Can't ... (file write failed: ..., filename = '/x/.y.tmp.hdf5', ...)"
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
 _FILENAME_IN_TEXT = re.compile(r"(?:file)?name = '([^']+)'")
+# TensorFlow's file writers (Keras' TensorBoard callback) raise their own error types, not OSError:
+# "<path>; No space left on device". Only the codes that are faults wherever they come from.
+_STRERROR_IN_TEXT = {code: re.compile(rf"(?:(/[^;\n]+)[;:] )?{re.escape(os.strerror(code))}") for code in ALWAYS}
 # atomic.py's temporary files: '.<name>.<random>.tmp<ext>' stand for '<name>'
 _TEMPORARY = re.compile(r"^\.(.+)\.[^.]+\.tmp[^/]*$")
 
@@ -66,6 +70,9 @@ def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
         if path is None and (match := _FILENAME_IN_TEXT.search(text)):
             path = match.group(1)
         return code, None if path is None else str(path)
+    for code, pattern in _STRERROR_IN_TEXT.items():
+        if match := pattern.search(str(exc)):
+            return code, match.group(1)
     return None, None
 
 
