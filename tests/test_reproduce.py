@@ -111,7 +111,12 @@ def test_keras_and_torch_folds_come_out_bit_for_bit_from_the_snapshot(trained):
     current = trained["path"].parent / "my_models.py"
     text = current.read_text()
     current.write_text("raise RuntimeError('the current models module, not the snapshot')\n")  # must not be used
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    from xvalkit.threads import BLAS_VARIABLES, PLANNED_VARIABLE
+
+    # a user's shell: not the thread settings an earlier in-process run of this worker left in os.environ
+    # (with XVAL_THREADS set, importing Keras sets its share over the recorded TensorFlow threads)
+    leaked = {*BLAS_VARIABLES, PLANNED_VARIABLE, "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"}
+    env = {**{k: v for k, v in os.environ.items() if k not in leaked}, "PYTHONPATH": str(ROOT / "src")}
     try:
         proc = subprocess.run([sys.executable, "-m", "xvalkit.cli", "reproduce", str(trained["path"]), "--cpu",
                                "--config", str(trained["config"])], capture_output=True, text=True, env=env,
