@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,48 @@ def test_a_fold_record_is_durable_before_it_counts_as_done(tmp_path, syscalls):
     syscalls.clear()
     store.save_instance(1, {"folds": {}})
     check_durable(syscalls, store.results_path(1))
+
+
+WRITER = """
+import sys, time
+from xvalkit import atomic
+def slow(handle):
+    handle.write(b"half")
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+if sys.argv[1] == "file":
+    atomic.write_with(sys.argv[2], slow)
+else:
+    with atomic.atomic_dir(sys.argv[2]) as tmp:
+        (tmp / "part").write_bytes(b"half")
+        print("writing", flush=True)
+        time.sleep(60)
+"""
+
+
+def killed_mid_write(kind: str, target: Path) -> None:
+    """A real writer killed by SIGKILL between its temporary's creation and its rename."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_a_live_writers_kept(tmp_path):
+    folder = tmp_path / "experiment_1"
+    killed_mid_write("file", folder / "results" / "results_demo_exp1_run1.pkl")
+    killed_mid_write("dir", folder / "models" / "saved")
+    left = sorted(p.relative_to(folder).parent.as_posix() for p in folder.rglob(".*.tmp*"))
+    assert left == ["models", "results"], "the kill left the two temporaries behind"
+    other = folder / "results" / ".fold.pkl.0123abcd-1-x.tmp"  # another host's: cannot tell if it is done
+    other.write_bytes(b"?")
+    with atomic.atomic_path(folder / "results" / "live.pkl") as live:  # this process: alive
+        live.write_bytes(b"in progress")
+        removed = atomic.remove_left_behind(folder)
+        assert live.exists()
+    assert sorted(p.parent.name for p in removed) == ["models", "results"]
+    assert sorted(p.name for p in folder.rglob(".*.tmp*")) == [other.name]
+    assert not (folder / "models" / "saved").exists() and not (folder / "results" / "results_demo_exp1_run1.pkl").exists()

@@ -3,8 +3,11 @@
 A crash or Ctrl-C at any moment leaves either the old file or the new one, never half of one; a
 power cut after a durable write returns keeps the new one (the folder's fsync makes the rename itself
 durable, which the file's fsync alone does not).
-Temporary names are '.<name>.<random>.tmp<ext>' (hidden, with '.tmp' inside) so that readers
-never mistake them for results, while writers that insist on an extension (h5py, numpy) still see it.
+Temporary names are '.<name>.<host>-<pid>-<random>.tmp<ext>' (hidden, with '.tmp' inside) so that
+readers never mistake them for results, while writers that insist on an extension (h5py, numpy) still
+see it. A kill -9 between a temporary file's creation and its rename leaves it behind; the writer's
+host and pid in its name let the next run remove it once that process is gone
+(`remove_left_behind`), and only then.
 
 `tempfile` creates files 0600 and folders 0700 (private to their owner); each is given the mode a
 plain `open()` or `mkdir()` would give under the process's umask, so that a lab sharing a results
@@ -14,8 +17,11 @@ folder can read what xvalkit wrote.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +69,51 @@ def fsync_folder(folder: str | Path) -> None:
         os.close(fd)
 
 
+def _host_tag() -> str:
+    """Eight hex digits for this host (a host name may hold dots, which temporary names must not)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _prefix(target: Path) -> str:
+    """A temporary name's start: the target's name, then the writer's host and pid."""
+    return f".{target.name}.{_host_tag()}-{os.getpid()}-"
+
+
+# '.<name>.<host>-<pid>-<random>.tmp<ext>'; mkstemp's random part is letters, digits and '_'
+_LEFT_BEHIND = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp[^/]*$")
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists, under another user
+        return False
+    return False
+
+
+def remove_left_behind(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders under `folder` whose writer, a process of this host, is
+    gone (killed between a temporary's creation and its rename); return them. A live writer's, another
+    host's (whose processes cannot be seen from here) and anything of another name are left alone, and
+    so is an `atomic_dir` '.old' folder (after a crash between its two renames, the only copy)."""
+    import shutil
+
+    removed = []
+    host = _host_tag()
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        match = _LEFT_BEHIND.match(path.name)
+        if not (match and match["host"] == host and _process_gone(int(match["pid"]))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def _replacing(target: str | Path, suffix: str, durable: bool = True) -> Iterator[tuple[int, Path]]:
     """Yield (open descriptor, path) of a new temporary file beside `target`; on success it is
@@ -70,7 +121,7 @@ def _replacing(target: str | Path, suffix: str, durable: bool = True) -> Iterato
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
     except OSError as exc:
         note_file(exc, target)
         raise
@@ -141,14 +192,14 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         _plain_mode(tmp, folder=True)
         yield tmp
         fsync_folder(tmp)
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
         os.replace(tmp, target)
         fsync_folder(target.parent)

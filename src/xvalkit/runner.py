@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from . import fusion
+from . import atomic, fusion
 from . import params as P
 from . import report
 from .data import Dataset, augmented_line, load_dataset
@@ -466,6 +466,7 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         console.print(f"GPU {choice.gpu} was asked for but {instances[0].params['framework']} sees no GPU (a CPU-only "
                       "build? see the README, Installing): training on the CPU")
     store.write_description(exp.short_description)
+    atomic.remove_left_behind(store.folder)  # a killed run's temporary files
     run_id = new_run_id()
     summary = RunSummary()
     jobs, todo = [], {}
