@@ -20,7 +20,7 @@ from .faults import faults_stop
 from .folds import Fold, class_names
 
 _DATASETS: dict[tuple[str, str], Any] = {}
-_DIGESTS: dict[tuple[str, str], dict[str, str]] = {}
+_FINGERPRINTS: dict[tuple[str, str], dict[str, dict]] = {}
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class FoldJob:
     num_repeats: int = 1
     run_id: str | None = None  # the run that trains it: its record is code/runs/<run_id>.json
     protocol: str = ""  # how the folds were made, for the fold record and the workbook
+    # the dataset's files as the run that planned the fold found them (data_digest.dataset_fingerprint):
+    # a training process then reads again only what changed since, not the whole dataset
+    data_files: dict[str, dict] | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -71,14 +74,16 @@ def dataset_for(folder: str, name: str):
     return _DATASETS[(folder, name)]
 
 
-def data_digests_for(folder: str, name: str) -> dict[str, str]:
-    """SHA-256 of the dataset's files, once per process like the dataset itself (for the fold
-    record: `xval reproduce` checks them; 1.2 s per GB on a 2-core machine, once per process)."""
-    if (folder, name) not in _DIGESTS:
-        from .data_digest import dataset_digests
+def data_digests_for(job: FoldJob) -> dict[str, str]:
+    """SHA-256 of the dataset's files for the fold record (`xval reproduce` checks them). Each fold
+    looks at the files' sizes and times; only a file changed since the run planned the fold (or since
+    this process's last fold) is read again."""
+    from .data_digest import dataset_fingerprint, digests_of
 
-        _DIGESTS[(folder, name)] = dataset_digests(folder, name)
-    return _DIGESTS[(folder, name)]
+    key = (job.data_folder, job.dataset)
+    known = {**(job.data_files or {}), **_FINGERPRINTS.get(key, {})}
+    _FINGERPRINTS[key] = dataset_fingerprint(job.data_folder, job.dataset, known)
+    return digests_of(_FINGERPRINTS[key])
 
 
 def model_function_for(job: FoldJob):
@@ -248,7 +253,7 @@ def finish(started: Started, store, out, gpu: dict) -> dict[str, Any]:
         classes=dataset.manifest.get("classes") if job.task_type == "classification" else None,
         protocol=job.protocol, test_classes_not_trained=untrained_classes(job.task_type, data, dataset.manifest),
         threads=in_use(p["framework"]), environment=environment,
-        data_folder=job.data_folder, data_sha256=data_digests_for(job.data_folder, job.dataset),
+        data_folder=job.data_folder, data_sha256=data_digests_for(job),
     )
     record.update(extra)
     store.check_present()  # not a fold record in a folder that a vanished one left behind

@@ -113,9 +113,10 @@ def _user(uid: int) -> str:
         return f"user id {uid}"
 
 
-def check_data(record: dict[str, Any], dataset: str, label: str) -> str:
-    """The data folder of the fold, once its dataset's files are those it was trained on."""
-    from .data_digest import changed_files
+def check_data(record: dict[str, Any], dataset: str, label: str) -> tuple[str, dict[str, dict]]:
+    """The data folder of the fold and its dataset's fingerprint (data_digest), once its files are
+    those it was trained on."""
+    from .data_digest import changed_files, dataset_fingerprint, digests_of
 
     recorded, folder = record.get("data_sha256"), record.get("data_folder")
     if not recorded or not folder:
@@ -123,11 +124,12 @@ def check_data(record: dict[str, Any], dataset: str, label: str) -> str:
                         "retrain it with --overwrite to record them")
     if not Path(folder).is_dir():
         raise XvalError(f"{label}: the data folder it was trained from, {folder}, is gone")
-    changed = changed_files(recorded, folder, dataset)
+    fingerprint = dataset_fingerprint(folder, dataset)
+    changed = changed_files(recorded, digests_of(fingerprint))
     if changed:
         raise XvalError(f"dataset '{dataset}' in {folder} changed since {label} was trained: {', '.join(changed)} "
                         "(SHA-256 not the recorded one); restore the data it was trained on")
-    return folder
+    return folder, fingerprint
 
 
 def snapshot_models(snapshot: Path, experiment_file: str, framework: str) -> tuple[Path | None, bool]:
@@ -148,7 +150,7 @@ def snapshot_models(snapshot: Path, experiment_file: str, framework: str) -> tup
 
 
 def fold_job(store: ExperimentStore, chosen: Chosen, saved: dict[str, Any], data_folder: str, models: Path | None,
-             generator: bool, folder: Path):
+             generator: bool, folder: Path, data_files: dict[str, dict] | None = None):
     from .folds import Fold
     from .jobs import FoldJob
 
@@ -163,7 +165,8 @@ def fold_job(store: ExperimentStore, chosen: Chosen, saved: dict[str, Any], data
     return FoldJob(instance=chosen.instance, fold=fold, num_folds=saved["num_folds"], params=params,
                    task_type=saved["task_type"], dataset=store.dataset, data_folder=data_folder,
                    store_folder=str(folder), num_experiment=store.num_experiment, generator=generator,
-                   models_path=None if models is None else str(models), protocol=record.get("protocol", ""))
+                   models_path=None if models is None else str(models), protocol=record.get("protocol", ""),
+                   data_files=data_files)
 
 
 def model_weights(path: Path) -> dict[str, np.ndarray]:
@@ -206,7 +209,7 @@ def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say
     snapshot = find_snapshot(store, info)
     code = [snapshot / name for name in info.get("code_sha256", {}) if (snapshot / name).is_file()]
     check_trust(store, [snapshot, *code], trust_code)
-    data_folder = check_data(record, store.dataset, chosen.label)
+    data_folder, data_files = check_data(record, store.dataset, chosen.label)  # hashed once, for the record too
     if not info.get("experiment_file"):
         raise XvalError(f"run {info.get('run_id')}: its record does not name its experiment module (an older xvalkit)")
     models, generator = snapshot_models(snapshot, info["experiment_file"], saved["parameters"]["framework"])
@@ -218,12 +221,12 @@ def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say
     with tempfile.TemporaryDirectory(prefix="xval-reproduce-") as tmp:
         folder = Path(tmp) / store.folder.name
         folder.mkdir()
-        job = fold_job(store, chosen, saved, data_folder, models, generator, folder)
+        job = fold_job(store, chosen, saved, data_folder, models, generator, folder, data_files)
         match_threads((record.get("environment") or {}).get("determinism", {}))
         with framework_output_to(None):
             if group:
                 jobs = [job if key == job.key else fold_job(store, Chosen(*key, False), group[key], data_folder,
-                                                            models, generator, folder) for key in group]
+                                                            models, generator, folder, data_files) for key in group]
                 again = train_fused(jobs)[job.key]
             else:
                 again = execute(job)

@@ -9,6 +9,7 @@ records, so folds can run in parallel anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import atomic, fusion
 from . import params as P
 from . import report
 from .data import Dataset, augmented_line, load_dataset
+from .data_digest import dataset_fingerprint
 from .devices import current_choice
 from .errors import XvalError
 from .executors import plan_slots
@@ -483,6 +485,9 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
             summary.skipped.append(inst.id)
             console.print(f"instance {inst.id}: all {len(inst.folds)} folds already done, skipped")
         jobs += [job for job in make_jobs(exp, inst, run_id) if job.fold.index in todo[inst.id]]
+    if jobs:  # the data's SHA-256 for the fold records, read once here rather than once per training process
+        fingerprint = dataset_fingerprint(jobs[0].data_folder, exp.dataset)
+        jobs = [dataclasses.replace(job, data_files=fingerprint) for job in jobs]
     _record_provenance(exp, store, where, run_id, instances, todo,
                        {"slurm": options.slurm.as_dict()} if options.backend == "slurm" else None)
     if fusion.fuses(options.fuse, options.backend, on_cpu=device == "CPU"):
