@@ -89,3 +89,22 @@ def test_the_run_draws_only_instances_that_may_be_among_the_best(tmp_path):
         assert drawer._may_be_shown(results(float("nan"), diverged=True))
     finally:
         drawer.close()
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"selection_metric_classification": "", "main_metric_classification": "test_ua"}, "test_ua"),
+    ({"selection_metric_classification": "val_loss", "main_metric_classification": "test_acc"}, "val_loss"),
+    (None, "val_acc"),  # the packaged defaults
+])
+def test_the_run_ranks_on_the_metric_the_report_chooses_the_best_by(tmp_path, settings, expected):
+    """An empty selection metric means the main metric, for the run's drawer as for the report
+    (the drawer fell back to val_acc: it drew the plots of other instances than the report shows)."""
+    drawer = PlotDrawer(ExperimentStore(tmp_path, "demo", 1), "classification", settings)
+    try:
+        assert drawer.chooser == expected
+        if settings:
+            from xvalkit.reporting.tables import selection_metric
+
+            assert selection_metric(settings, "classification") == expected
+    finally:
+        drawer.close()

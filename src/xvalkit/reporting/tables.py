@@ -122,6 +122,11 @@ def _check_metric(column: str, key: str, task_type: str, metrics: tuple[str, ...
                         f"use one of {choices}")
 
 
+def selection_metric(settings: dict[str, Any], task_type: str) -> str:
+    """The metric that chooses the best instance: [report] selection_metric_<task>, else the main metric."""
+    return str(settings.get(f"selection_metric_{task_type}") or settings[f"main_metric_{task_type}"])
+
+
 def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
     """Read every instance of the folder, choose the best on the selection metric, test the main
     metric of every other instance against it, and estimate the selection procedure.
@@ -138,7 +143,7 @@ def collect(store: ExperimentStore, settings: dict[str, Any]) -> ReportData:
         for record in (inst.results or {}).get("folds", {}).values():
             backfill(record, task_type)
     main = str(settings[f"main_metric_{task_type}"])
-    selection = str(settings.get(f"selection_metric_{task_type}") or main)
+    selection = selection_metric(settings, task_type)
     data = ReportData(instances, task_type, main, float(settings["significance_level"]),
                       varying=varying_parameters(instances), selection_metric=selection,
                       rope=float(settings.get(f"rope_{task_type}", 0.0)))
