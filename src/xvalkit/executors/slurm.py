@@ -116,14 +116,11 @@ class Watch:
         remaining = list(self.tasks)
         while self.open:
             watcher.update()  # one sacct call for every job of the run
-            self._follow_folds()
-            still = []
-            for task, bundle in remaining:
-                if task.done():
-                    self._finish(task, bundle)
-                else:
-                    still.append((task, bundle))
-            remaining = still
+            ended = [(task, bundle) for task, bundle in remaining if task.done()]
+            self._follow_folds()  # after the states: an ended task's folds are on disk by now
+            for task, bundle in ended:
+                self._finish(task, bundle)
+            remaining = [(task, bundle) for task, bundle in remaining if not any(task is t for t, _ in ended)]
             if not remaining:
                 for job in list(self.open.values()):  # every task ended: what is left was never trained
                     self._fail(job, "its Slurm task ended without training it")
@@ -175,8 +172,7 @@ class Watch:
         self.listener.failed(job, text)
 
     def _finish(self, task, bundle: list[FoldJob]) -> None:
-        """A task ended: its folds on disk are done, its Python errors failed, the rest lost."""
-        self._follow_folds()
+        """A task ended (its folds on disk were followed already): its Python errors failed, the rest lost."""
         outcomes, problem = _outcomes(task)
         for kind, instance, fold, text in outcomes:
             if kind == "unseen":
