@@ -148,3 +148,10 @@ def test_fused(tmp_path):
         assert folds == 4 and wall > 0
         assert per_minute == pytest.approx(folds / wall * 60, rel=0.01)
         assert ratio == pytest.approx(per_minute / unfused_per_minute, abs=0.02)
+
+
+def test_data_digest(tmp_path):
+    out = run_benchmark(tmp_path, "data_digest.py")
+    ((read, checked),) = figures(rf"per training process: read and hash {NUMBER} s, check the run's fingerprint {NUMBER} ms", out)
+    ((before, now),) = figures(rf"a reproduced fold: {NUMBER} s before, {NUMBER} s now", out)
+    assert read >= 0 and checked > 0 and before >= now >= 0
