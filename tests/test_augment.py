@@ -390,3 +390,14 @@ def test_spawned_workers_give_the_same_files_as_forked_ones(corpus, tmp_path, mo
     forked = run(tmp_path / "forked")
     monkeypatch.setattr(augment_files, "fork_is_safe", lambda: False)
     assert run(tmp_path / "spawned") == forked
+
+
+def test_a_rerun_removes_the_temporary_wav_a_killed_run_left(corpus, tmp_path, capsys):
+    from .test_atomic import killed_mid_write
+
+    out = tmp_path / "out"
+    assert xval(capsys, "augment", corpus, out, 1, "--seed", 1)[0] == 0
+    killed_mid_write("file", out / "Actor_02" / "stereo_aug1.wav")  # kill -9 while a wav was written
+    assert [p.parent.name for p in out.rglob(".*.tmp*")] == ["Actor_02"]
+    assert xval(capsys, "augment", corpus, out, 1, "--seed", 1, "--overwrite")[0] == 0
+    assert not list(out.rglob(".*.tmp*"))

@@ -172,6 +172,8 @@ def run_augment(
         seed = int(np.random.SeedSequence().generate_state(1)[0])  # recorded in the log
     tasks = plan(in_dir, out_dir, n, seed, spec, overwrite)
     check_sources(spec)
+    if out_dir.is_dir():
+        atomic.remove_left_behind(out_dir)  # the temporary wavs of a killed run
     console = console or Console(stderr=True, highlight=False)
     summary = Summary(seed=seed)
     records: list[dict[str, Any]] = []
