@@ -233,19 +233,6 @@ def test_a_fold_that_is_not_there_is_one_line(trained):
     assert result.output.strip() == f"error: {trained['folder']}: instance 2 has no finished fold 9; its finished folds: 1-3"
 
 
-def test_a_reproduction_trains_with_the_recorded_torch_threads():
-    import torch
-
-    from xvalkit.determinism import match_threads
-
-    before = torch.get_num_threads()
-    try:
-        match_threads({"torch_threads": before + 1})
-        assert torch.get_num_threads() == before + 1
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_a_torch_fold_records_the_threads_it_trained_with_and_is_trained_again_with_them(trained, tmp_path):
     """threads.py decides a torch fold's threads from its model and this machine's cores: the
     record keeps what training used, and a reproduction on another machine uses that, not its own."""

@@ -85,13 +85,10 @@ def keras_seeds(seed: int, shuffled: bool) -> dict:
 
 
 def match_threads(recorded: dict) -> None:
-    """Train with the thread counts a fold recorded (its determinism settings), where this process
-    still can: a sum split over another number of threads adds in another order. TensorFlow's
-    cannot change once it has started; the verdict then names the difference."""
-    if recorded.get("torch_threads"):
-        import torch
-
-        torch.set_num_threads(int(recorded["torch_threads"]))
+    """Train with TensorFlow's thread counts as a fold recorded them (its determinism settings), where
+    this process still can: a sum split over another number of threads adds in another order.
+    TensorFlow's cannot change once it has started; the verdict then names the difference. (torch's
+    count reaches the trainer as the fold's `threads` parameter: reproduce.fold_job.)"""
     if "tf_intra_op_threads" in recorded:
         from .devices import import_keras
 
