@@ -83,14 +83,15 @@ def _prefix(target: Path) -> str:
 _LEFT_BEHIND = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp[^/]*$")
 
 
-def _process_gone(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a writer here, a fold's marker in store.py)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: it exists, under another user
         return False
-    return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def remove_left_behind(folder: str | Path) -> list[Path]:
@@ -104,7 +105,7 @@ def remove_left_behind(folder: str | Path) -> list[Path]:
     host = _host_tag()
     for path in sorted(Path(folder).rglob(".*.tmp*")):
         match = _LEFT_BEHIND.match(path.name)
-        if not (match and match["host"] == host and _process_gone(int(match["pid"]))):
+        if not match or match["host"] != host or process_alive(int(match["pid"])):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

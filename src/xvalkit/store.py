@@ -335,9 +335,7 @@ def _alive(info: dict[str, Any]) -> bool:
     if info.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError, TypeError):
+        pid = int(info["pid"])
+    except (ValueError, KeyError, TypeError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return atomic.process_alive(pid)
