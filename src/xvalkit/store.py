@@ -209,12 +209,8 @@ class ExperimentStore:
 
     def mark_running(self, run: int, fold: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}
-        path = self.running_path(run, fold)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written in place, not through a temporary file: a kill -9 in the middle of a temporary
-        # file's write left it behind for good; a marker cut short is skipped by `running` and
-        # replaced when its fold is trained again
-        path.write_text(json.dumps(info), encoding="utf-8")
+        # ephemeral, so not fsynced; a temporary file a kill -9 leaves goes at the next run (atomic.remove_left_behind)
+        atomic.write_text(self.running_path(run, fold), json.dumps(info), durable=False)
 
     def unmark_running(self, run: int, fold: int) -> None:
         self.running_path(run, fold).unlink(missing_ok=True)
