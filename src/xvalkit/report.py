@@ -97,7 +97,7 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     """Rebuild the spreadsheet, results.csv and summary.csv (and, with `plots`, the PNGs; without
     `instance_plots`, only the summary plots, showing the instance plots already drawn). From 24
     instances, instance plots of the best and of failed or diverged ones only, unless `every_plot`
-    (reporting.plots.plotted_instances).
+    (reporting.plots.shown_instances).
 
     A report whose inputs and files have not changed since it was written is kept as it is (see
     reporting.freshness; the result says `rebuilt=False`), unless `force`.
@@ -130,9 +130,10 @@ def refresh(store: ExperimentStore, plots: bool = False, config: Config | None =
     if plots:
         from .reporting import plots as plotting
 
+        best, flagged = plotting.shown_instances(data, every_plot)  # ranked once, for the plots and the note
         drawn = plotting.draw(data, summary, store.folder / "plots", store.prefix, meanwhile=tables_and_sheets,
-                              instance_plots=instance_plots, every=every_plot)
-        note = plotting.plots_note(data, every_plot)
+                              instance_plots=instance_plots, shown=best + flagged)
+        note = plotting.plots_note(data, best, flagged)
         # Plots now carry their signature inside; the list that older versions kept is obsolete.
         (store.results_dir / "plot_signatures.json").unlink(missing_ok=True)
     else:

@@ -331,14 +331,10 @@ PLOT_VERSION = 3  # part of every instance plot's signature: a change of style r
 PARALLEL_FROM = 24  # stale instance plots from which worker processes draw them
 
 
-def plotted_instances(data: ReportData, every: bool = False) -> list[InstanceInfo]:
-    """The instances whose plots the report shows: all with folds below BEST_PLOTTED of them (or with
-    `every`), else the BEST_PLOTTED best on the chooser, best first, then the failed and diverged ones."""
-    best, flagged = _best_and_flagged(data, every)
-    return best + flagged
-
-
-def _best_and_flagged(data: ReportData, every: bool) -> tuple[list[InstanceInfo], list[InstanceInfo]]:
+def shown_instances(data: ReportData, every: bool = False) -> tuple[list[InstanceInfo], list[InstanceInfo]]:
+    """The instances whose plots the report shows, as (best, flagged): all with folds below
+    BEST_PLOTTED of them (or with `every`), flagged empty; else the BEST_PLOTTED best on the chooser,
+    best first, and the failed and diverged ones among the rest."""
     with_folds = [inst for inst in data.instances if inst.folds]
     if every or len(with_folds) < BEST_PLOTTED:
         return with_folds, []
@@ -350,13 +346,12 @@ def _best_and_flagged(data: ReportData, every: bool) -> tuple[list[InstanceInfo]
     return best, [inst for inst in with_folds if inst.id not in chosen and (inst.diverged or inst.error_line is not None)]
 
 
-def plots_note(data: ReportData, every: bool = False) -> str | None:
-    """What the plots sheet shows of the instance plots, when not all of them (else None); one line
-    per sheet row."""
-    best, flagged = _best_and_flagged(data, every)
-    if not best or len(best) + len(flagged) == sum(1 for inst in data.instances if inst.folds):
-        return None
+def plots_note(data: ReportData, best: list[InstanceInfo], flagged: list[InstanceInfo]) -> str | None:
+    """What the plots sheet shows of the instance plots (shown_instances), when not all of them
+    (else None); one line per sheet row."""
     total = sum(1 for inst in data.instances if inst.folds)
+    if not best or len(best) + len(flagged) == total:
+        return None
     return (f"Instance plots: the {len(best)} best of {total} instances by {metric_text(data.chooser)}, best first"
             + (f", then {len(flagged)} failed or diverged" if flagged else "") + ".\n"
             "Ranked as the workbook chooses the best; `xval report EXP --plots all` draws every instance's plot into plots/.")
@@ -423,7 +418,8 @@ def _wait_children(children: list) -> None:
 
 
 def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: str,
-         meanwhile: Callable[[], None] | None = None, instance_plots: bool = True, every: bool = False) -> list[Path]:
+         meanwhile: Callable[[], None] | None = None, instance_plots: bool = True,
+         shown: list[InstanceInfo] | None = None) -> list[Path]:
     """Write every plot into `folder` (`summary`: the rows of tables.summary_rows); returns their paths.
 
     An instance plot whose instance has not changed since it was drawn (same folds: the signature
@@ -431,9 +427,10 @@ def draw(data: ReportData, summary: list[dict[str, Any]], folder: Path, prefix: 
     changed; many stale plots are drawn by one worker process per core, while this process draws
     the summary plots and calls `meanwhile` (the report's other work). Without `instance_plots`
     (refreshes during a run whose drawer draws them), only the summary plots are drawn, and the
-    instance plots already there are listed. Instance plots: those of plotted_instances(data, every).
+    instance plots already there are listed. Instance plots: those of `shown` (shown_instances),
+    by default every instance with folds.
     """
-    shown = plotted_instances(data, every)
+    shown = [inst for inst in data.instances if inst.folds] if shown is None else shown
     stale = [_plot_inputs(inst) for inst in shown if instance_plots and
              drawn_signature(instance_plot_path(folder, prefix, inst.id)) != signature(inst)]
     workers = min(os.cpu_count() or 1, len(stale) // (PARALLEL_FROM // 2))
