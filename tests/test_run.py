@@ -234,6 +234,20 @@ def test_rerun_skips_finished_instances(finished):
     assert (folder / "results" / "results_demo_exp1_run1.pkl").stat().st_ino == before
 
 
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left(finished):
+    """kill -9 between a temporary file's creation and its rename (here of an instance pickle and of a
+    fold's running marker) leaves it behind; the next run of the experiment removes it."""
+    from .test_atomic import killed_mid_write
+
+    path, folder, _ = finished
+    killed_mid_write("file", folder / "results" / "results_demo_exp1_run2.pkl")
+    killed_mid_write("file", folder / "results" / "running" / "run2_fold1.json")
+    assert len(list(folder.rglob(".*.tmp*"))) == 2
+    result = xval("run", path, "2", "--cpu", "--config", path.parent / "c.ini")
+    assert result.exit_code == 0, result.output
+    assert not list(folder.rglob(".*.tmp*"))
+
+
 def test_changed_parameters_refuse_to_resume(tmp_path, config_file):
     path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *TORCH)}, num_folds=2,
                             global_parameters=TORCH_GLOBAL)
