@@ -245,7 +245,7 @@ def test_a_torch_fold_records_the_threads_it_trained_with_and_is_trained_again_w
     store, _ = open_store(str(trained["path"]), config_file=str(trained["config"]))
     saved = store.read(store.fold_path(2, 1))
     assert saved["record"]["environment"]["determinism"]["torch_threads"] == saved["record"]["threads"] == 1  # tiny
-    saved["record"]["environment"]["determinism"]["torch_threads"] = 7
+    saved["record"]["threads"] = 7
     job = fold_job(store, Chosen(2, 1, False), saved, str(trained["data"]), None, False, tmp_path)
     assert job.params["threads"] == 7
 

@@ -159,7 +159,7 @@ def fold_job(store: ExperimentStore, chosen: Chosen, saved: dict[str, Any], data
 
     record = saved["record"]
     params = dict(saved["parameters"])
-    threads = ((record.get("environment") or {}).get("determinism") or {}).get("torch_threads")
+    threads = record.get("threads")  # threads.in_use after training: the count the fold trained with
     if params.get("framework") == "torch" and threads:
         params["threads"] = int(threads)  # as recorded: not what threads.py would decide on this machine
     fold = Fold(index=chosen.fold, train=tuple(record["train_items"]), val=tuple(record["val_items"]),
