@@ -177,10 +177,9 @@ def model_weights(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise XvalError(f"{path}: the fold's model file is missing; its weights cannot be compared")
     if path.suffix == ".pt":
-        import torch
+        from .loading import _checkpoint  # as load_model reads it: data only, and only a .pt xvalkit saved
 
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        return {name: tensor.numpy() for name, tensor in payload["state_dict"].items()}
+        return {name: tensor.numpy() for name, tensor in _checkpoint(path)["state_dict"].items()}
     import h5py
 
     weights: dict[str, np.ndarray] = {}
