@@ -12,7 +12,7 @@ import numpy as np
 
 from xvalkit import jobs
 from xvalkit.data import load_dataset
-from xvalkit.data_digest import RACY_NS, dataset_digests, dataset_fingerprint, digests_of
+from xvalkit.data_digest import RACY_NS, dataset_fingerprint, digests_of
 
 
 def sha(path) -> str:
@@ -29,7 +29,7 @@ def aged(folder, seconds: float = 3600) -> None:
 def test_digests_are_the_files_sha256(tmp_path):
     load_dataset(tmp_path, "demo")
     files = sorted((tmp_path / "demo.xvd").iterdir())
-    assert dataset_digests(tmp_path, "demo") == {f"demo.xvd/{p.name}": sha(p) for p in files}
+    assert digests_of(dataset_fingerprint(tmp_path, "demo")) == {f"demo.xvd/{p.name}": sha(p) for p in files}
 
 
 def test_an_unchanged_file_keeps_its_known_digest_and_a_changed_one_is_read_again(tmp_path):

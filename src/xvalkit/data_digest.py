@@ -58,11 +58,6 @@ def digests_of(fingerprint: dict[str, dict]) -> dict[str, str]:
     return {path: entry["sha256"] for path, entry in fingerprint.items()}
 
 
-def dataset_digests(folder: str | Path, name: str, known: dict[str, dict] | None = None) -> dict[str, str]:
-    """{path relative to the data folder: SHA-256} of the dataset's files (`known`: see dataset_fingerprint)."""
-    return digests_of(dataset_fingerprint(folder, name, known))
-
-
 def changed_files(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
     """The files whose SHA-256 `now` is not what `recorded` says (changed, missing or new), by name."""
     return sorted(path for path in set(recorded) | set(now) if recorded.get(path) != now.get(path))

@@ -91,12 +91,7 @@ def match_threads(recorded: dict) -> None:
     count reaches the trainer as the fold's `threads` parameter: reproduce.fold_job.)"""
     if "tf_intra_op_threads" in recorded:
         from .devices import import_keras
+        from .threads import set_tensorflow_threads
 
         import_keras()
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(recorded["tf_intra_op_threads"]))
-            tf.config.threading.set_inter_op_parallelism_threads(int(recorded["tf_inter_op_threads"]))
-        except RuntimeError:  # TensorFlow has started already
-            pass
+        set_tensorflow_threads(int(recorded["tf_intra_op_threads"]), int(recorded["tf_inter_op_threads"]))

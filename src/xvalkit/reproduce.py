@@ -113,9 +113,11 @@ def _user(uid: int) -> str:
         return f"user id {uid}"
 
 
-def check_data(record: dict[str, Any], dataset: str, label: str) -> tuple[str, dict[str, dict]]:
+def check_data(record: dict[str, Any], dataset: str, label: str,
+               fingerprints: dict[str, dict[str, dict]] | None = None) -> tuple[str, dict[str, dict]]:
     """The data folder of the fold and its dataset's fingerprint (data_digest), once its files are
-    those it was trained on."""
+    those it was trained on. `fingerprints` ({data folder: fingerprint}, kept across the folds of one
+    `xval reproduce`) spares reading unchanged files again for the next fold; this one's is added."""
     from .data_digest import changed_files, dataset_fingerprint, digests_of
 
     recorded, folder = record.get("data_sha256"), record.get("data_folder")
@@ -124,7 +126,8 @@ def check_data(record: dict[str, Any], dataset: str, label: str) -> tuple[str, d
                         "retrain it with --overwrite to record them")
     if not Path(folder).is_dir():
         raise XvalError(f"{label}: the data folder it was trained from, {folder}, is gone")
-    fingerprint = dataset_fingerprint(folder, dataset)
+    fingerprints = {} if fingerprints is None else fingerprints
+    fingerprint = fingerprints[folder] = dataset_fingerprint(folder, dataset, fingerprints.get(folder))
     changed = changed_files(recorded, digests_of(fingerprint))
     if changed:
         raise XvalError(f"dataset '{dataset}' in {folder} changed since {label} was trained: {', '.join(changed)} "
@@ -156,7 +159,7 @@ def fold_job(store: ExperimentStore, chosen: Chosen, saved: dict[str, Any], data
 
     record = saved["record"]
     params = dict(saved["parameters"])
-    threads = ((record.get("environment") or {}).get("determinism") or {}).get("torch_threads")
+    threads = record.get("threads")  # threads.in_use after training: the count the fold trained with
     if params.get("framework") == "torch" and threads:
         params["threads"] = int(threads)  # as recorded: not what threads.py would decide on this machine
     fold = Fold(index=chosen.fold, train=tuple(record["train_items"]), val=tuple(record["val_items"]),
@@ -174,10 +177,9 @@ def model_weights(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise XvalError(f"{path}: the fold's model file is missing; its weights cannot be compared")
     if path.suffix == ".pt":
-        import torch
+        from .loading import _checkpoint  # as load_model reads it: data only, and only a .pt xvalkit saved
 
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        return {name: tensor.numpy() for name, tensor in payload["state_dict"].items()}
+        return {name: tensor.numpy() for name, tensor in _checkpoint(path)["state_dict"].items()}
     import h5py
 
     weights: dict[str, np.ndarray] = {}
@@ -196,8 +198,10 @@ def fold_result(record: dict[str, Any], task_type: str, weights: dict[str, np.nd
                       record.get("best_epoch"))
 
 
-def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say=print) -> Verdict:
-    """Check, train again and compare one fold (the module docstring); `say` gets the line that starts it."""
+def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say=print,
+                   fingerprints: dict[str, dict[str, dict]] | None = None) -> Verdict:
+    """Check, train again and compare one fold (the module docstring); `say` gets the line that starts
+    it; `fingerprints`: the data's, from the folds reproduced before it (check_data)."""
     from .determinism import match_threads
     from .environment import differences, installed_packages
     from .jobs import execute
@@ -209,7 +213,7 @@ def reproduce_fold(store: ExperimentStore, chosen: Chosen, trust_code: bool, say
     snapshot = find_snapshot(store, info)
     code = [snapshot / name for name in info.get("code_sha256", {}) if (snapshot / name).is_file()]
     check_trust(store, [snapshot, *code], trust_code)
-    data_folder, data_files = check_data(record, store.dataset, chosen.label)  # hashed once, for the record too
+    data_folder, data_files = check_data(record, store.dataset, chosen.label, fingerprints)  # for the record too
     if not info.get("experiment_file"):
         raise XvalError(f"run {info.get('run_id')}: its record does not name its experiment module (an older xvalkit)")
     models, generator = snapshot_models(snapshot, info["experiment_file"], saved["parameters"]["framework"])
@@ -286,9 +290,10 @@ def reproduce_experiment(store: ExperimentStore, instance: int | None, fold: int
     """`xval reproduce`: one line per fold, and a last line; True if every fold was reproduced."""
     from rich.markup import escape
 
-    verdicts = []
+    verdicts, fingerprints = [], {}  # the data is read once for every fold, not once per fold
     for chosen in choose_folds(store, instance, fold):
-        verdict = reproduce_fold(store, chosen, trust_code, say=lambda line: console.print(escape(line)))
+        verdict = reproduce_fold(store, chosen, trust_code, say=lambda line: console.print(escape(line)),
+                                 fingerprints=fingerprints)
         verdicts.append(verdict)
         console.print(f"{chosen.label}: [{COLOURS[verdict.kind]}]{verdict.kind}[/]"
                       + (f": {escape(verdict.detail)}" if verdict.detail else ""))

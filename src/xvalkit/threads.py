@@ -74,13 +74,14 @@ def planned() -> int:
     return int(os.environ.get(PLANNED_VARIABLE) or cores())
 
 
-def set_tensorflow_threads() -> None:
-    """TensorFlow's pools at this process's share; too late once TensorFlow ran an operation."""
+def set_tensorflow_threads(intra: int | None = None, inter: int = 1) -> None:
+    """TensorFlow's pools at `intra` threads (default: this process's share) and `inter`; too late
+    once TensorFlow ran an operation."""
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(planned())
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(planned() if intra is None else intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:  # already initialised: it keeps the pools it has (in_use says which)
         pass
 
