@@ -99,6 +99,9 @@ def test_a_fold_records_its_environment_seeds_and_data(trained):
                             "batch_order": record["seed"]}
     keras_env = pickle.loads((trained["folder"] / "results" / "folds" / "demo_exp1_run1_fold1.pkl").read_bytes())["record"]["environment"]
     assert keras_env["determinism"]["tf_op_determinism"] is True and keras_env["packages"]["keras"] == metadata.version("keras")
+    import tensorflow as tf  # installed as tensorflow or tensorflow-cpu, whose wheel names it tensorflow_cpu
+
+    assert tf.__version__ in (keras_env["packages"].get("tensorflow"), keras_env["packages"].get("tensorflow-cpu"))
     run = json.loads(next((trained["folder"] / "code" / "runs").glob("*.json")).read_text())
     assert run["pip_freeze"]["numpy"] == metadata.version("numpy") and len(run["pip_freeze"]) > 20
     assert run["experiment_file"] == "exp_test.py"

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import site
 import sys
 from importlib import metadata
@@ -39,6 +40,12 @@ def installed_packages() -> dict[str, str]:
         if name and name not in found:  # the first on sys.path wins, as for an import
             found[name] = dist.version
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+
+
+def canonical(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): wheels name TensorFlow's CPU build
+    'tensorflow_cpu' in their metadata, which is 'tensorflow-cpu' to pip."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def packages_digest(packages: dict[str, str]) -> str:
@@ -83,6 +90,7 @@ def fold_environment(device: str, determinism: dict, seeds: dict) -> dict:
     """What a fold record keeps of where it ran (the module docstring); `device` as the trainer
     names it ('CPU', 'GPU 0 (NVIDIA H200)')."""
     packages = installed_packages()
+    versions = {canonical(name): version for name, version in packages.items()}
     return {
         "python": sys.version.split()[0],
         "xvalkit": __version__,
@@ -91,7 +99,7 @@ def fold_environment(device: str, determinism: dict, seeds: dict) -> dict:
         "cpu_count": os.cpu_count(),
         "device": device,
         "gpu_driver": gpu_driver() if device != "CPU" else None,
-        "packages": {name: packages[name] for name in KEY_PACKAGES if name in packages},
+        "packages": {name: versions[name] for name in KEY_PACKAGES if name in versions},
         "packages_sha256": packages_digest(packages),
         "determinism": determinism,
         "seeds": seeds,
