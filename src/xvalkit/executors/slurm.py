@@ -52,7 +52,7 @@ class SlurmExecutor:
         except BaseException:  # Ctrl-C or sbatch refusing an array: none of the run's arrays stays queued
             self.cancel(self.job_ids)
             raise
-        arrays = sorted({task.job_id.split("_")[0] for task, _ in tasks}, key=int)
+        arrays = sorted(self.job_ids, key=int)
         self.say(f"submitted {len(jobs)} fold(s) as {len(tasks)} Slurm task(s): job(s) {', '.join(arrays)} "
                  f"({self.settings.describe()}); submitit files in {folder}")
         if self.detach:
