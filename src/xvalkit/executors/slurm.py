@@ -116,14 +116,14 @@ class Watch:
         remaining = list(self.tasks)
         while self.open:
             watcher.update()  # one sacct call for every job of the run
-            ended = [(task, bundle) for task, bundle in remaining if task.done()]
+            ended, running = [], []
+            for pair in remaining:
+                (ended if pair[0].done() else running).append(pair)
             self._follow_folds()  # after the states: an ended task's folds are on disk by now
             for task, bundle in ended:
-                self._finish(task, bundle)
-            remaining = [(task, bundle) for task, bundle in remaining if not any(task is t for t, _ in ended)]
+                self._finish(task, bundle)  # raises, or leaves none of the bundle's folds open
+            remaining = running
             if not remaining:
-                for job in list(self.open.values()):  # every task ended: what is left was never trained
-                    self._fail(job, "its Slurm task ended without training it")
                 break
             stop.check()
             time.sleep(POLL_SECONDS)
