@@ -297,6 +297,34 @@ def test_ctrl_c_cancels_every_job_it_submitted(tmp_path, config_file, cluster):
              None, "sacct to show every task cancelled", TIMEOUT)
 
 
+def test_what_an_earlier_run_left_does_not_start_a_waiting_fold(tmp_path, config_file, cluster):
+    # A cancelled run left fold 2's log (an epoch in it) and its running marker; in this run fold 2's
+    # task waits behind fold 1's (array_parallelism=1), held: it never started, so Ctrl-C abandons no fold 2
+    hold = tmp_path / "hold"
+    hold.touch()
+    path = experiment(tmp_path, {1: instance("held", "Held_model", "none", 'framework="torch"')}, hold=hold,
+                      num_folds=2)
+    log = exp_folder(path) / "logs" / "run1_fold2.log"
+    marker = exp_folder(path) / "results" / "running" / "run1_fold2.json"
+    for left in (log, marker):
+        left.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("09:00:00 epoch 2 loss=0.5 val_loss=0.6\n")
+    marker.write_text(json.dumps({"pid": 1, "host": "another-node", "start": 0}))
+    proc = run_slurm(cluster, path, config_file, "--slurm", "array_parallelism=1", wait=False)
+    try:
+        running = exp_folder(path) / "results" / "running" / "run1_fold1.json"
+        wait_for(running.exists, proc, "fold 1 to be held", TIMEOUT)  # the watcher has polled since the submission
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    abandoned = next(line for line in err.splitlines() if "abandoned (will be redone)" in line)
+    assert "fold 2/2" not in abandoned, err
+    wait_for(lambda: not cluster.jobs(), None, "the queue to let them go", TIMEOUT)
+
+
 def test_a_folder_the_nodes_cannot_see_is_one_line(tmp_path, config_file, cluster):
     # The experiment lives on a tmpfs mounted in a mount namespace of its own: xval sees it, the
     # node's slurmd (outside the namespace) sees the empty folder beneath.

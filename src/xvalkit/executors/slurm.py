@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ class SlurmExecutor:
         if not jobs:
             return
         folder = slurm_folder(Path(jobs[0].store_folder), jobs[0].run_id)
+        left = {} if self.detach else left_behind(jobs)  # before any task of this run can start
         try:
             tasks = self._submit(jobs, folder)
         except BaseException:  # Ctrl-C or sbatch refusing an array: none of the run's arrays stays queued
@@ -61,7 +63,7 @@ class SlurmExecutor:
             return
         with StopRequest("cancelling the Slurm jobs") as stop:
             try:
-                Watch(tasks, listener, debug).run(stop)
+                Watch(tasks, listener, debug, left).run(stop)
             except (KeyboardInterrupt, EnvironmentFault, JobError, XvalError):
                 self.cancel(arrays)
                 raise
@@ -101,8 +103,9 @@ class SlurmExecutor:
 class Watch:
     """Follows the submitted tasks until every fold is finished or failed."""
 
-    def __init__(self, tasks: list, listener: Listener, debug: bool):
+    def __init__(self, tasks: list, listener: Listener, debug: bool, left: dict[Path, tuple[int, int]]):
         self.tasks = tasks
+        self.left = left  # stamps of the logs and markers an earlier run left (left_behind): no fold started
         self.listener = listener
         self.debug = debug
         self.open: dict[tuple[int, int], FoldJob] = {job.key: job for _, bundle in tasks for job in bundle}
@@ -136,15 +139,23 @@ class Watch:
             path = files.get(key[0], {}).get(key[1])
             if path is not None:
                 self._done(job, path)
-            elif self.store.log_path(*key).is_file() or self.store.running_path(*key).is_file():
+            elif self._written(self.store.log_path(*key)) or self._written(self.store.running_path(*key)):
                 if key not in self.started:
                     self.started.add(key)
                     self.listener.started(job, f"Slurm {self.task_of[key]}")
                 self._epochs(job)
 
+    def _written(self, path: Path) -> bool:
+        """Whether `path` is a file this run's task wrote: not absent, nor as an earlier run left it."""
+        stamp = _stamp(path)
+        return stamp is not None and stamp != self.left.get(path)
+
     def _epochs(self, job: FoldJob) -> None:
+        path = self.store.log_path(*job.key)
+        if not self._written(path):  # an earlier run's log: the task marks the fold running, then opens it anew
+            return
         try:
-            lines = self.store.log_path(*job.key).read_text(errors="replace").splitlines()
+            lines = path.read_text(errors="replace").splitlines()
         except OSError:
             return
         for line in reversed(lines):
@@ -190,6 +201,26 @@ class Watch:
             raise XvalError(unseen_message(bundle[0], f"the node of task {task.job_id}"))
         for job in lost:
             self._fail(job, problem)
+
+
+def left_behind(jobs: list[FoldJob]) -> dict[Path, tuple[int, int]]:
+    """The stamps of the logs and running markers of `jobs` that an earlier (killed, cancelled) run left.
+
+    A fold's task opens its log anew and rewrites its marker when it begins the fold, changing their
+    stamps: taken before submitting, these tell a fold this run started from one still waiting."""
+    store = jobs[0].store()
+    paths = [path for job in jobs for path in (store.log_path(*job.key), store.running_path(*job.key))]
+    return {path: stamp for path in paths if (stamp := _stamp(path)) is not None}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, None if there is none; compared only with stamps from the same
+    file system, never with a clock (the nodes' and this machine's may differ)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
 
 def _outcomes(task) -> tuple[list, str | None]:
