@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import stat
 import subprocess
@@ -112,6 +113,7 @@ class Watch:
         self.task_of = {job.key: task.job_id for task, bundle in tasks for job in bundle}
         self.started: set[tuple[int, int]] = set()
         self.epochs: dict[tuple[int, int], int] = {}
+        self.log_read: dict[tuple[int, int], tuple[int, int]] = {}  # each log's stamp when last read
         self.store = tasks[0][1][0].store()
 
     def run(self, stop: StopRequest) -> None:
@@ -133,27 +135,39 @@ class Watch:
             stop.check()
 
     def _follow_folds(self) -> None:
-        """Report folds whose files appeared; start and epoch lines of the running ones."""
+        """Report folds whose files appeared; start and epoch lines of the running ones.
+
+        One poll lists results/folds, logs and results/running once each (a fold started is not looked
+        up there again), and reads a log again only when it changed: thousands of waiting folds on a
+        network file system cost three listings, and a stat for each file an earlier run left."""
         files = self.store.fold_files()
+        listings: dict[Path, set[str]] = {}
         for key, job in list(self.open.items()):
             path = files.get(key[0], {}).get(key[1])
             if path is not None:
                 self._done(job, path)
-            elif self._written(self.store.log_path(*key)) or self._written(self.store.running_path(*key)):
-                if key not in self.started:
-                    self.started.add(key)
-                    self.listener.started(job, f"Slurm {self.task_of[key]}")
-                self._epochs(job)
+                continue
+            if key not in self.started:
+                if not (self._written(self.store.log_path(*key), listings)
+                        or self._written(self.store.running_path(*key), listings)):
+                    continue
+                self.started.add(key)
+                self.listener.started(job, f"Slurm {self.task_of[key]}")
+            self._epochs(job)
 
-    def _written(self, path: Path) -> bool:
+    def _written(self, path: Path, listings: dict[Path, set[str]]) -> bool:
         """Whether `path` is a file this run's task wrote: not absent, nor as an earlier run left it."""
-        stamp = _stamp(path)
-        return stamp is not None and stamp != self.left.get(path)
+        if not _listed(path, listings):
+            return False
+        return path not in self.left or _stamp(path) not in (None, self.left[path])
 
     def _epochs(self, job: FoldJob) -> None:
         path = self.store.log_path(*job.key)
-        if not self._written(path):  # an earlier run's log: the task marks the fold running, then opens it anew
+        stamp = _stamp(path)
+        # none yet, an earlier run's (the task marks the fold running, then opens it anew), or read already
+        if stamp is None or stamp == self.left.get(path) or stamp == self.log_read.get(job.key):
             return
+        self.log_read[job.key] = stamp
         try:
             lines = path.read_text(errors="replace").splitlines()
         except OSError:
@@ -209,8 +223,22 @@ def left_behind(jobs: list[FoldJob]) -> dict[Path, tuple[int, int]]:
     A fold's task opens its log anew and rewrites its marker when it begins the fold, changing their
     stamps: taken before submitting, these tell a fold this run started from one still waiting."""
     store = jobs[0].store()
-    paths = [path for job in jobs for path in (store.log_path(*job.key), store.running_path(*job.key))]
+    listings: dict[Path, set[str]] = {}
+    paths = [path for job in jobs for path in (store.log_path(*job.key), store.running_path(*job.key))
+             if _listed(path, listings)]
     return {path: stamp for path in paths if (stamp := _stamp(path)) is not None}
+
+
+def _listed(path: Path, listings: dict[Path, set[str]]) -> bool:
+    """Whether `path` is a file, from one listing of its folder, kept in `listings` for the next paths."""
+    folder = path.parent
+    if folder not in listings:
+        try:
+            with os.scandir(folder) as entries:
+                listings[folder] = {entry.name for entry in entries if entry.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            listings[folder] = set()
+    return path.name in listings[folder]
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
