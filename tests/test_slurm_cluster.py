@@ -139,6 +139,19 @@ def attempts(cluster: SlurmCluster, task: str) -> list[str]:
     return states
 
 
+def ctrl_c(proc: subprocess.Popen, ready, what: str) -> str:
+    """The stderr of a run stopped by Ctrl-C once `ready()` (killed if the test fails before)."""
+    try:
+        wait_for(ready, proc, what, TIMEOUT)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    return err
+
+
 def fold_file(path: Path, run: int, fold: int) -> Path:
     return exp_folder(path) / "results" / "folds" / f"demo_exp1_run{run}_fold{fold}.pkl"
 
@@ -278,23 +291,36 @@ def test_ctrl_c_cancels_every_job_it_submitted(tmp_path, config_file, cluster):
     path = experiment(tmp_path, {i: instance(f"h{i}", "Held_model", "none", 'framework="torch"') for i in (1, 2, 3)},
                       hold=hold, num_folds=2)
     proc = run_slurm(cluster, path, config_file, "--slurm", "array_parallelism=1", wait=False)
-    try:
-        wait_for(lambda: list((exp_folder(path) / "results" / "running").glob("*.json")), proc, "a fold to be held",
-                 TIMEOUT)
-        tasks = submissions(path)
-        arrays = sorted({task.split("_")[0] for task in tasks}, key=int)
-        assert len(arrays) == 2  # six tasks: two arrays
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    err = ctrl_c(proc, lambda: list((exp_folder(path) / "results" / "running").glob("*.json")), "a fold to be held")
+    tasks = submissions(path)  # jobs.json, as the run wrote it when it submitted
+    arrays = sorted({task.split("_")[0] for task in tasks}, key=int)
+    assert len(arrays) == 2  # six tasks: two arrays
     assert f"cancelled Slurm job(s) {', '.join(arrays)} (scancel)" in err
     wait_for(lambda: not any(job.split("_")[0] in arrays for job in cluster.jobs()), None, "the queue to let them go",
              TIMEOUT)
     wait_for(lambda: all(attempts(cluster, t) and attempts(cluster, t)[-1].startswith("CANCELLED") for t in tasks),
              None, "sacct to show every task cancelled", TIMEOUT)
+
+
+def test_what_an_earlier_run_left_does_not_start_a_waiting_fold(tmp_path, config_file, cluster):
+    # A cancelled run left fold 2's log (an epoch in it) and its running marker; in this run fold 2's
+    # task waits behind fold 1's (array_parallelism=1), held: it never started, so Ctrl-C abandons no fold 2
+    hold = tmp_path / "hold"
+    hold.touch()
+    path = experiment(tmp_path, {1: instance("held", "Held_model", "none", 'framework="torch"')}, hold=hold,
+                      num_folds=2)
+    log = exp_folder(path) / "logs" / "run1_fold2.log"
+    marker = exp_folder(path) / "results" / "running" / "run1_fold2.json"
+    for left in (log, marker):
+        left.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("09:00:00 epoch 2 loss=0.5 val_loss=0.6\n")
+    marker.write_text(json.dumps({"pid": 1, "host": "another-node", "start": 0}))
+    proc = run_slurm(cluster, path, config_file, "--slurm", "array_parallelism=1", wait=False)
+    running = exp_folder(path) / "results" / "running" / "run1_fold1.json"
+    err = ctrl_c(proc, running.exists, "fold 1 to be held")  # the watcher has polled since the submission
+    abandoned = next(line for line in err.splitlines() if "abandoned (will be redone)" in line)
+    assert "fold 2/2" not in abandoned, err
+    wait_for(lambda: not cluster.jobs(), None, "the queue to let them go", TIMEOUT)
 
 
 def test_a_folder_the_nodes_cannot_see_is_one_line(tmp_path, config_file, cluster):

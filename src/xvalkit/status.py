@@ -106,6 +106,9 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
     running = store.running()
     table = Table(title=Text(f"{exp.path.name}: {store.folder}"))
     slurm = slurm_states(store.folder)  # {} unless a run submitted folds to Slurm
+    slurm_lines: dict[int, list[str]] = {}  # instance: 'fold: state' lines, in fold order
+    for (instance, fold), state in sorted(slurm.items()):
+        slurm_lines.setdefault(instance, []).append(f"{fold}: {state}")
     for column in ("ID", "comment_1", "done", "diverged", "running", "pending", "failed") + (("Slurm",) if slurm else ()):
         table.add_column(column)
     ids = sorted(set(exp.instances) | set(store.instance_ids())) if selected is None else selected
@@ -127,6 +130,6 @@ def print_status(exp: Experiment, selected: list[int] | None = None) -> None:
         cells = _plain(str(run), comment, *(", ".join(map(str, f)) or "-" for f in (folds, diverged, now, pending)))
         cells.append(Text(last_line, style="red") if error else "-")
         if slurm:  # each fold's Slurm state beside its file state
-            cells += _plain("\n".join(f"{f}: {state}" for (r, f), state in sorted(slurm.items()) if r == run) or "-")
+            cells += _plain("\n".join(slurm_lines.get(run, [])) or "-")
         table.add_row(*cells)
     console.print(table)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -47,12 +49,13 @@ class SlurmExecutor:
         if not jobs:
             return
         folder = slurm_folder(Path(jobs[0].store_folder), jobs[0].run_id)
+        left = {} if self.detach else left_behind(jobs)  # before any task of this run can start
         try:
             tasks = self._submit(jobs, folder)
         except BaseException:  # Ctrl-C or sbatch refusing an array: none of the run's arrays stays queued
             self.cancel(self.job_ids)
             raise
-        arrays = sorted({task.job_id.split("_")[0] for task, _ in tasks}, key=int)
+        arrays = sorted(self.job_ids, key=int)
         self.say(f"submitted {len(jobs)} fold(s) as {len(tasks)} Slurm task(s): job(s) {', '.join(arrays)} "
                  f"({self.settings.describe()}); submitit files in {folder}")
         if self.detach:
@@ -61,7 +64,7 @@ class SlurmExecutor:
             return
         with StopRequest("cancelling the Slurm jobs") as stop:
             try:
-                Watch(tasks, listener, debug).run(stop)
+                Watch(tasks, listener, debug, left).run(stop)
             except (KeyboardInterrupt, EnvironmentFault, JobError, XvalError):
                 self.cancel(arrays)
                 raise
@@ -101,14 +104,16 @@ class SlurmExecutor:
 class Watch:
     """Follows the submitted tasks until every fold is finished or failed."""
 
-    def __init__(self, tasks: list, listener: Listener, debug: bool):
+    def __init__(self, tasks: list, listener: Listener, debug: bool, left: dict[Path, tuple[int, int]]):
         self.tasks = tasks
+        self.left = left  # stamps of the logs and markers an earlier run left (left_behind): no fold started
         self.listener = listener
         self.debug = debug
         self.open: dict[tuple[int, int], FoldJob] = {job.key: job for _, bundle in tasks for job in bundle}
         self.task_of = {job.key: task.job_id for task, bundle in tasks for job in bundle}
         self.started: set[tuple[int, int]] = set()
         self.epochs: dict[tuple[int, int], int] = {}
+        self.log_read: dict[tuple[int, int], tuple[int, int]] = {}  # each log's stamp when last read
         self.store = tasks[0][1][0].store()
 
     def run(self, stop: StopRequest) -> None:
@@ -116,35 +121,55 @@ class Watch:
         remaining = list(self.tasks)
         while self.open:
             watcher.update()  # one sacct call for every job of the run
-            ended = [(task, bundle) for task, bundle in remaining if task.done()]
+            ended, running = [], []
+            for pair in remaining:
+                (ended if pair[0].done() else running).append(pair)
             self._follow_folds()  # after the states: an ended task's folds are on disk by now
             for task, bundle in ended:
-                self._finish(task, bundle)
-            remaining = [(task, bundle) for task, bundle in remaining if not any(task is t for t, _ in ended)]
+                self._finish(task, bundle)  # raises, or leaves none of the bundle's folds open
+            remaining = running
             if not remaining:
-                for job in list(self.open.values()):  # every task ended: what is left was never trained
-                    self._fail(job, "its Slurm task ended without training it")
                 break
             stop.check()
             time.sleep(POLL_SECONDS)
             stop.check()
 
     def _follow_folds(self) -> None:
-        """Report folds whose files appeared; start and epoch lines of the running ones."""
+        """Report folds whose files appeared; start and epoch lines of the running ones.
+
+        One poll lists results/folds, logs and results/running once each (a fold started is not looked
+        up there again), and reads a log again only when it changed: thousands of waiting folds on a
+        network file system cost three listings, and a stat for each file an earlier run left."""
         files = self.store.fold_files()
+        listings: dict[Path, set[str]] = {}
         for key, job in list(self.open.items()):
             path = files.get(key[0], {}).get(key[1])
             if path is not None:
                 self._done(job, path)
-            elif self.store.log_path(*key).is_file() or self.store.running_path(*key).is_file():
-                if key not in self.started:
-                    self.started.add(key)
-                    self.listener.started(job, f"Slurm {self.task_of[key]}")
-                self._epochs(job)
+                continue
+            if key not in self.started:
+                if not (self._written(self.store.log_path(*key), listings)
+                        or self._written(self.store.running_path(*key), listings)):
+                    continue
+                self.started.add(key)
+                self.listener.started(job, f"Slurm {self.task_of[key]}")
+            self._epochs(job)
+
+    def _written(self, path: Path, listings: dict[Path, set[str]]) -> bool:
+        """Whether `path` is a file this run's task wrote: not absent, nor as an earlier run left it."""
+        if not _listed(path, listings):
+            return False
+        return path not in self.left or _stamp(path) not in (None, self.left[path])
 
     def _epochs(self, job: FoldJob) -> None:
+        path = self.store.log_path(*job.key)
+        stamp = _stamp(path)
+        # none yet, an earlier run's (the task marks the fold running, then opens it anew), or read already
+        if stamp is None or stamp == self.left.get(path) or stamp == self.log_read.get(job.key):
+            return
+        self.log_read[job.key] = stamp
         try:
-            lines = self.store.log_path(*job.key).read_text(errors="replace").splitlines()
+            lines = path.read_text(errors="replace").splitlines()
         except OSError:
             return
         for line in reversed(lines):
@@ -190,6 +215,40 @@ class Watch:
             raise XvalError(unseen_message(bundle[0], f"the node of task {task.job_id}"))
         for job in lost:
             self._fail(job, problem)
+
+
+def left_behind(jobs: list[FoldJob]) -> dict[Path, tuple[int, int]]:
+    """The stamps of the logs and running markers of `jobs` that an earlier (killed, cancelled) run left.
+
+    A fold's task opens its log anew and rewrites its marker when it begins the fold, changing their
+    stamps: taken before submitting, these tell a fold this run started from one still waiting."""
+    store = jobs[0].store()
+    listings: dict[Path, set[str]] = {}
+    paths = [path for job in jobs for path in (store.log_path(*job.key), store.running_path(*job.key))
+             if _listed(path, listings)]
+    return {path: stamp for path in paths if (stamp := _stamp(path)) is not None}
+
+
+def _listed(path: Path, listings: dict[Path, set[str]]) -> bool:
+    """Whether `path` is a file, from one listing of its folder, kept in `listings` for the next paths."""
+    folder = path.parent
+    if folder not in listings:
+        try:
+            with os.scandir(folder) as entries:
+                listings[folder] = {entry.name for entry in entries if entry.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            listings[folder] = set()
+    return path.name in listings[folder]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, None if there is none; compared only with stamps from the same
+    file system, never with a clock (the nodes' and this machine's may differ)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
 
 def _outcomes(task) -> tuple[list, str | None]:

@@ -48,25 +48,16 @@ def task_states(tasks: set[str]) -> dict[str, str]:
     arrays = sorted({task.split("_")[0] for task in tasks}, key=int)
     if shutil.which("sacct") is None:
         return dict.fromkeys(tasks, "?")
-    try:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
+    try:  # with its header line, as submitit reads it
+        out = subprocess.run(["sacct", "-X", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
                              capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return dict.fromkeys(tasks, "?")
-    from submitit.slurm.slurm import read_job_id
+    from submitit.slurm.slurm import SlurmInfoWatcher
 
-    states: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        job_id, _, state = line.partition("|")
-        try:
-            ids = read_job_id(job_id)
-        except Exception:  # a form sacct prints that submitit does not know
-            continue
-        for parts in ids:  # a pending array prints as 123_[0-5%2]: each task of the range
-            indices = range(int(parts[1]), int(parts[-1]) + 1) if len(parts) > 1 else [None]
-            for index in indices:
-                states[parts[0] if index is None else f"{parts[0]}_{index}"] = state.split()[0] if state else "?"
-    return {task: states.get(task, "?") for task in tasks}
+    # submitit's reading of its own jobs: 123, 123_4, and a pending array's 123_[0-5%2] task by task
+    info = SlurmInfoWatcher().read_info(out.stdout)
+    return {task: (info.get(task, {}).get("State") or "?").split()[0] for task in tasks}  # 'CANCELLED by 0'
 
 
 def fold_states(store_folder: Path) -> dict[tuple[int, int], str]:

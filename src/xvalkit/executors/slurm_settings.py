@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..config import check_keys, parse_value
 from ..errors import XvalError
@@ -27,7 +27,7 @@ class SlurmSettings:
     array_parallelism: int = 0  # tasks of one array running at once; 0: no cap of ours
     folds_per_task: int = 1  # folds trained one after the other by one task (short folds: several)
     max_requeues: int = 3  # requeues after running out of time (a preempted task is always requeued)
-    sbatch_lines: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("--constraint=a100",)
+    sbatch_lines: tuple[str, ...] = ()  # e.g. ("--constraint=a100",)
 
     @classmethod
     def from_config(cls, section: dict, overrides: list[str] | None = None) -> "SlurmSettings":
@@ -39,8 +39,7 @@ class SlurmSettings:
             values[name.strip()] = parse_value(value)
         check_keys("slurm", values, cls.__dataclass_fields__)
         for name, value in values.items():
-            values[name] = _checked(name, value, cls.__dataclass_fields__[name].default
-                                    if name != "sbatch_lines" else ())
+            values[name] = _checked(name, value, cls.__dataclass_fields__[name].default)
         return cls(**values)
 
     def as_dict(self) -> dict:
