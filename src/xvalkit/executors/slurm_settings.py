@@ -20,7 +20,7 @@ class SlurmSettings:
     partition: str = ""  # "": the cluster's default partition
     time: int = 60  # minutes per task (sbatch --time)
     cpus_per_task: int = 1
-    mem_gb: float = 0  # 0: the partition's default
+    mem_gb: float = 0.0  # 0: the partition's default (a float default: 1.5 GB is a valid request)
     gpus_per_task: int = 0
     account: str = ""
     qos: str = ""
