@@ -166,6 +166,20 @@ def test_a_diverging_member_and_an_early_stopping_member_touch_no_other(tmp_path
     assert together.order.index((3, 1)) < together.order.index((1, 1))
 
 
+def test_a_member_whose_begin_fails_fails_alone_and_leaves_no_running_marker(tmp_path, data_folder):
+    """A folder where fold 2's log goes: its begin raises after marking it running; it fails alone,
+    the others train, and no running marker is left behind (`xval status` would show it running)."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=3,
+                     global_parameters=['framework="torch"', "num_epochs=1", "batch_size=16"])
+    folder = tmp_path / "together"
+    (folder / "logs" / "run1_fold2.log").mkdir(parents=True)
+    collect = Collect()
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, folder))), collect)
+    assert sorted(collect.records) == [(1, 1), (1, 3)]
+    assert list(collect.failures) == [(1, 2)] and isinstance(collect.failures[(1, 2)], IsADirectoryError)
+    assert not list((folder / "results" / "running").glob("*.json"))
+
+
 def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(tmp_path, config_file):
     """One group of four folds: instance 1's two stop after one epoch (written at once), instance 2's
     train on; kill -9 then; the rerun keeps instance 1's folds and trains instance 2's."""

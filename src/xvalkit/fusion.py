@@ -215,9 +215,13 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
                     listener.failed(s.job, exc)
         return [], 0
     finally:
-        for s in started:
-            with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
-                store.unmark_running(*s.job.key)
+        # every member begun and not finished (member_done unmarked those), including one whose
+        # begin raised after writing its marker
+        finished = {started[i].job.key for i in done}
+        for job in members:
+            if job.key not in finished:
+                with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
+                    store.unmark_running(*job.key)
 
 
 def run_in_process(group: FusedJob, listener, where: str, stop, debug: bool) -> None:
