@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -177,6 +178,65 @@ def test_a_member_whose_begin_fails_fails_alone_and_leaves_no_running_marker(tmp
     fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, folder))), collect)
     assert sorted(collect.records) == [(1, 1), (1, 3)]
     assert list(collect.failures) == [(1, 2)] and isinstance(collect.failures[(1, 2)], IsADirectoryError)
+    assert not list((folder / "results" / "running").glob("*.json"))
+
+
+GATED_MODELS = '''
+import math
+import time
+from pathlib import Path
+
+from torch import nn
+
+FAILED = Path(__file__).parent / "results" / "demo" / "experiment_1" / "results" / "error_demo_exp1_run3.txt"
+
+
+class Gated(nn.Module):
+    """A linear model whose training waits until instance 3 has failed: its group holds one worker
+    while the other worker trains the group that fails it."""
+
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.out = nn.Linear(size, outputs)
+
+    def forward(self, x):
+        while self.training and not FAILED.exists():
+            time.sleep(0.05)
+        return self.out(x.flatten(1))
+
+
+def Gated_model(input_shape, num_outputs, task_type):
+    return Gated(math.prod(input_shape), num_outputs)
+'''
+
+
+@pytest.mark.parametrize("workers, first", [("1", instance("other", "MLP_model", "none", "hidden_sizes=(8,)")),
+                                             ("2", instance("gated", "Gated_model", "none"))])
+def test_a_failed_instance_skips_only_its_own_folds_in_fused_groups(tmp_path, config_file, workers, first):
+    """Groups of at most 3 folds: instance 1 alone (another group key), then [2.1, 2.2, 3.1] and
+    [3.2, 4.1, 4.2]. Fold 3.1 fails (a folder where its log goes); the second group, which starts with
+    a fold of the failed instance, still trains instance 4's folds, and only fold 3.2 is skipped. With
+    two workers, instance 1's group holds one worker until 3.1 has failed, so that the second group is
+    handed out after it."""
+    (tmp_path / "gated.py").write_text(GATED_MODELS)
+    path = write_experiment(tmp_path, {1: first, **{i: instance(c, "MLP_model", "none", *MLP) for i, c in
+                                                    ((2, "a"), (3, "fails"), (4, "b"))}},
+                            models="gated.py", num_folds=2, global_parameters=['framework="torch"', "num_epochs=2",
+                                                                              "batch_size=16"])
+    folder = tmp_path / "results" / "demo" / "experiment_1"
+    (folder / "logs" / "run3_fold1.log").mkdir(parents=True)
+    run = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "--cpu-workers",
+                          workers, "-q", "--config", str(config_file)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "XVAL_FUSE_MAX_MEMBERS": "3"})
+    assert run.returncode == 1, run.stderr
+    assert "fused group 3: 3 folds trained as one model (instance(s) 3-4, fold(s) 1-2)" in run.stderr, run.stderr
+    assert "instance 3 fold 1/2 failed: IsADirectoryError" in run.stderr, run.stderr
+    done, failed = re.search(r"summary: done ([\d, ]+); .* failed ([\d, ]+);", run.stderr).groups()
+    assert (sorted(done.split(", ")), failed) == (["1", "2", "4"], "3"), run.stderr  # done in the order they end
+    folds = folder / "results" / "folds"
+    assert sorted(p.name for p in folds.glob("*.pkl")) == [f"demo_exp1_run{i}_fold{f}.pkl" for i in (1, 2, 4)
+                                                           for f in (1, 2)]
+    assert not (folder / "logs" / "run3_fold2.log").exists()  # never started
     assert not list((folder / "results" / "running").glob("*.json"))
 
 

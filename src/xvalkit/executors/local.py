@@ -18,7 +18,7 @@ from collections import deque
 from multiprocessing.connection import wait
 
 from ..faults import EnvironmentFault
-from ..fusion import FusedJob
+from ..fusion import FusedJob, to_run
 from ..interrupts import StopRequest
 from ..jobs import FoldJob
 from . import JobError, Listener, Slot
@@ -133,13 +133,13 @@ class LocalPoolExecutor:
             for i, slot in enumerate(self.slots):  # give every idle slot a job
                 if workers[i] is not None and workers[i].job is not None:
                     continue
-                while pending and listener.should_skip(pending[0]):
-                    pending.popleft()
-                if not pending:
+                job = None
+                while pending and job is None:
+                    job = to_run(pending.popleft(), listener.should_skip)
+                if job is None:
                     break
                 if workers[i] is None:
                     workers[i] = Worker(slot, self.context)
-                job = pending.popleft()
                 workers[i].job, workers[i].reported = job, set()
                 workers[i].conn.send(job)
                 for member in members_of(job):
