@@ -240,6 +240,24 @@ def test_a_failed_instance_skips_only_its_own_folds_in_fused_groups(tmp_path, co
     assert not list((folder / "results" / "running").glob("*.json"))
 
 
+def test_the_progress_bar_counts_the_folds_of_fused_groups(tmp_path, config_file):
+    """On a terminal, the bar's total is the folds to train: 4 in one fused group end at 4/4."""
+    import io
+
+    from rich.console import Console
+
+    from xvalkit.runner import run_experiment
+
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=4,
+                            global_parameters=['framework="torch"', "num_epochs=1", "batch_size=16"])
+    out = io.StringIO()
+    summary = run_experiment(load_experiment(path, config_file=config_file), RunOptions(fuse=True),
+                             Console(file=out, force_terminal=True, width=200, highlight=False))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # the terminal's escape codes
+    assert summary.done == [1] and "fused group 1: 4 folds" in text
+    assert re.findall(r"folds \S+ (\d+/\d+)", text)[-1] == "4/4", text
+
+
 def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(tmp_path, config_file):
     """One group of four folds: instance 1's two stop after one epoch (written at once), instance 2's
     train on; kill -9 then; the rerun keeps instance 1's folds and trains instance 2's."""

@@ -45,10 +45,6 @@ class FusedJob:
         return self.members[0].key
 
     @property
-    def instance(self) -> int:
-        return self.members[0].instance
-
-    @property
     def label(self) -> str:
         return f"fused group of {len(self.members)} folds ({self.members[0].label}, ...)"
 
