@@ -258,6 +258,66 @@ def test_the_progress_bar_counts_the_folds_of_fused_groups(tmp_path, config_file
     assert re.findall(r"folds \S+ (\d+/\d+)", text)[-1] == "4/4", text
 
 
+TRIPWIRE_MODELS = '''
+import math
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+from torch import nn
+
+DIED = Path(__file__).with_name("died")
+
+
+class Tripwire:
+    """Kills the worker process that frees it, once: a model's last reference goes when its group
+    has written every member, before the worker says it is done. Its copies (the fused model's) are
+    unarmed; the `xval run` process, which builds the model to check it, is spared."""
+
+    def __init__(self, armed=True):
+        self.armed = armed
+
+    def __deepcopy__(self, memo):
+        return Tripwire(armed=False)
+
+    def __del__(self):
+        if self.armed and multiprocessing.parent_process() is not None and not DIED.exists():
+            DIED.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Linear(nn.Module):
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.out = nn.Linear(size, outputs)
+        self.tripwire = Tripwire()
+
+    def forward(self, x):
+        return self.out(x.flatten(1))
+
+
+def Tripwire_model(input_shape, num_outputs, task_type):
+    return Linear(math.prod(input_shape), num_outputs)
+'''
+
+
+def test_a_worker_that_dies_after_its_group_is_written_trains_none_of_it_again(tmp_path, config_file):
+    """The local worker is killed after both members of its group were written and reported, before
+    its "done": nothing is retried, each fold is written and reported once."""
+    (tmp_path / "tripwire.py").write_text(TRIPWIRE_MODELS)
+    path = write_experiment(tmp_path, {1: instance("a", "Tripwire_model", "none")}, models="tripwire.py",
+                            num_folds=2, global_parameters=['framework="torch"', "num_epochs=1", "batch_size=16"])
+    run = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "--cpu-workers",
+                          "2", "-q", "--config", str(config_file)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "died").exists()  # the worker was killed
+    assert "fused group 1: 2 folds" in run.stderr
+    for fold in (1, 2):
+        assert run.stderr.count(f"instance 1 fold {fold}/2: test accuracy") == 1, run.stderr
+    assert "summary: done 1; " in run.stderr, run.stderr
+
+
 def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(tmp_path, config_file):
     """One group of four folds: instance 1's two stop after one epoch (written at once), instance 2's
     train on; kill -9 then; the rerun keeps instance 1's folds and trains instance 2's."""

@@ -190,12 +190,14 @@ class LocalPoolExecutor:
         code = worker.process.exitcode
         worker.job = None
         worker.stop()
-        left = unreported(job, worker.reported)  # a fused group: only its unfinished members
+        left = to_run(job, lambda fold: fold.key in worker.reported)  # a fused group: only its unfinished members
+        if left is None:  # it died after its group's last member was written: nothing to train again
+            return None
         if job.key not in retried:
             retried.add(job.key)
-            pending.appendleft(left[0] if len(left) == 1 else FusedJob(tuple(left)) if left else job)
+            pending.appendleft(left)
         else:
-            for member in left:
+            for member in members_of(left):
                 listener.failed(member, f"{death(code)}: the worker process training {job.label} died twice")
         return None
 
