@@ -525,6 +525,22 @@ def test_rmsprop_and_sgd_members_train_as_unfused(tmp_path, data_folder, optimiz
     assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
 
 
+def test_a_fused_fold_is_reproduced_bit_for_bit_under_another_string_hash_seed(tmp_path, config_file):
+    """Four L2-regularised kernels: their penalty, in the logged loss, is summed in the model's order,
+    whatever order PYTHONHASHSEED gives a set of their names (0 and 5 gave different orders, and sums)."""
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", "hidden_sizes=(16, 16, 16)",
+                                                   "dropout=0.0", "regularization_lambda=0.01", "num_epochs=3")},
+                            num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
+    base = [sys.executable, "-m", "xvalkit.cli"]
+    run = subprocess.run([*base, "run", str(path), "--cpu", "--fuse", "-q", "--config", str(config_file)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert run.returncode == 0, run.stderr
+    again = subprocess.run([*base, "reproduce", str(path), "1", "1", "--cpu", "--config", str(config_file)],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "5"})
+    output = again.stdout + again.stderr
+    assert "instance 1 fold 1: identical" in output, output
+
+
 def test_a_fused_fold_records_what_reproduce_needs_and_its_group_is_reproduced_bit_for_bit(tmp_path, config_file):
     """A fused member's record carries the environment, seeds, threads and data hashes of an unfused
     fold's and its group; `xval reproduce` trains the group again, fused, and gets it bit for bit."""

@@ -318,12 +318,13 @@ class FusedGroup:
         self.rates = {n: r.to(device) for n, r in _rates(models, dropout_paths(models[0])).items()}
         self.base = fused_copy(models[0])
         names = {id(p): n for n, p in models[0].named_parameters()}
-        decayed = {names[id(w)] for w in single.regularized_parameters(models[0])}
-        self.decayed = decayed
+        # a list in the unfused fold's order, not a set: the penalty's sum follows it (string hashes
+        # change with PYTHONHASHSEED, and `xval reproduce` compares histories bit for bit)
+        self.decayed = [names[id(w)] for w in single.regularized_parameters(models[0])]
         job = members[0].job
         lrs = torch.tensor([float(m.job.params["learning_rate"]) for m in members], dtype=torch.float64, device=device)
         l2s = torch.tensor([m.l2 for m in members], dtype=torch.float64, device=device)
-        self.optimizer = StackedOptimizer(job.params["optimizer"], self.params, decayed, lrs, l2s)
+        self.optimizer = StackedOptimizer(job.params["optimizer"], self.params, set(self.decayed), lrs, l2s)
         self.task_type = job.task_type
 
     def _forward(self, params: dict, buffers: dict, x):
@@ -421,12 +422,7 @@ class FusedGroup:
         self.members[k].model.load_state_dict(state if state is not None else self.state(k))
 
     def penalty(self, k: int, l2: float) -> float:
-        import torch
-
-        if not l2:
-            return 0.0
-        with torch.no_grad():
-            return float(l2 * sum(self.params[n][k].float().square().sum() for n in self.decayed))
+        return single.l2_penalty([self.params[n][k] for n in self.decayed], l2)
 
 
 def build_members(jobs: list[TrainJob], device: str) -> list:

@@ -226,7 +226,8 @@ class _Epoch:
         return float(self.loss) / self.count, float(self.metric) / self.count
 
 
-def _penalty(weights, l2: float) -> float:
+def l2_penalty(weights, l2: float) -> float:
+    """λ·Σw² over `weights`, summed in their order (float32: another order changes the last bits)."""
     import torch
 
     if not l2 or not weights:
@@ -359,7 +360,7 @@ def fit_predict(job: TrainJob) -> TrainOutput:
             # weights are close enough for a log (the gradient itself uses the exact penalty).
             val_loss, val_metric = _run_pass(model, sets["val"].iterate(eval_batch), loss_fn, job.task_type, device,
                                              amp).values()
-            penalty = _penalty(weights, l2)
+            penalty = l2_penalty(weights, l2)
             logs = {"loss": train_loss + penalty, metric: train_metric,
                     "val_loss": val_loss + penalty, f"val_{metric}": val_metric}
             for key, value in logs.items():
