@@ -247,8 +247,7 @@ def run_in_process(group: FusedJob, listener, where: str, stop, debug: bool) -> 
             raise exc
         listener.failed(job, failure_text(exc))
 
-    note = getattr(listener, "note", None) or GroupListener.say
-    execute_group(group, GroupListener(epoch, listener.finished, failed, note))
+    execute_group(group, GroupListener(epoch, listener.finished, failed, listener.note))
 
 
 def run_in_worker(group: FusedJob, send: Callable[[tuple], None]) -> None:

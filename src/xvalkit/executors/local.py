@@ -205,8 +205,7 @@ class LocalPoolExecutor:
     def _member_news(worker: Worker, kind: str, payload: list, listener: Listener, debug: bool) -> None:
         """A message about one member of the worker's fused group (fusion.run_in_worker)."""
         if kind == "note":
-            note = getattr(listener, "note", None)
-            return note(payload[0]) if note else None
+            return listener.note(payload[0])
         member = next(m for m in worker.job.members if m.key == tuple(payload[0]))
         if kind == "member_epoch":
             listener.epoch(member, *payload[1:])
