@@ -45,6 +45,7 @@ class Quiet:
     def epoch(self, job, epoch, logs): pass
     def failed(self, job, error): raise RuntimeError(error)
     def should_skip(self, job): return False
+    def note(self, line): pass
 
     def finished(self, job, record):
         self.done += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,157 @@ def test_a_diverging_member_and_an_early_stopping_member_touch_no_other(tmp_path
     stopped = records[(3, 1)]
     assert stopped["best_epoch"] < stopped["epochs"] < records[(1, 1)]["epochs"] == 8
     assert together.order.index((3, 1)) < together.order.index((1, 1))
+
+
+def test_a_member_whose_begin_fails_fails_alone_and_leaves_no_running_marker(tmp_path, data_folder):
+    """A folder where fold 2's log goes: its begin raises after marking it running; it fails alone,
+    the others train, and no running marker is left behind (`xval status` would show it running)."""
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=3,
+                     global_parameters=['framework="torch"', "num_epochs=1", "batch_size=16"])
+    folder = tmp_path / "together"
+    (folder / "logs" / "run1_fold2.log").mkdir(parents=True)
+    collect = Collect()
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, folder))), collect)
+    assert sorted(collect.records) == [(1, 1), (1, 3)]
+    assert list(collect.failures) == [(1, 2)] and isinstance(collect.failures[(1, 2)], IsADirectoryError)
+    assert not list((folder / "results" / "running").glob("*.json"))
+
+
+GATED_MODELS = '''
+import math
+import time
+from pathlib import Path
+
+from torch import nn
+
+FAILED = Path(__file__).parent / "results" / "demo" / "experiment_1" / "results" / "error_demo_exp1_run3.txt"
+
+
+class Gated(nn.Module):
+    """A linear model whose training waits until instance 3 has failed: its group holds one worker
+    while the other worker trains the group that fails it."""
+
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.out = nn.Linear(size, outputs)
+
+    def forward(self, x):
+        while self.training and not FAILED.exists():
+            time.sleep(0.05)
+        return self.out(x.flatten(1))
+
+
+def Gated_model(input_shape, num_outputs, task_type):
+    return Gated(math.prod(input_shape), num_outputs)
+'''
+
+
+@pytest.mark.parametrize("workers, first", [("1", instance("other", "MLP_model", "none", "hidden_sizes=(8,)")),
+                                             ("2", instance("gated", "Gated_model", "none"))])
+def test_a_failed_instance_skips_only_its_own_folds_in_fused_groups(tmp_path, config_file, workers, first):
+    """Groups of at most 3 folds: instance 1 alone (another group key), then [2.1, 2.2, 3.1] and
+    [3.2, 4.1, 4.2]. Fold 3.1 fails (a folder where its log goes); the second group, which starts with
+    a fold of the failed instance, still trains instance 4's folds, and only fold 3.2 is skipped. With
+    two workers, instance 1's group holds one worker until 3.1 has failed, so that the second group is
+    handed out after it."""
+    (tmp_path / "gated.py").write_text(GATED_MODELS)
+    path = write_experiment(tmp_path, {1: first, **{i: instance(c, "MLP_model", "none", *MLP) for i, c in
+                                                    ((2, "a"), (3, "fails"), (4, "b"))}},
+                            models="gated.py", num_folds=2, global_parameters=['framework="torch"', "num_epochs=2",
+                                                                              "batch_size=16"])
+    folder = tmp_path / "results" / "demo" / "experiment_1"
+    (folder / "logs" / "run3_fold1.log").mkdir(parents=True)
+    run = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "--cpu-workers",
+                          workers, "-q", "--config", str(config_file)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "XVAL_FUSE_MAX_MEMBERS": "3"})
+    assert run.returncode == 1, run.stderr
+    assert "fused group 3: 3 folds trained as one model (instance(s) 3-4, fold(s) 1-2)" in run.stderr, run.stderr
+    assert "instance 3 fold 1/2 failed: IsADirectoryError" in run.stderr, run.stderr
+    done, failed = re.search(r"summary: done ([\d, ]+); .* failed ([\d, ]+);", run.stderr).groups()
+    assert (sorted(done.split(", ")), failed) == (["1", "2", "4"], "3"), run.stderr  # done in the order they end
+    folds = folder / "results" / "folds"
+    assert sorted(p.name for p in folds.glob("*.pkl")) == [f"demo_exp1_run{i}_fold{f}.pkl" for i in (1, 2, 4)
+                                                           for f in (1, 2)]
+    assert not (folder / "logs" / "run3_fold2.log").exists()  # never started
+    assert not list((folder / "results" / "running").glob("*.json"))
+
+
+def test_the_progress_bar_counts_the_folds_of_fused_groups(tmp_path, config_file):
+    """On a terminal, the bar's total is the folds to train: 4 in one fused group end at 4/4."""
+    import io
+
+    from rich.console import Console
+
+    from xvalkit.runner import run_experiment
+
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=4,
+                            global_parameters=['framework="torch"', "num_epochs=1", "batch_size=16"])
+    out = io.StringIO()
+    summary = run_experiment(load_experiment(path, config_file=config_file), RunOptions(fuse=True),
+                             Console(file=out, force_terminal=True, width=200, highlight=False))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # the terminal's escape codes
+    assert summary.done == [1] and "fused group 1: 4 folds" in text
+    assert re.findall(r"folds \S+ (\d+/\d+)", text)[-1] == "4/4", text
+
+
+TRIPWIRE_MODELS = '''
+import math
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+from torch import nn
+
+DIED = Path(__file__).with_name("died")
+
+
+class Tripwire:
+    """Kills the worker process that frees it, once: a model's last reference goes when its group
+    has written every member, before the worker says it is done. Its copies (the fused model's) are
+    unarmed; the `xval run` process, which builds the model to check it, is spared."""
+
+    def __init__(self, armed=True):
+        self.armed = armed
+
+    def __deepcopy__(self, memo):
+        return Tripwire(armed=False)
+
+    def __del__(self):
+        if self.armed and multiprocessing.parent_process() is not None and not DIED.exists():
+            DIED.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Linear(nn.Module):
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.out = nn.Linear(size, outputs)
+        self.tripwire = Tripwire()
+
+    def forward(self, x):
+        return self.out(x.flatten(1))
+
+
+def Tripwire_model(input_shape, num_outputs, task_type):
+    return Linear(math.prod(input_shape), num_outputs)
+'''
+
+
+def test_a_worker_that_dies_after_its_group_is_written_trains_none_of_it_again(tmp_path, config_file):
+    """The local worker is killed after both members of its group were written and reported, before
+    its "done": nothing is retried, each fold is written and reported once."""
+    (tmp_path / "tripwire.py").write_text(TRIPWIRE_MODELS)
+    path = write_experiment(tmp_path, {1: instance("a", "Tripwire_model", "none")}, models="tripwire.py",
+                            num_folds=2, global_parameters=['framework="torch"', "num_epochs=1", "batch_size=16"])
+    run = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "--cpu-workers",
+                          "2", "-q", "--config", str(config_file)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "died").exists()  # the worker was killed
+    assert "fused group 1: 2 folds" in run.stderr
+    for fold in (1, 2):
+        assert run.stderr.count(f"instance 1 fold {fold}/2: test accuracy") == 1, run.stderr
+    assert "summary: done 1; " in run.stderr, run.stderr
 
 
 def test_kill_9_in_a_fused_group_then_resume_trains_only_its_unfinished_members(tmp_path, config_file):
@@ -371,6 +523,22 @@ def test_rmsprop_and_sgd_members_train_as_unfused(tmp_path, data_folder, optimiz
                                        "batch_size=16"])
     alone, together = unfused(jobs, tmp_path / "alone"), fused(jobs, tmp_path / "together")
     assert_same_training(jobs, alone, together.records, tmp_path / "alone", tmp_path / "together")
+
+
+def test_a_fused_fold_is_reproduced_bit_for_bit_under_another_string_hash_seed(tmp_path, config_file):
+    """Four L2-regularised kernels: their penalty, in the logged loss, is summed in the model's order,
+    whatever order PYTHONHASHSEED gives a set of their names (0 and 5 gave different orders, and sums)."""
+    path = write_experiment(tmp_path, {1: instance("a", "MLP_model", "none", "hidden_sizes=(16, 16, 16)",
+                                                   "dropout=0.0", "regularization_lambda=0.01", "num_epochs=3")},
+                            num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
+    base = [sys.executable, "-m", "xvalkit.cli"]
+    run = subprocess.run([*base, "run", str(path), "--cpu", "--fuse", "-q", "--config", str(config_file)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert run.returncode == 0, run.stderr
+    again = subprocess.run([*base, "reproduce", str(path), "1", "1", "--cpu", "--config", str(config_file)],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "5"})
+    output = again.stdout + again.stderr
+    assert "instance 1 fold 1: identical" in output, output
 
 
 def test_a_fused_fold_records_what_reproduce_needs_and_its_group_is_reproduced_bit_for_bit(tmp_path, config_file):

@@ -45,12 +45,19 @@ class FusedJob:
         return self.members[0].key
 
     @property
-    def instance(self) -> int:
-        return self.members[0].instance
-
-    @property
     def label(self) -> str:
         return f"fused group of {len(self.members)} folds ({self.members[0].label}, ...)"
+
+
+def to_run(job: FoldJob | FusedJob, skip: Callable[[FoldJob], bool]) -> FoldJob | FusedJob | None:
+    """What of `job` is still to train: its folds that `skip` leaves (as a FoldJob, a FusedJob of two
+    or more, or None). Each fold is asked: a group may hold folds of several instances, and an
+    instance's folds may be split over two groups."""
+    folds = job.members if isinstance(job, FusedJob) else (job,)
+    left = tuple(fold for fold in folds if not skip(fold))
+    if len(left) == len(folds):
+        return job
+    return FusedJob(left) if len(left) > 1 else (left[0] if left else None)
 
 
 def group_key(job: FoldJob) -> tuple | None:
@@ -215,17 +222,20 @@ def _train(members: list[FoldJob], store, listener: GroupListener, gpu: dict) ->
                     listener.failed(s.job, exc)
         return [], 0
     finally:
-        for s in started:
-            with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
-                store.unmark_running(*s.job.key)
+        # every member begun and not finished (member_done unmarked those), including one whose
+        # begin raised after writing its marker
+        finished = {started[i].job.key for i in done}
+        for job in members:
+            if job.key not in finished:
+                with contextlib.suppress(OSError):  # a read-only disk: the marker is stale, not wrong
+                    store.unmark_running(*job.key)
 
 
 def run_in_process(group: FusedJob, listener, where: str, stop, debug: bool) -> None:
     """An executor's share of a group, in this process: `listener` is the executors' Listener."""
     from .store import failure_text
 
-    members = tuple(m for m in group.members if not listener.should_skip(m))
-    for member in members:
+    for member in group.members:
         listener.started(member, where)
 
     def epoch(job: FoldJob, e: int, logs: dict) -> None:
@@ -237,9 +247,7 @@ def run_in_process(group: FusedJob, listener, where: str, stop, debug: bool) -> 
             raise exc
         listener.failed(job, failure_text(exc))
 
-    note = getattr(listener, "note", None) or GroupListener.say
-    if members:
-        execute_group(FusedJob(members), GroupListener(epoch, listener.finished, failed, note))
+    execute_group(group, GroupListener(epoch, listener.finished, failed, listener.note))
 
 
 def run_in_worker(group: FusedJob, send: Callable[[tuple], None]) -> None:

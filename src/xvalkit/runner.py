@@ -490,12 +490,13 @@ def _run_experiment(exp: Experiment, options: RunOptions, console: Console | Non
         jobs = [dataclasses.replace(job, data_files=fingerprint) for job in jobs]
     _record_provenance(exp, store, where, run_id, instances, todo,
                        {"slurm": options.slurm.as_dict()} if options.backend == "slurm" else None)
+    folds = len(jobs)  # counted before fusion: a fused group is one job, its members end one by one
+    eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
     if fusion.fuses(options.fuse, options.backend, on_cpu=device == "CPU"):
         jobs = fusion.plan_groups(jobs)
         for line in fusion.describe(jobs):
             console.print(line)
-    view = ProgressView(console, len(jobs), options.quiet)
-    eager = len({job.instance for job in jobs}) >= EAGER_FROM  # else the final report draws the few plots at once
+    view = ProgressView(console, folds, options.quiet)
     settings = report.report_settings(store, exp.config)
     refresher = ReportRefresher(store, settings.get("refresh_seconds", 30),
                                 PlotDrawer(store, exp.task_type, settings) if eager else None)

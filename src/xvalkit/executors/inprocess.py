@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..faults import EnvironmentFault
-from ..fusion import FusedJob, run_in_process
+from ..fusion import FusedJob, run_in_process, to_run
 from ..interrupts import StopRequest
 from ..jobs import FoldJob, execute
 from ..store import failure_text
@@ -18,7 +18,8 @@ class InProcessExecutor:
         with StopRequest("stopping at the end of this epoch") as stop:
             for job in jobs:
                 stop.check()
-                if listener.should_skip(job):
+                job = to_run(job, listener.should_skip)
+                if job is None:
                     continue
                 if isinstance(job, FusedJob):
                     run_in_process(job, listener, self.where, stop, debug)

@@ -18,7 +18,7 @@ from collections import deque
 from multiprocessing.connection import wait
 
 from ..faults import EnvironmentFault
-from ..fusion import FusedJob
+from ..fusion import FusedJob, to_run
 from ..interrupts import StopRequest
 from ..jobs import FoldJob
 from . import JobError, Listener, Slot
@@ -133,13 +133,13 @@ class LocalPoolExecutor:
             for i, slot in enumerate(self.slots):  # give every idle slot a job
                 if workers[i] is not None and workers[i].job is not None:
                     continue
-                while pending and listener.should_skip(pending[0]):
-                    pending.popleft()
-                if not pending:
+                job = None
+                while pending and job is None:
+                    job = to_run(pending.popleft(), listener.should_skip)
+                if job is None:
                     break
                 if workers[i] is None:
                     workers[i] = Worker(slot, self.context)
-                job = pending.popleft()
                 workers[i].job, workers[i].reported = job, set()
                 workers[i].conn.send(job)
                 for member in members_of(job):
@@ -190,12 +190,14 @@ class LocalPoolExecutor:
         code = worker.process.exitcode
         worker.job = None
         worker.stop()
-        left = unreported(job, worker.reported)  # a fused group: only its unfinished members
+        left = to_run(job, lambda fold: fold.key in worker.reported)  # a fused group: only its unfinished members
+        if left is None:  # it died after its group's last member was written: nothing to train again
+            return None
         if job.key not in retried:
             retried.add(job.key)
-            pending.appendleft(left[0] if len(left) == 1 else FusedJob(tuple(left)) if left else job)
+            pending.appendleft(left)
         else:
-            for member in left:
+            for member in members_of(left):
                 listener.failed(member, f"{death(code)}: the worker process training {job.label} died twice")
         return None
 
@@ -203,8 +205,7 @@ class LocalPoolExecutor:
     def _member_news(worker: Worker, kind: str, payload: list, listener: Listener, debug: bool) -> None:
         """A message about one member of the worker's fused group (fusion.run_in_worker)."""
         if kind == "note":
-            note = getattr(listener, "note", None)
-            return note(payload[0]) if note else None
+            return listener.note(payload[0])
         member = next(m for m in worker.job.members if m.key == tuple(payload[0]))
         if kind == "member_epoch":
             listener.epoch(member, *payload[1:])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-from . import METRICS, TrainJob, TrainOutput, inference_batch_size, shuffles, stopping_patience
+from . import TrainJob, TrainOutput, inference_batch_size, shuffles
 from . import torch as single
 from ..determinism import torch_deterministic, torch_seeds
 from ..threads import for_torch_model
@@ -264,21 +264,9 @@ class Member:
         self.sets = {name: single.SetBatches(s, streaming=single.streams(job, s, device), device=device)
                      for name, s in job.data.sets().items()}
         self.shuffling = torch.Generator().manual_seed(job.seed) if shuffles(p) else None
-        self.metric = METRICS[job.task_type]
-        self.history: dict[str, list[float]] = {"loss": [], self.metric: [], "val_loss": [],
-                                                f"val_{self.metric}": []}
-        self.stopper = single.EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"],
-                                            stopping_patience(p))
-        logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
-        self.boards = ({"": single.ScalarLog(logs_dir / "train"), "val_": single.ScalarLog(logs_dir / "validation")}
-                       if logs_dir else {})
+        self.epochs = single.Epochs(job)
         self.l2 = single.l2_factor(job.model_fn, p)
         self.batches = None  # this epoch's training batches (an iterator), or None once exhausted
-
-    def close_boards(self) -> None:
-        for board in self.boards.values():
-            board.close()
-        self.boards = {}
 
 
 class Sums:
@@ -318,12 +306,13 @@ class FusedGroup:
         self.rates = {n: r.to(device) for n, r in _rates(models, dropout_paths(models[0])).items()}
         self.base = fused_copy(models[0])
         names = {id(p): n for n, p in models[0].named_parameters()}
-        decayed = {names[id(w)] for w in single.regularized_parameters(models[0])}
-        self.decayed = decayed
+        # a list in the unfused fold's order, not a set: the penalty's sum follows it (string hashes
+        # change with PYTHONHASHSEED, and `xval reproduce` compares histories bit for bit)
+        self.decayed = [names[id(w)] for w in single.regularized_parameters(models[0])]
         job = members[0].job
         lrs = torch.tensor([float(m.job.params["learning_rate"]) for m in members], dtype=torch.float64, device=device)
         l2s = torch.tensor([m.l2 for m in members], dtype=torch.float64, device=device)
-        self.optimizer = StackedOptimizer(job.params["optimizer"], self.params, decayed, lrs, l2s)
+        self.optimizer = StackedOptimizer(job.params["optimizer"], self.params, set(self.decayed), lrs, l2s)
         self.task_type = job.task_type
 
     def _forward(self, params: dict, buffers: dict, x):
@@ -421,12 +410,7 @@ class FusedGroup:
         self.members[k].model.load_state_dict(state if state is not None else self.state(k))
 
     def penalty(self, k: int, l2: float) -> float:
-        import torch
-
-        if not l2:
-            return 0.0
-        with torch.no_grad():
-            return float(l2 * sum(self.params[n][k].float().square().sum() for n in self.decayed))
+        return single.l2_penalty([self.params[n][k] for n in self.decayed], l2)
 
 
 def build_members(jobs: list[TrainJob], device: str) -> list:
@@ -484,9 +468,8 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
             train = sums.means()
             for k in training:
                 member = members[k]
-                logs = _epoch_logs(member, group, train[k], validation[k])
-                _record(member, epoch, logs)
-                stop = member.stopper.update(epoch, logs, lambda k=k: group.state(k))
+                stop = member.epochs.record(epoch, train[k], validation[k], group.penalty(k, member.l2),
+                                            lambda k=k: group.state(k))
                 if stop or epoch >= member.job.params["num_epochs"]:
                     finished.append(k)
             for k in finished:
@@ -494,35 +477,17 @@ def fit_predict_group(jobs: list[TrainJob], on_done: Callable[[int, TrainOutput]
                 on_done(k, _finish(members[k], group, eval_batch, device, description, determinism))
     finally:
         for member in members:
-            member.close_boards()
-
-
-def _epoch_logs(member: Member, group: FusedGroup, train: tuple[float, float], validation: tuple[float, float]) -> dict:
-    """The epoch's logs as trainers/torch.fit_predict writes them."""
-    metric = member.metric
-    penalty = group.penalty(member.index, member.l2)
-    return {"loss": train[0] + penalty, metric: train[1],
-            "val_loss": validation[0] + penalty, f"val_{metric}": validation[1]}
-
-
-def _record(member: Member, epoch: int, logs: dict) -> None:
-    for key, value in logs.items():
-        member.history[key].append(value)
-    for prefix, board in member.boards.items():
-        board.scalars(epoch - 1, {f"epoch_{k}": logs[prefix + k] for k in ("loss", member.metric)})
-    if member.job.on_epoch is not None:
-        member.job.on_epoch(epoch, dict(logs))
+            member.epochs.close()
 
 
 def _finish(member: Member, group: FusedGroup, eval_batch: int, device: str, description: str,
             determinism: dict) -> TrainOutput:
     """Restore the member's best epoch into its own module, predict, save: as an unfused fold ends."""
-    member.close_boards()
-    group.load_into(member.index, member.stopper.best_state)
+    member.epochs.close()
+    group.load_into(member.index, member.epochs.stopper.best_state)
     job = member.job
     predictions = {name: single.predict(member.model, batches.iterate(eval_batch), job.task_type, device)
                    for name, batches in member.sets.items()}
     single.save(job, member.model)
-    epochs = len(member.history["loss"])
-    return TrainOutput(member.history, predictions, epochs, member.stopper.best_epoch or epochs, description,
-                       {"determinism": dict(determinism), "seeds": torch_seeds(job.seed, shuffles(job.params))})
+    return member.epochs.output(predictions, description, {"determinism": dict(determinism),
+                                                           "seeds": torch_seeds(job.seed, shuffles(job.params))})

@@ -204,6 +204,44 @@ class ScalarLog:
             pass
 
 
+class Epochs:
+    """A fold's record of its epochs, shared with trainers/fused.py: the history, the TensorBoard
+    curves, `job.on_epoch` and early stopping."""
+
+    def __init__(self, job: TrainJob):
+        p = job.params
+        self.on_epoch, self.metric = job.on_epoch, METRICS[job.task_type]
+        self.history: dict[str, list[float]] = {"loss": [], self.metric: [], "val_loss": [], f"val_{self.metric}": []}
+        self.stopper = EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"], stopping_patience(p))
+        logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
+        self.boards = ({"": ScalarLog(logs_dir / "train"), "val_": ScalarLog(logs_dir / "validation")}
+                       if logs_dir else {})
+
+    def record(self, epoch: int, train: tuple[float, float], val: tuple[float, float], penalty: float,
+               snapshot) -> bool:
+        """Epoch `epoch`'s (loss, metric) on the training and validation sets, the L2 penalty added to
+        both losses as Keras logs them; True to stop (`snapshot()`: the weights, kept if the best)."""
+        metric = self.metric
+        logs = {"loss": train[0] + penalty, metric: train[1], "val_loss": val[0] + penalty, f"val_{metric}": val[1]}
+        for key, value in logs.items():
+            self.history[key].append(value)
+        for prefix, board in self.boards.items():
+            board.scalars(epoch - 1, {f"epoch_{k}": logs[prefix + k] for k in ("loss", metric)})
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, dict(logs))
+        return self.stopper.update(epoch, logs, snapshot)
+
+    def close(self) -> None:
+        for board in self.boards.values():
+            board.close()
+        self.boards = {}
+
+    def output(self, predictions: dict, device: str, extra: dict) -> TrainOutput:
+        """The fold's TrainOutput: its history, and the best epoch (the last without one)."""
+        epochs = len(self.history["loss"])
+        return TrainOutput(self.history, predictions, epochs, self.stopper.best_epoch or epochs, device, extra)
+
+
 class _Epoch:
     """Sample-weighted sums of the loss and the metric over one pass, kept on the device."""
 
@@ -226,7 +264,8 @@ class _Epoch:
         return float(self.loss) / self.count, float(self.metric) / self.count
 
 
-def _penalty(weights, l2: float) -> float:
+def l2_penalty(weights, l2: float) -> float:
+    """λ·Σw² over `weights`, summed in their order (float32: another order changes the last bits)."""
     import torch
 
     if not l2 or not weights:
@@ -345,39 +384,23 @@ def fit_predict(job: TrainJob) -> TrainOutput:
             for name, s in data.sets().items()}
     shuffling = torch.Generator().manual_seed(job.seed) if shuffles(p) else None
     eval_batch = inference_batch_size(batch_size, data.input_shape)
-    metric = METRICS[job.task_type]
-    logs_dir = job.log_dir if p.get("tensorboard") and job.log_dir is not None else None
-    boards = {"": ScalarLog(logs_dir / "train"), "val_": ScalarLog(logs_dir / "validation")} if logs_dir else {}
-    history: dict[str, list[float]] = {"loss": [], metric: [], "val_loss": [], f"val_{metric}": []}
-    stopper = EarlyStopping(p["save_best_model_metric"], p["save_best_model_mode"], stopping_patience(p))
+    epochs = Epochs(job)
     try:
         for epoch in range(1, p["num_epochs"] + 1):
             train = _run_pass(model, sets["train"].iterate(batch_size, shuffling), loss_fn, job.task_type, device, amp,
                               optimizer, scaler)
-            train_loss, train_metric = train.values()
             # Keras logs the training loss with the penalty at each batch's weights; the end-of-epoch
             # weights are close enough for a log (the gradient itself uses the exact penalty).
-            val_loss, val_metric = _run_pass(model, sets["val"].iterate(eval_batch), loss_fn, job.task_type, device,
-                                             amp).values()
-            penalty = _penalty(weights, l2)
-            logs = {"loss": train_loss + penalty, metric: train_metric,
-                    "val_loss": val_loss + penalty, f"val_{metric}": val_metric}
-            for key, value in logs.items():
-                history[key].append(value)
-            for prefix, board in boards.items():
-                board.scalars(epoch - 1, {f"epoch_{k}": logs[prefix + k] for k in ("loss", metric)})
-            if job.on_epoch is not None:
-                job.on_epoch(epoch, dict(logs))
-            if stopper.update(epoch, logs, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}):
+            val = _run_pass(model, sets["val"].iterate(eval_batch), loss_fn, job.task_type, device, amp)
+            if epochs.record(epoch, train.values(), val.values(), l2_penalty(weights, l2),
+                             lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}):
                 break
     finally:
-        for board in boards.values():
-            board.close()
-    if stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
+        epochs.close()
+    if epochs.stopper.best_state is not None:
+        model.load_state_dict(epochs.stopper.best_state)
     predictions = {name: predict(model, batches.iterate(eval_batch), job.task_type, device, amp)
                    for name, batches in sets.items()}
     save(job, model)
-    epochs = len(history["loss"])
-    return TrainOutput(history, predictions, epochs, stopper.best_epoch or epochs, description,
-                       {"determinism": determinism, "seeds": torch_seeds(job.seed, shuffles(p))})
+    return epochs.output(predictions, description,
+                         {"determinism": determinism, "seeds": torch_seeds(job.seed, shuffles(p))})
