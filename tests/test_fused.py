@@ -442,6 +442,41 @@ def test_a_model_torch_func_cannot_run_trains_unfused_saying_why(tmp_path, data_
                      "Batching rule not implemented for aten::gru.input. We could not generate a fallback.)"]
 
 
+NESTED_CLASS_MODELS = '''
+from torch import nn
+
+
+def Nested_model(input_shape, num_outputs, task_type):
+    class Net(nn.Module):  # a new class at each build: its forward may close over this build's values
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(input_shape[-1], num_outputs)
+
+        def forward(self, x):
+            return self.head(x.mean(dim=1))
+
+    return Net()
+'''
+
+
+def test_a_model_class_defined_in_its_model_function_trains_unfused_saying_why(tmp_path, data_folder):
+    """Each build is an instance of another class (torch.func.stack_module_state refuses them, and
+    their forward methods may differ): the folds train one by one, with one line, and are written."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "nested.py").write_text(NESTED_CLASS_MODELS)
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("nested", "Nested_model", "rnn")},
+                     num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"],
+                     extra='models = "nested.py"\n')
+    collect = Collect()
+    lines = []
+    collect.say = lines.append
+    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2)]
+    assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: its members' models are instances "
+                     "of different classes (a class defined inside the model function is a new class at each "
+                     "build; define it at module level to fuse)"]
+
+
 def test_plan_shows_the_fused_groups(tmp_path, config_file):
     from typer.testing import CliRunner
 

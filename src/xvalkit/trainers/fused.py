@@ -146,6 +146,9 @@ def refusal(models: list) -> str | None:
     first = structure(models[0])
     if any(structure(m) != first for m in models[1:]):
         return "its members' models differ in structure"
+    if any(type(m) is not type(models[0]) for m in models[1:]):  # the fused model runs the first's forward
+        return ("its members' models are instances of different classes (a class defined inside the model "
+                "function is a new class at each build; define it at module level to fuse)")
     return None
 
 
