@@ -181,7 +181,7 @@ class LocalPoolExecutor:
                 worker.stop()
                 if debug:
                     raise JobError(f"{job.label} failed:\n{payload[0]}")
-                for member in unreported(job, worker.reported):
+                for member in members_of(unreported(job, worker.reported)):
                     listener.failed(member, payload[0])
                 return None
         if worker.process.is_alive():
@@ -190,7 +190,7 @@ class LocalPoolExecutor:
         code = worker.process.exitcode
         worker.job = None
         worker.stop()
-        left = to_run(job, lambda fold: fold.key in worker.reported)  # a fused group: only its unfinished members
+        left = unreported(job, worker.reported)  # a fused group: only its unfinished members
         if left is None:  # it died after its group's last member was written: nothing to train again
             return None
         if job.key not in retried:
@@ -231,12 +231,16 @@ class LocalPoolExecutor:
 
 
 def members_of(job) -> list[FoldJob]:
+    """A job's folds: a fused group's members, or the fold itself; none for None."""
+    if job is None:
+        return []
     return list(job.members) if isinstance(job, FusedJob) else [job]
 
 
-def unreported(job, reported: set) -> list[FoldJob]:
-    """The folds of a job (its members, for a fused group) not yet reported finished or failed."""
-    return [m for m in members_of(job) if m.key not in reported]
+def unreported(job, reported: set) -> FoldJob | FusedJob | None:
+    """What of a job is not yet reported finished or failed (fusion.to_run): the job, its unreported
+    members of a fused group, or None."""
+    return to_run(job, lambda fold: fold.key in reported)
 
 
 def death(exitcode: int | None) -> str:
