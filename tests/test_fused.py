@@ -425,17 +425,24 @@ def Stacked_model(input_shape, num_outputs, task_type):
 '''
 
 
-def test_a_model_torch_func_cannot_run_trains_unfused_saying_why(tmp_path, data_folder):
-    """A two-layer nn.GRU has no vmap rule: its folds train one by one, with one line, and are written."""
+def group_of_a_user_model(tmp_path, data_folder, models: str, architecture: str) -> tuple[Collect, list[str]]:
+    """Two folds of the user's `architecture` (from the models module text `models`), trained as one
+    group: what was collected, and the lines said."""
     (tmp_path / "exp").mkdir()
-    (tmp_path / "exp" / "stacked.py").write_text(STACKED_RNN_MODELS)
-    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("gru", "Stacked_model", "rnn")},
+    (tmp_path / "exp" / "user_models.py").write_text(models)
+    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("user", architecture, "rnn")},
                      num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"],
-                     extra='models = "stacked.py"\n')
+                     extra='models = "user_models.py"\n')
     collect = Collect()
     lines = []
     collect.say = lines.append
     fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    return collect, lines
+
+
+def test_a_model_torch_func_cannot_run_trains_unfused_saying_why(tmp_path, data_folder):
+    """A two-layer nn.GRU has no vmap rule: its folds train one by one, with one line, and are written."""
+    collect, lines = group_of_a_user_model(tmp_path, data_folder, STACKED_RNN_MODELS, "Stacked_model")
     assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2)]
     assert not any("fused_members" in r for r in collect.records.values())
     assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: torch.func cannot run it (RuntimeError: "
@@ -462,15 +469,7 @@ def Nested_model(input_shape, num_outputs, task_type):
 def test_a_model_class_defined_in_its_model_function_trains_unfused_saying_why(tmp_path, data_folder):
     """Each build is an instance of another class (torch.func.stack_module_state refuses them, and
     their forward methods may differ): the folds train one by one, with one line, and are written."""
-    (tmp_path / "exp").mkdir()
-    (tmp_path / "exp" / "nested.py").write_text(NESTED_CLASS_MODELS)
-    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("nested", "Nested_model", "rnn")},
-                     num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"],
-                     extra='models = "nested.py"\n')
-    collect = Collect()
-    lines = []
-    collect.say = lines.append
-    fusion.execute_group(fusion.FusedJob(tuple(moved(jobs, tmp_path / "together"))), collect)
+    collect, lines = group_of_a_user_model(tmp_path, data_folder, NESTED_CLASS_MODELS, "Nested_model")
     assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2)]
     assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: its members' models are instances "
                      "of different classes (a class defined inside the model function is a new class at each "
