@@ -89,7 +89,7 @@ def main() -> None:
     for name, wall, folds, busy, peak in rows:
         per_minute = folds / wall * 60
         gpu_text = f", GPU busy {busy:.0f} %, peak {peak} MiB" if busy is not None else ""
-        print(f"{name:<14} {wall:8.1f} s  {folds} folds  {per_minute:8.1f} folds/min  "
+        print(f"{name:<14} {wall:8.2f} s  {folds} folds  {per_minute:8.1f} folds/min  "
               f"{per_minute / reference:5.2f}x unfused{gpu_text}", flush=True)
 
 
