@@ -481,14 +481,28 @@ process._ThreadWakeup.wakeup = wakeup
 """
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-@pytest.mark.parametrize("after", [1, 120])  # files done when Ctrl-C comes: early, half-way
-def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_corpus, jobs, after):
-    """Ctrl-C once the progress bar shows `after` of 240 files done: exit 130, one line, no dataset.
+# Loaded with EXIT_RACE_AT_ITS_WORST by the interrupted run below: every audio file (soundfile.SoundFile,
+# which audio/io.py opens them with) is opened 20 ms late, in the run and in its forked workers, so
+# that 240 files take seconds whatever the machine's speed.
+SLOW_READS = """
+import time
+import soundfile
 
-    The run is frozen (SIGSTOP) as soon as the bar shows that progress, the Ctrl-C sent, then the run
-    resumed: it cannot finish the 240 files in between, so it must stop, whatever the machine's speed.
-    Its exit meets a pool's threads at their worst timing (EXIT_RACE_AT_ITS_WORST)."""
+
+class SlowSoundFile(soundfile.SoundFile):
+    def __init__(self, *args, **kwargs):
+        time.sleep(0.02)
+        super().__init__(*args, **kwargs)
+
+
+soundfile.SoundFile = SlowSoundFile
+"""
+
+
+def interrupted_in_a_terminal(command: list[str], env: dict, after: int, total: int) -> tuple[int, bytes, int]:
+    """Run `command` with its stderr on a terminal (rich draws its progress bar there); once the bar
+    shows `after` of `total` files done, freeze it (SIGSTOP), send Ctrl-C, resume it. Its exit
+    status, its terminal output, and the files the bar showed done when it was frozen."""
     import fcntl
     import pty
     import select
@@ -496,17 +510,9 @@ def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_co
     import struct
     import termios
 
-    root = long_corpus
-    master, slave = pty.openpty()  # stderr on a terminal: rich draws its progress bar there
+    master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(EXIT_RACE_AT_ITS_WORST)
-    python_path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "TERM": "xterm", "PYTHONPATH": python_path}
-    proc = subprocess.Popen([sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(root),
-                             "--name", "rav", "--jobs", jobs, "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
     os.close(slave)
     output = b""
 
@@ -522,10 +528,11 @@ def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_co
         return bool(chunk)
 
     try:
-        while files_done(output.decode(errors="replace"), 240) < after:
-            assert read(0.05) or files_done(output.decode(errors="replace"), 240) >= after, output.decode()
+        while files_done(output.decode(errors="replace"), total) < after:
+            assert read(0.05) or files_done(output.decode(errors="replace"), total) >= after, output.decode()
             assert proc.poll() is None, f"the run ended before {after} files were done: {output.decode()}"
         os.killpg(proc.pid, signal.SIGSTOP)  # frozen: no file can finish before the Ctrl-C
+        frozen_at = files_done(output.decode(errors="replace"), total)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         os.killpg(proc.pid, signal.SIGCONT)
         while proc.poll() is None:
@@ -537,10 +544,32 @@ def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_co
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         os.close(master)
+    return proc.returncode, output, frozen_at
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("after", [1, 120])  # files done when Ctrl-C comes: early, half-way
+def test_ctrl_c_writes_nothing_and_prints_no_traceback(tmp_path, config, long_corpus, jobs, after):
+    """Ctrl-C once the progress bar shows `after` of 240 files done: exit 130, one line, no dataset.
+
+    The run is frozen (SIGSTOP) as soon as the bar shows that progress, the Ctrl-C sent, then the run
+    resumed: it cannot finish the 240 files in between, so it must stop, whatever the machine's speed.
+    Each file is opened 20 ms late (SLOW_READS): at 300 files a second the bar this test reads went
+    from 0 to 240 in one frame, and the Ctrl-C came after the last file. Its exit meets a pool's
+    threads at their worst timing (EXIT_RACE_AT_ITS_WORST)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(EXIT_RACE_AT_ITS_WORST + SLOW_READS)
+    python_path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "TERM": "xterm", "PYTHONPATH": python_path}
+    command = [sys.executable, "-m", "xvalkit.cli", "preprocess", "ravdess", "--input", str(long_corpus),
+               "--name", "rav", "--jobs", jobs, "--config", str(config)]
+    returncode, output, frozen_at = interrupted_in_a_terminal(command, env, after, 240)
+    assert frozen_at < 240, f"the run had done all 240 files when the Ctrl-C came: {output.decode()}"
     import re
 
     err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))  # no colours
-    assert proc.returncode == 130, err
+    assert returncode == 130, err
     assert "interrupted: a dataset is saved whole" in err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []  # not even a temp file
