@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,20 @@ def attempts(cluster: SlurmCluster, task: str) -> list[str]:
     return states
 
 
+ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+
+
+def ended_attempts(cluster: SlurmCluster, task: str) -> list[str]:
+    """`attempts` once the task's last attempt has ended in Slurm's accounting. xval ends when the
+    folds are on disk; the task's process exits after that, and slurmdbd records it later still."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        states = attempts(cluster, task)
+        if states and not states[-1].startswith(ACTIVE) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
 def ctrl_c(proc: subprocess.Popen, ready, what: str) -> str:
     """The stderr of a run stopped by Ctrl-C once `ready()` (killed if the test fails before)."""
     try:
@@ -180,7 +195,7 @@ def test_a_slurm_run_gives_the_results_of_a_local_run(tmp_path, config_file, clu
     tasks = submissions(path)
     assert len({task.split("_")[0] for task in tasks}) == 2 and len(tasks) == 6
     assert sorted(tuple(key) for keys in tasks.values() for key in keys) == [(r, f) for r in (1, 2) for f in (1, 2, 3)]
-    assert all(attempts(cluster, task) == ["COMPLETED"] for task in tasks)
+    assert all(ended_attempts(cluster, task) == ["COMPLETED"] for task in tasks)
     record = json.loads((exp_folder(path) / "code" / "provenance.json").read_text())
     assert record["slurm"]["cpus_per_task"] == 1 and record["slurm"]["folds_per_task"] == 1
     assert record["device"].startswith("Slurm (")
@@ -226,7 +241,8 @@ def test_a_task_requeued_mid_fold_resumes_from_the_folds_on_disk(tmp_path, confi
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert attempts(cluster, task)[-1] == "COMPLETED" and len(attempts(cluster, task)) == 2  # requeued once
+    states = ended_attempts(cluster, task)
+    assert states[-1] == "COMPLETED" and len(states) == 2, states  # requeued once
     folds = load_results(exp_folder(path), 1)["folds"]
     assert fold_file(path, 1, 1).stat().st_mtime_ns == first[0]  # fold 1 was not trained again
     assert folds[2]["pid"] != first[1] and folds[2]["pid"] != folds[1]["pid"]  # fold 2: by the second attempt
@@ -248,7 +264,7 @@ def test_a_python_error_in_a_fold_is_recorded_once_and_not_retried(tmp_path, con
     assert "done 2" in result.stderr and "failed 1" in result.stderr
     text = (exp_folder(path) / "results" / "error_demo_exp1_run1.txt").read_text()
     assert text.count("RuntimeError: boom in training") == 2  # once for each of its two folds
-    assert all(attempts(cluster, task) == ["COMPLETED"] for task in submissions(path))  # no task retried
+    assert all(ended_attempts(cluster, task) == ["COMPLETED"] for task in submissions(path))  # no task retried
 
 
 def test_detach_then_status_then_report(tmp_path, config_file, cluster):
