@@ -425,12 +425,14 @@ def Stacked_model(input_shape, num_outputs, task_type):
 '''
 
 
-def group_of_a_user_model(tmp_path, data_folder, models: str, architecture: str) -> tuple[Collect, list[str]]:
-    """Two folds of the user's `architecture` (from the models module text `models`), trained as one
-    group: what was collected, and the lines said."""
+def group_of_a_user_model(tmp_path, data_folder, models: str, architecture: str,
+                          overrides: tuple[tuple[str, ...], ...] = ((),)) -> tuple[Collect, list[str]]:
+    """Two folds of each instance of the user's `architecture` (from the models module text `models`;
+    an instance per entry of `overrides`), trained as one group: what was collected, and the lines said."""
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "user_models.py").write_text(models)
-    jobs = fold_jobs(tmp_path / "exp", data_folder, {1: instance("user", architecture, "rnn")},
+    instances = {i: instance(f"user{i}", architecture, "rnn", *extra) for i, extra in enumerate(overrides, 1)}
+    jobs = fold_jobs(tmp_path / "exp", data_folder, instances,
                      num_folds=2, global_parameters=['framework="torch"', "num_epochs=1"],
                      extra='models = "user_models.py"\n')
     collect = Collect()
@@ -474,6 +476,70 @@ def test_a_model_class_defined_in_its_model_function_trains_unfused_saying_why(t
     assert lines == ["instance 1 fold 1/2 and 1 more fold(s) train unfused: its members' models are instances "
                      "of different classes (a class defined inside the model function is a new class at each "
                      "build; define it at module level to fuse)"]
+
+
+FUNCTIONAL_DROPOUT_MODELS = '''
+import math
+
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, size, outputs, rate):
+        super().__init__()
+        self.rate = rate  # read by F.dropout in forward: an attribute, not an nn.Dropout module
+        self.head = nn.Linear(size, outputs)
+
+    def forward(self, x):
+        return self.head(F.dropout(x.flatten(1), self.rate, self.training))
+
+
+def Functional_model(input_shape, num_outputs, task_type, *, dropout=0.2):
+    return Net(math.prod(input_shape), num_outputs, dropout)
+'''
+
+
+def test_members_whose_models_keep_different_settings_train_unfused_saying_why(tmp_path, data_folder):
+    """`dropout` is fusible, but this model keeps its rate as an attribute: the fused model runs the
+    first member's forward, so every member would silently drop at the first member's rate."""
+    collect, lines = group_of_a_user_model(tmp_path, data_folder, FUNCTIONAL_DROPOUT_MODELS, "Functional_model",
+                                           (("dropout=0.1",), ("dropout=0.5",)))
+    assert not collect.failures and sorted(collect.records) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert not any("fused_members" in r for r in collect.records.values())
+    assert lines == ["instance 1 fold 1/2 and 3 more fold(s) train unfused: its members' models differ in `rate` "
+                     "(0.1 and 0.5), which the fused model would take from the first member for all (only "
+                     "nn.Dropout's rate can differ within a group)"]
+
+
+def test_members_with_the_same_settings_still_fuse(tmp_path, data_folder):
+    collect, lines = group_of_a_user_model(tmp_path, data_folder, FUNCTIONAL_DROPOUT_MODELS, "Functional_model",
+                                           (("learning_rate=0.01",), ("learning_rate=0.001",)))
+    assert not collect.failures and lines == []
+    assert all(r["fused_members"] == 4 for r in collect.records.values())
+
+
+def test_settings_compare_tensors_arrays_and_plain_values():
+    from torch import nn
+
+    from xvalkit.trainers.fused import refusal
+
+    def model(**attributes):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+        for name, value in attributes.items():
+            setattr(net[0], name, value)
+        return net
+
+    assert refusal([model(), model()]) is None
+    assert refusal([model(scale=np.ones(3)), model(scale=np.ones(3))]) is None
+    assert refusal([model(mask=torch.ones(3)), model(mask=torch.ones(3))]) is None
+    assert "differ in `0.mask`" in refusal([model(mask=torch.ones(3)), model(mask=torch.zeros(3))])
+    assert "differ in `0.scale`" in refusal([model(scale=np.ones(3)), model(scale=np.zeros(3))])
+    assert "differ in `0.gain` (2.0 and None)" in refusal([model(gain=2.0), model()])
+    other = model()
+    other[1].p = 0.1  # nn.Dropout's rate: MemberDropout gives each member its own
+    assert refusal([model(), other]) is None
 
 
 def test_plan_shows_the_fused_groups(tmp_path, config_file):

@@ -140,16 +140,56 @@ def structure(model) -> list:
             + [(n, tuple(t.shape), t.dtype) for n, t in model.state_dict().items()])
 
 
+def settings(model) -> dict:
+    """The plain values the model's modules keep besides tensors in their state (nn.Linear's
+    in_features, a user's `self.p` read by F.dropout), by dotted name; nn.Dropout's rate is left out:
+    MemberDropout takes each member's."""
+    from torch import nn
+
+    return {f"{name}.{key}" if name else key: value
+            for name, module in model.named_modules() for key, value in vars(module).items()
+            if not key.startswith("_") and key != "training" and not (isinstance(module, nn.Dropout) and key == "p")}
+
+
+def _same(a, b) -> bool:
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and torch.equal(a.detach().cpu(), b.detach().cpu()))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    try:
+        return bool(a == b)
+    except Exception:  # a value whose == does not give one truth value: only itself is the same
+        return a is b
+
+
 def refusal(models: list) -> str | None:
-    """Why these models cannot train fused (None: they can): different structures, or a model that
-    torch.func cannot run (a layer without a vmap rule, such as nn.RNN or a stacked nn.GRU)."""
+    """Why these models cannot train fused (None: they can): different structures, classes or
+    settings. The fused model runs the first member's forward, which reads the first member's
+    attributes: members whose attributes differ would silently all train with the first's."""
     first = structure(models[0])
     if any(structure(m) != first for m in models[1:]):
         return "its members' models differ in structure"
-    if any(type(m) is not type(models[0]) for m in models[1:]):  # the fused model runs the first's forward
+    if any(type(m) is not type(models[0]) for m in models[1:]):
         return ("its members' models are instances of different classes (a class defined inside the model "
                 "function is a new class at each build; define it at module level to fuse)")
+    values = settings(models[0])
+    for model in models[1:]:
+        other = settings(model)
+        for name in sorted(values.keys() | other.keys()):
+            if name not in values or name not in other or not _same(values[name], other[name]):
+                return (f"its members' models differ in `{name}` ({_short(values.get(name))} and "
+                        f"{_short(other.get(name))}), which the fused model would take from the first member "
+                        "for all (only nn.Dropout's rate can differ within a group)")
     return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def functional_refusal(model, input_shape) -> str | None:
