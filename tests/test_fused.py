@@ -240,6 +240,56 @@ def test_a_failed_instance_skips_only_its_own_folds_in_fused_groups(tmp_path, co
     assert not list((folder / "results" / "running").glob("*.json"))
 
 
+DYING_MODELS = '''
+import math
+import os
+import signal
+from pathlib import Path
+
+from torch import nn
+
+HERE = Path(__file__).parent
+FIRST_DONE = HERE / "results" / "demo" / "experiment_1" / "results" / "folds" / "demo_exp1_run1_fold2.pkl"
+
+
+class Dying(nn.Module):
+    """Kills its own process at its first training step once instance 1's folds are written."""
+
+    def __init__(self, size, outputs):
+        super().__init__()
+        self.out = nn.Linear(size, outputs)
+
+    def forward(self, x):
+        if self.training and FIRST_DONE.exists():
+            (HERE / f"died_{os.getpid()}").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.out(x.flatten(1))
+
+
+def Dying_model(input_shape, num_outputs, task_type):
+    return Dying(math.prod(input_shape), num_outputs)
+'''
+
+
+def test_a_fused_group_whose_worker_dies_twice_is_retried_once(tmp_path, config_file):
+    """One group [1.1, 1.2, 2.1, 2.2]: instance 1 (one epoch) is written, then the worker dies in
+    epoch 2. Its unfinished members, 2.1 and 2.2, are retried once; their worker dies again, and they
+    fail. The retry was keyed by the group's first fold, 1.1, so the retried group (first fold 2.1)
+    was a new job and tried a third time."""
+    (tmp_path / "dying.py").write_text(DYING_MODELS)
+    path = write_experiment(tmp_path, {1: instance("short", "Dying_model", "none", "num_epochs=1"),
+                                       2: instance("long", "Dying_model", "none", "num_epochs=2")},
+                            models="dying.py", num_folds=2, global_parameters=['framework="torch"', "batch_size=16"])
+    run = subprocess.run([sys.executable, "-m", "xvalkit.cli", "run", str(path), "--cpu", "--fuse", "--cpu-workers",
+                          "2", "-q", "--config", str(config_file)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    assert "fused group 1: 4 folds trained as one model (instance(s) 1-2, fold(s) 1-2)" in run.stderr, run.stderr
+    assert len(list(tmp_path.glob("died_*"))) == 2, run.stderr
+    assert re.search(r"summary: done 1; .* failed 2;", run.stderr), run.stderr
+    for fold in (1, 2):
+        assert f"instance 2 fold {fold}/2 failed: killed by signal 9 (out of memory?): the worker process" in run.stderr
+
+
 def test_the_progress_bar_counts_the_folds_of_fused_groups(tmp_path, config_file):
     """On a terminal, the bar's total is the folds to train: 4 in one fused group end at 4/4."""
     import io

@@ -193,11 +193,13 @@ class LocalPoolExecutor:
         left = unreported(job, worker.reported)  # a fused group: only its unfinished members
         if left is None:  # it died after its group's last member was written: nothing to train again
             return None
-        if job.key not in retried:
-            retried.add(job.key)
+        folds = members_of(left)
+        # keyed by fold, not by job: a retried group starts with another fold when its first was written
+        if not any(fold.key in retried for fold in folds):
+            retried.update(fold.key for fold in folds)
             pending.appendleft(left)
         else:
-            for member in members_of(left):
+            for member in folds:
                 listener.failed(member, f"{death(code)}: the worker process training {job.label} died twice")
         return None
 
