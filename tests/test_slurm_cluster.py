@@ -339,14 +339,19 @@ def test_what_an_earlier_run_left_does_not_start_a_waiting_fold(tmp_path, config
     wait_for(lambda: not cluster.jobs(), None, "the queue to let them go", TIMEOUT)
 
 
-def test_a_folder_the_nodes_cannot_see_is_one_line(tmp_path, config_file, cluster):
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_a_folder_the_nodes_cannot_see_is_one_line(tmp_path, config_file, cluster, earlier_run):
     # The experiment lives on a tmpfs mounted in a mount namespace of its own: xval sees it, the
-    # node's slurmd (outside the namespace) sees the empty folder beneath.
+    # node's slurmd (outside the namespace) sees the empty folder beneath. An earlier run's log and
+    # running marker there are not a trace of this run's task.
     private = tmp_path / "private"
     private.mkdir()
     (tmp_path / "src").mkdir()
     experiment(tmp_path / "src", {1: instance("a", "MLP_model", "none", *MLP)}, num_folds=2)
-    script = (f"mount -t tmpfs tmpfs {private} && cp {tmp_path / 'src'}/*.py {private}/ && "
+    folder = private / "results" / "demo" / "experiment_1"
+    earlier = (f"mkdir -p {folder}/logs {folder}/results/running && echo old > {folder}/logs/run1_fold1.log && "
+               f"echo '{{}}' > {folder}/results/running/run1_fold1.json && " if earlier_run else "")
+    script = (f"mount -t tmpfs tmpfs {private} && cp {tmp_path / 'src'}/*.py {private}/ && {earlier}"
               f"exec {sys.executable} -m xvalkit.cli run {private / 'exp_test.py'} --backend slurm --quiet "
               f"--config {config_file}")
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=cluster.env,
@@ -357,6 +362,7 @@ def test_a_folder_the_nodes_cannot_see_is_one_line(tmp_path, config_file, cluste
     assert lines[0].startswith(f"error: --backend slurm: the experiment folder {private / 'results' / 'demo' / 'experiment_1'} "
                                "is not visible from the compute nodes (")
     assert "Traceback" not in done.stderr and not any(private.iterdir())
+    assert " failed: " not in done.stderr  # no fold of the task that left no trace is reported as failed
 
 
 def test_clear_errors_before_anything_is_submitted(tmp_path, config_file, cluster):

@@ -211,10 +211,20 @@ class Watch:
             return
         if problem is None:
             problem = f"its Slurm task {task.job_id} ended ({task.state}) without training it"
-        elif not _left_anything(task, lost):
+        elif not self._left_anything(task, lost):
             raise XvalError(unseen_message(bundle[0], f"the node of task {task.job_id}"))
         for job in lost:
             self._fail(job, problem)
+
+    def _left_anything(self, task, jobs: list[FoldJob]) -> bool:
+        """Whether a task that failed left any trace: its submitit log, or a fold's log or marker
+        (not one as an earlier run left it)."""
+        paths = task.paths
+        if paths.stdout.exists() or paths.stderr.exists():
+            return True
+        listings: dict[Path, set[str]] = {}
+        return any(self._written(self.store.log_path(*job.key), listings)
+                   or self._written(self.store.running_path(*job.key), listings) for job in jobs)
 
 
 def left_behind(jobs: list[FoldJob]) -> dict[Path, tuple[int, int]]:
@@ -259,15 +269,6 @@ def _outcomes(task) -> tuple[list, str | None]:
         lines = [line for line in str(exc).splitlines() if line.strip()]
         last = lines[-1].strip() if lines else type(exc).__name__
         return [], f"Slurm task {task.job_id} ended {task.state}: {last}"
-
-
-def _left_anything(task, jobs: list[FoldJob]) -> bool:
-    """Whether a task that failed left any trace: its submitit log, or a fold's log or marker."""
-    paths = task.paths
-    if paths.stdout.exists() or paths.stderr.exists():
-        return True
-    store = jobs[0].store()
-    return any(store.log_path(*job.key).exists() or store.running_path(*job.key).exists() for job in jobs)
 
 
 def sbatch_complaint(stderr: str) -> str:
