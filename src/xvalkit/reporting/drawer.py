@@ -38,23 +38,18 @@ EAGER_FROM = 24  # instances to train from which the run draws their plots as th
 BEST_PLOTTED = 24  # from this many instances, the report shows the plots of this many best (plots.py)
 
 
-def _packaged_report_settings() -> dict[str, Any]:
-    from ..config import PACKAGED_CONFIG, _read_ini
-
-    return _read_ini(PACKAGED_CONFIG).get("report", {})
-
-
 class PlotDrawer:
     """The runner's side: `add` each finished instance; `close` at the end of the run."""
 
     def __init__(self, store: ExperimentStore, task_type: str, settings: dict[str, Any] | None = None):
         """`settings`: the [report] section, whose selection metric ranks the instances as the report
-        does (tables.selection_metric); without it, the packaged defaults."""
+        does (tables.selection_metric); without it, the folder's, as the report reads them."""
         from ..metrics import HIGHER_IS_BETTER
+        from ..report import report_settings
         from .tables import selection_metric
 
         self.store, self.task_type = store, task_type
-        self.chooser = selection_metric(settings or _packaged_report_settings(), task_type)
+        self.chooser = selection_metric(settings or report_settings(store), task_type)
         self._sign = 1.0 if HIGHER_IS_BETTER[self.chooser.split("_", 1)[1]] else -1.0
         self._best: list[float] = []  # a min-heap of the BEST_PLOTTED best signed scores so far
         self._pending: collections.deque = collections.deque()
