@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -146,12 +145,8 @@ ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZI
 def ended_attempts(cluster: SlurmCluster, task: str) -> list[str]:
     """`attempts` once the task's last attempt has ended in Slurm's accounting. xval ends when the
     folds are on disk; the task's process exits after that, and slurmdbd records it later still."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        states = attempts(cluster, task)
-        if states and not states[-1].startswith(ACTIVE) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.2)
+    return wait_for(lambda: (states := attempts(cluster, task)) and not states[-1].startswith(ACTIVE) and states,
+                    None, f"Slurm task {task} to end in sacct", TIMEOUT)
 
 
 def ctrl_c(proc: subprocess.Popen, ready, what: str) -> str:
